@@ -1,0 +1,3 @@
+from llm_jax.cli import main
+
+main()

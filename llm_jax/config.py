@@ -1,0 +1,130 @@
+"""The experiment config: every field with its default and meaning, and its validation.
+
+configs/*.py start from `default_config()` and change what their experiment needs. `validate` runs
+before anything is loaded or compiled and raises a UserError naming the field and the fix.
+"""
+
+import ml_collections
+
+from llm_jax.data.corpora import CORPORA
+from llm_jax.errors import UserError
+from llm_jax.models import MODELS
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  # seed of parameter init, dropout and the batch stream; a run is a function of (config, seed)
+  c.seed = 1337
+
+  c.data = ml_collections.ConfigDict()
+  # corpus: 'shakespeare_plays' (offline, the default) | 'tinyshakespeare' (downloaded) | 'text_file'
+  c.data.corpus = "shakespeare_plays"
+  # text_file: a UTF-8 file or glob; tinyshakespeare: a local copy ('' downloads it)
+  c.data.path = ""
+  # download cache; '' means $LLM_JAX_DATA_DIR, else ~/.cache/llm_jax
+  c.data.data_dir = ""
+  # tokenizer: 'char' (vocabulary = the corpus's characters)
+  c.data.tokenizer = "char"
+
+  c.model = ml_collections.ConfigDict()
+  # model family: 'gpt' | 'bigram'
+  c.model.name = "gpt"
+  # context length: training windows are block_size tokens; generation conditions on the last block_size
+  c.model.block_size = 64
+  # size of the positional table (>= block_size); 0 means block_size
+  c.model.max_len = 0
+  # number of transformer blocks
+  c.model.n_layer = 4
+  # attention heads per block (n_embd must divide by it)
+  c.model.n_head = 4
+  # model width C
+  c.model.n_embd = 128
+  # dropout on embeddings, attention weights and residual branches (0 turns it off)
+  c.model.dropout = 0.0
+  # LayerNorm placement: 'pre' (x + f(LN(x)), GPT-2) | 'post' (LN(x + f(x)), the original Transformer)
+  c.model.norm = "pre"
+  # positional encoding: 'learned' (a table, GPT-2) | 'sinusoidal' (fixed, the original Transformer)
+  c.model.pos = "learned"
+  # FFN activation: 'gelu' (GPT-2) | 'relu' (the original Transformer)
+  c.model.activation = "gelu"
+  # share the token embedding with the output head
+  c.model.tie_embeddings = True
+  # biases in Dense and LayerNorm layers (nanoGPT's shakespeare_char config has none)
+  c.model.use_bias = False
+  # compute dtype of the matmuls: 'float32' | 'bfloat16' (parameters, softmax and loss stay float32)
+  c.model.dtype = "float32"
+
+  c.train = ml_collections.ConfigDict()
+  # examples per micro-batch; one optimizer step sees batch_size * grad_accum_steps windows
+  c.train.batch_size = 12
+  # micro-batches whose gradients are averaged before each update (the global batch grows with it)
+  c.train.grad_accum_steps = 1
+  # optimizer updates in the whole run
+  c.train.max_steps = 2000
+  # peak learning rate, reached after the warmup
+  c.train.learning_rate = 1e-3
+  # learning rate at the end of the cosine decay and after it
+  c.train.min_lr = 1e-4
+  # linear warmup steps (nanoGPT: lr * (step + 1) / (warmup + 1))
+  c.train.warmup_steps = 100
+  # step at which the cosine decay reaches min_lr
+  c.train.lr_decay_steps = 2000
+  # AdamW decoupled weight decay, applied to tensors of rank >= 2 only (matrices and embeddings)
+  c.train.weight_decay = 0.1
+  # AdamW betas
+  c.train.beta1 = 0.9
+  c.train.beta2 = 0.99
+  # clip gradients to this global norm (0 turns clipping off)
+  c.train.grad_clip = 1.0
+  # evaluate every this many steps (and at step 0 and at the end)
+  c.train.eval_interval = 250
+  # batches averaged per evaluation, on train and on val (fixed batches, so evaluations compare)
+  c.train.eval_iters = 20
+  # write metrics.jsonl and refresh the progress bar every this many steps
+  c.train.log_interval = 10
+  # save a checkpoint every this many steps (and at the end)
+  c.train.checkpoint_every = 500
+  # checkpoints kept on disk (the newest ones)
+  c.train.keep_checkpoints = 2
+  # tokens sampled from the trained model at the end of the run (0: none)
+  c.train.sample_tokens = 300
+  return c
+
+
+def _require(cond, field, value, fix):
+  if not cond:
+    raise UserError(f"config.{field}={value!r} is invalid: {fix}")
+
+
+def validate(c) -> None:
+  d, m, t = c.data, c.model, c.train
+  _require(d.corpus in CORPORA, "data.corpus", d.corpus, f"use one of {', '.join(CORPORA)}")
+  _require(d.tokenizer == "char", "data.tokenizer", d.tokenizer, "use 'char'")
+  _require(m.name in MODELS, "model.name", m.name, f"use one of {', '.join(MODELS)}")
+  _require(m.block_size > 0, "model.block_size", m.block_size, "use a positive context length")
+  for field in ("n_layer", "n_head", "n_embd"):
+    _require(m[field] > 0, f"model.{field}", m[field], "use a positive size")
+  _require(m.max_len >= 0, "model.max_len", m.max_len, "use 0 (= block_size) or a positive size")
+  _require(m.n_embd % m.n_head == 0, "model.n_embd", m.n_embd,
+           f"it must divide by model.n_head={m.n_head}")
+  _require(m.max_len == 0 or m.block_size <= m.max_len, "model.block_size", m.block_size,
+           f"it exceeds the positional table (model.max_len={m.max_len}): raise max_len or lower block_size")
+  _require(0.0 <= m.dropout < 1.0, "model.dropout", m.dropout, "use a rate in [0, 1)")
+  _require(m.norm in ("pre", "post"), "model.norm", m.norm, "use 'pre' or 'post'")
+  _require(m.pos in ("learned", "sinusoidal"), "model.pos", m.pos, "use 'learned' or 'sinusoidal'")
+  _require(m.activation in ("relu", "gelu"), "model.activation", m.activation, "use 'relu' or 'gelu'")
+  _require(m.dtype in ("float32", "bfloat16"), "model.dtype", m.dtype, "use 'float32' or 'bfloat16'")
+  for field in ("batch_size", "grad_accum_steps", "max_steps", "eval_interval", "eval_iters",
+                "log_interval", "checkpoint_every", "keep_checkpoints"):
+    _require(t[field] > 0, f"train.{field}", t[field], "use a positive number")
+  _require(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "use a positive rate")
+  _require(0 <= t.min_lr <= t.learning_rate, "train.min_lr", t.min_lr,
+           "use a rate in [0, train.learning_rate]")
+  _require(t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, "use 0 or more")
+  _require(t.lr_decay_steps > t.warmup_steps, "train.lr_decay_steps", t.lr_decay_steps,
+           f"it must exceed train.warmup_steps={t.warmup_steps}")
+  _require(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "use 0 or more")
+  for field in ("beta1", "beta2"):
+    _require(0 <= t[field] < 1, f"train.{field}", t[field], "use a value in [0, 1)")
+  _require(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, "use 0 (off) or a positive norm")
+  _require(t.sample_tokens >= 0, "train.sample_tokens", t.sample_tokens, "use 0 or more")

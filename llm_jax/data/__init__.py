@@ -1,0 +1,1 @@
+"""Data: corpora (text), tokenizers (text <-> ids), and the sampling of training windows."""

@@ -1,0 +1,114 @@
+"""Corpora by name: each gives one text, which is split by characters, first 90% train (as nanoGPT).
+
+- shakespeare_plays: the default, offline (see plays.py).
+- tinyshakespeare:   downloaded once from its public address, verified by sha256, cached.
+- text_file:         any UTF-8 file, or the files a glob matches, joined in sorted order.
+"""
+
+import glob
+import hashlib
+import os
+import pathlib
+import tempfile
+import urllib.error
+import urllib.request
+
+from llm_jax.data.plays import load_plays_text
+from llm_jax.errors import UserError
+
+TINYSHAKESPEARE_URL = (
+    "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt")
+TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+CORPORA = ("shakespeare_plays", "tinyshakespeare", "text_file")
+
+
+def data_dir(configured: str = "") -> pathlib.Path:
+  """The download cache: config.data.data_dir, else $LLM_JAX_DATA_DIR, else ~/.cache/llm_jax."""
+  path = configured or os.environ.get("LLM_JAX_DATA_DIR") or "~/.cache/llm_jax"
+  return pathlib.Path(path).expanduser().absolute()
+
+
+def sha256_of(path: pathlib.Path) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def fetch(url: str, sha256: str, dest: pathlib.Path, timeout: float = 30.0) -> pathlib.Path:
+  """Returns `dest`, downloading `url` there first unless a copy with the right sha256 is cached.
+
+  The download goes to a temporary file in the same folder and is renamed only once verified, so a
+  failed or interrupted download never leaves a bad file behind.
+  """
+  if dest.exists() and sha256_of(dest) == sha256:
+    return dest
+  dest.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
+  try:
+    h = hashlib.sha256()
+    with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+      for chunk in iter(lambda: resp.read(1 << 20), b""):
+        h.update(chunk)
+        out.write(chunk)
+    if h.hexdigest() != sha256:
+      raise UserError(f"download of {url} has sha256 {h.hexdigest()}, expected {sha256}: "
+                      f"the file changed upstream or was corrupted; pass a verified copy instead")
+    os.replace(tmp, dest)
+    return dest
+  except (urllib.error.URLError, OSError) as e:
+    reason = getattr(e, "reason", e)
+    raise UserError(f"could not download {url} ({reason}); offline? put a copy at {dest} "
+                    f"or pass --config.data.path=/path/to/{dest.name}") from None
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def read_utf8(path: pathlib.Path) -> str:
+  try:
+    return path.read_text(encoding="utf-8")
+  except UnicodeDecodeError as e:
+    raise UserError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); convert it to UTF-8") \
+        from None
+  except OSError as e:
+    raise UserError(f"cannot read {path}: {e.strerror}") from None
+
+
+def load_text(cfg) -> str:
+  """cfg: `config.data`. Returns the whole corpus as one string."""
+  if cfg.corpus == "shakespeare_plays":
+    text = load_plays_text()
+  elif cfg.corpus == "tinyshakespeare":
+    if cfg.path:
+      path = pathlib.Path(cfg.path).expanduser()
+      if not path.is_file():
+        raise UserError(f"config.data.path={cfg.path} does not exist: pass the path of a copy of "
+                        f"Tiny Shakespeare's input.txt")
+      if sha256_of(path) != TINYSHAKESPEARE_SHA256:
+        raise UserError(f"config.data.path={cfg.path} is not Tiny Shakespeare (sha256 differs); "
+                        f"use corpus=text_file for other text")
+    else:
+      path = fetch(TINYSHAKESPEARE_URL, TINYSHAKESPEARE_SHA256,
+                   data_dir(cfg.data_dir) / "tinyshakespeare.txt")
+    text = read_utf8(path)
+  elif cfg.corpus == "text_file":
+    if not cfg.path:
+      raise UserError("corpus 'text_file' needs a file: pass --config.data.path=/path/to/text.txt "
+                      "(a glob such as 'books/*.txt' works too)")
+    paths = sorted(glob.glob(os.path.expanduser(cfg.path)))
+    if not paths:
+      raise UserError(f"config.data.path={cfg.path} matches no file: check the path")
+    text = "".join(read_utf8(pathlib.Path(p)) for p in paths)
+  else:
+    raise UserError(f"config.data.corpus={cfg.corpus!r} is unknown: use one of {', '.join(CORPORA)}")
+  if not text:
+    raise UserError(f"corpus {cfg.corpus!r} is empty ({cfg.path or 'no path'}): give it some text")
+  return text
+
+
+def split(text: str, train_fraction: float = 0.9) -> tuple[str, str]:
+  """First `train_fraction` of the characters for training, the rest for validation (as nanoGPT)."""
+  n = int(len(text) * train_fraction)
+  return text[:n], text[n:]

@@ -1,0 +1,119 @@
+"""Autoregressive decoding for the language models, one jitted program per (batch, prompt, length).
+
+Sampling (`sample_next`): greedy = argmax; otherwise logits / temperature, then top-k keeps the k
+largest, top-p keeps the smallest set of tokens whose probability reaches p, and a token is drawn
+from the softmax of what is left. Temperature 0 means greedy.
+
+Context (as nanoGPT): the model sees at most block_size tokens; a sequence that has grown past
+block_size is conditioned on its last block_size tokens, at positions 0..block_size-1.
+
+`generate` keeps keys and values in a KV cache (the linen 'cache' collection) while the sequence
+fits in block_size, so each new token costs one position's work. Past block_size the positions of
+every kept token shift by one at each step, so, to give exactly nanoGPT's result, each further
+token is computed by a full forward pass over the last block_size tokens. `generate_uncached`
+always does that full pass: the reference the cached path is tested against.
+"""
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+
+def sample_next(logits_BV, rng, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                greedy: bool = False):
+  """(B, V) logits -> (B,) int32 tokens."""
+  if greedy or temperature == 0:
+    return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+  logits_BV = logits_BV.astype(jnp.float32) / temperature
+  neg_inf = jnp.finfo(jnp.float32).min
+  if top_k:
+    kth_B1 = jax.lax.top_k(logits_BV, top_k)[0][:, -1:]
+    logits_BV = jnp.where(logits_BV < kth_B1, neg_inf, logits_BV)
+  if top_p < 1.0:
+    sorted_BV = jnp.sort(logits_BV, axis=-1)[:, ::-1]
+    probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
+    mass_before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
+    # a token is kept while the mass of the more likely tokens has not yet reached p
+    n_keep_B1 = jnp.sum(mass_before_BV < top_p, axis=-1, keepdims=True)
+    cutoff_B1 = jnp.take_along_axis(sorted_BV, n_keep_B1 - 1, axis=-1)
+    logits_BV = jnp.where(logits_BV < cutoff_B1, neg_inf, logits_BV)
+  return jax.random.categorical(rng, logits_BV, axis=-1).astype(jnp.int32)
+
+
+def _window_logits(model, params, seq_BN, n, block_size):
+  """Logits for the token after seq[:, :n], from the last block_size tokens (full forward)."""
+  L = block_size
+  start = jnp.maximum(n - L, 0)
+  window_BL = jax.lax.dynamic_slice_in_dim(seq_BN, start, L, axis=1)
+  logits_BLV = model.apply({"params": params}, window_BL)
+  # causal: positions after n - 1 - start (zeros not yet generated) do not affect this one
+  return jax.lax.dynamic_index_in_dim(logits_BLV, n - 1 - start, axis=1, keepdims=False)
+
+
+def _buffer(prompt_BP, max_new_tokens, block_size):
+  B, P = prompt_BP.shape
+  seq = jnp.zeros((B, max(P + max_new_tokens, block_size)), jnp.int32)
+  return seq.at[:, :P].set(prompt_BP)
+
+
+@partial(jax.jit, static_argnums=(0,), static_argnames=(
+    "max_new_tokens", "block_size", "temperature", "top_k", "top_p", "greedy"))
+def generate_uncached(model, params, prompt_BP, rng, *, max_new_tokens, block_size,
+                      temperature=1.0, top_k=0, top_p=1.0, greedy=False):
+  """(B, P) prompt -> (B, P + max_new_tokens), each step a full forward over the context."""
+  P = prompt_BP.shape[1]
+  sample = partial(sample_next, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
+
+  def step(seq, i):
+    n = P + i
+    logits_BV = _window_logits(model, params, seq, n, block_size)
+    tok_B = sample(logits_BV, jax.random.fold_in(rng, i))
+    return jax.lax.dynamic_update_slice_in_dim(seq, tok_B[:, None], n, axis=1), None
+
+  seq, _ = jax.lax.scan(step, _buffer(prompt_BP, max_new_tokens, block_size),
+                        jnp.arange(max_new_tokens))
+  return seq[:, :P + max_new_tokens]
+
+
+def init_cache(model, batch_size: int, block_size: int):
+  """An empty KV cache of block_size positions (zeros, index 0); {} for a model without one."""
+  shapes = jax.eval_shape(partial(model.init, decode=True), jax.random.key(0),
+                          jnp.zeros((batch_size, block_size), jnp.int32))
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes.get("cache", {}))
+
+
+@partial(jax.jit, static_argnums=(0,), static_argnames=(
+    "max_new_tokens", "block_size", "temperature", "top_k", "top_p", "greedy"))
+def generate(model, params, prompt_BP, rng, *, max_new_tokens, block_size,
+             temperature=1.0, top_k=0, top_p=1.0, greedy=False):
+  """(B, P) prompt -> (B, P + max_new_tokens), with a KV cache while the sequence fits block_size."""
+  B, P = prompt_BP.shape
+  L = block_size
+  sample = partial(sample_next, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
+
+  def cached(tokens_BT, cache):
+    logits_BTV, out = model.apply({"params": params, "cache": cache}, tokens_BT, decode=True,
+                                  mutable=["cache"])
+    return logits_BTV[:, -1], out.get("cache", {})
+
+  seq = _buffer(prompt_BP, max_new_tokens, L)
+  cache = init_cache(model, B, L)
+  if P <= L:  # prefill the prompt into the cache in one pass
+    logits_BV, cache = cached(prompt_BP, cache)
+  else:
+    logits_BV = _window_logits(model, params, seq, P, L)
+
+  def step(carry, i):
+    seq, logits_BV, cache = carry
+    n = P + i  # position of the token drawn now
+    tok_B = sample(logits_BV, jax.random.fold_in(rng, i))
+    seq = jax.lax.dynamic_update_slice_in_dim(seq, tok_B[:, None], n, axis=1)
+    # the next logits: from the cache while token n has a slot in it, else from a full window
+    logits_BV, cache = jax.lax.cond(
+        n < L, lambda: cached(tok_B[:, None], cache),
+        lambda: (_window_logits(model, params, seq, n + 1, L), cache))
+    return (seq, logits_BV, cache), None
+
+  (seq, _, _), _ = jax.lax.scan(step, (seq, logits_BV, cache), jnp.arange(max_new_tokens))
+  return seq[:, :P + max_new_tokens]

@@ -1,0 +1,81 @@
+"""Multi-head scaled dot-product attention, the one attention of every model.
+
+    Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V,   per head, heads concatenated, then projected.
+
+Self-attention passes the same array as queries and keys/values (one fused QKV projection);
+cross-attention passes the decoder states as queries and the encoder output as keys/values.
+`mask` is boolean, broadcastable to (B, H, T, S), True where a query may attend to a key.
+
+With decode=True (self-attention only) keys and values are kept in the linen 'cache' collection:
+the call that creates the cache (model.init with decode=True) fixes its length from the input, and
+each later call appends its T positions at `index` and attends causally over everything cached.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def causal_mask(T: int, S: int | None = None, offset=0):
+  """(1, 1, T, S) boolean: query t (at absolute position offset + t) sees keys at positions <= it."""
+  S = T if S is None else S
+  q_pos = offset + jnp.arange(T)[:, None]
+  return (jnp.arange(S)[None, :] <= q_pos)[None, None]
+
+
+def padding_mask(q_valid_BT, kv_valid_BS):
+  """(B, 1, T, S) boolean from per-position validity (False at padding)."""
+  return q_valid_BT[:, None, :, None] & kv_valid_BS[:, None, None, :]
+
+
+class MultiHeadAttention(nn.Module):
+  n_head: int
+  dropout: float = 0.0
+  use_bias: bool = False
+  # std of the output projection's init (it writes into the residual stream)
+  out_init_std: float = 0.02
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_q_BTC, x_kv_BSC, mask, train: bool, decode: bool = False):
+    B, T, C = x_q_BTC.shape
+    H = self.n_head
+    D = C // H
+    dense = lambda shape, name: nn.DenseGeneral(
+        shape, use_bias=self.use_bias, dtype=self.dtype,
+        kernel_init=nn.initializers.normal(0.02), name=name)
+    if x_kv_BSC is x_q_BTC:
+      q_BTHD, k_BSHD, v_BSHD = jnp.unstack(dense((3, H, D), "qkv")(x_q_BTC), axis=2)
+    else:
+      q_BTHD = dense((H, D), "query")(x_q_BTC)
+      k_BSHD, v_BSHD = jnp.unstack(dense((2, H, D), "kv")(x_kv_BSC), axis=2)
+
+    if decode:
+      k_BSHD, v_BSHD, mask = self._update_cache(k_BSHD, v_BSHD)
+
+    scores_BHTS = jnp.einsum("bthd,bshd->bhts", q_BTHD, k_BSHD) / jnp.sqrt(D).astype(self.dtype)
+    scores_BHTS = scores_BHTS.astype(jnp.float32)
+    if mask is not None:
+      scores_BHTS = jnp.where(mask, scores_BHTS, jnp.finfo(jnp.float32).min)
+    probs_BHTS = jax.nn.softmax(scores_BHTS, axis=-1)
+    probs_BHTS = nn.Dropout(self.dropout)(probs_BHTS, deterministic=not train)
+    out_BTHD = jnp.einsum("bhts,bshd->bthd", probs_BHTS.astype(self.dtype), v_BSHD)
+    y_BTC = nn.DenseGeneral(C, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype,
+                            kernel_init=nn.initializers.normal(self.out_init_std),
+                            name="out")(out_BTHD)
+    return nn.Dropout(self.dropout)(y_BTC, deterministic=not train)
+
+  def _update_cache(self, k_BTHD, v_BTHD):
+    """Writes the new keys/values at `index`; returns all cached ones and the causal mask over them."""
+    creating = not self.has_variable("cache", "k")
+    k_cache = self.variable("cache", "k", jnp.zeros, k_BTHD.shape, k_BTHD.dtype)
+    v_cache = self.variable("cache", "v", jnp.zeros, v_BTHD.shape, v_BTHD.dtype)
+    index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+    if creating:  # model.init(decode=True): the cache takes the input's length, nothing is written
+      return k_BTHD, v_BTHD, None
+    T, L = k_BTHD.shape[1], k_cache.value.shape[1]
+    i = index.value
+    k_cache.value = jax.lax.dynamic_update_slice_in_dim(k_cache.value, k_BTHD, i, axis=1)
+    v_cache.value = jax.lax.dynamic_update_slice_in_dim(v_cache.value, v_BTHD, i, axis=1)
+    index.value = i + T
+    return k_cache.value, v_cache.value, causal_mask(T, L, offset=i)

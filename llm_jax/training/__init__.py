@@ -1,0 +1,1 @@
+"""Training: state, optimizer, losses, pure steps, checkpoints, and the loop."""

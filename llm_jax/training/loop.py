@@ -1,0 +1,148 @@
+"""train_and_evaluate(config, workdir): the whole training run, resumable from its workdir.
+
+    data -> model + loss -> jitted train/eval steps -> loop: step, log, evaluate, checkpoint -> sample
+
+The batch of step s is drawn from (seed, s) and the dropout key is folded with s, so a run resumed
+from a checkpoint continues exactly as the uninterrupted run would (bitwise on CPU).
+"""
+
+import json
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from llm_jax import decoding
+from llm_jax.config import validate
+from llm_jax.data.lm import EVAL_STREAM, get_batch, load_lm_data
+from llm_jax.models import build_model
+from llm_jax.training import checkpoint, workdir as workdir_lib
+from llm_jax.training.losses import make_loss_fn
+from llm_jax.training.optimizer import lr_schedule, make_optimizer
+from llm_jax.training.steps import create_state, make_eval_step, make_train_step
+
+
+class MetricsLog:
+  """<workdir>/metrics.jsonl, one JSON object a line. On resume, lines past the restored step go."""
+
+  def __init__(self, workdir, resume_step):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    kept = []
+    if os.path.exists(self.path):
+      with open(self.path, encoding="utf-8") as f:
+        kept = [l for l in f if l.strip() and json.loads(l)["step"] <= resume_step]
+    with open(self.path, "w", encoding="utf-8") as f:
+      f.writelines(kept)
+
+  def write(self, record):
+    with open(self.path, "a", encoding="utf-8") as f:
+      f.write(json.dumps(record) + "\n")
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains config's model in workdir (resuming what is there). Returns the run's summary."""
+  validate(config)
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  saved = workdir_lib.read_config(workdir)
+  if saved is not None:
+    workdir_lib.check_same_run(config, saved)
+  tc, T = config.train, config.model.block_size
+  data = load_lm_data(config.data, T, workdir_lib.read_tokenizer(workdir))
+  workdir_lib.write_run_files(workdir, config, data.tokenizer)
+
+  model = build_model(config.model, data.tokenizer.vocab_size)
+  loss_fn = make_loss_fn(model)
+  tx = make_optimizer(tc)
+  init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
+  state = jax.jit(lambda r: create_state(
+      model.init(r, jnp.zeros((1, T), jnp.int32))["params"], tx))(init_rng)
+  train_step = jax.jit(make_train_step(loss_fn, tx), donate_argnums=0)
+  eval_step = make_eval_step(loss_fn)
+  # all eval_iters batches of a split in one call: a scan over the fixed batches
+  evaluate_split = jax.jit(lambda s, b: jax.lax.map(lambda x: eval_step(s, x), b).mean())
+  eval_batches = {name: get_batch(tokens, T, (tc.eval_iters, tc.batch_size), config.seed, i,
+                                  stream=EVAL_STREAM)
+                  for i, (name, tokens) in enumerate((("train", data.train), ("val", data.val)))}
+
+  manager = checkpoint.make_manager(workdir, tc.keep_checkpoints)
+  meta = {"best_val_loss": math.inf}
+  if manager.latest_step() is not None:
+    state, meta = checkpoint.restore(manager, state)
+  start = int(state.step)
+  log = MetricsLog(workdir, start)
+  schedule = lr_schedule(tc)
+  n_params = sum(x.size for x in jax.tree.leaves(state.params))
+  tokens_per_step = tc.batch_size * tc.grad_accum_steps * T
+  print(f"llm-jax: {config.model.name} with {n_params / 1e6:.2f}M parameters, vocab "
+        f"{data.tokenizer.vocab_size}, {len(data.train):,} train / {len(data.val):,} val tokens, "
+        f"{tokens_per_step} tokens/step, " +
+        (f"resuming at step {start}" if start else "starting") + f" in {workdir}", flush=True)
+
+  def run_eval(step):
+    losses = {name: float(evaluate_split(state, b)) for name, b in eval_batches.items()}
+    meta["best_val_loss"] = min(meta["best_val_loss"], losses["val"])
+    log.write({"step": step, "train_loss": losses["train"], "val_loss": losses["val"]})
+    tqdm.write(f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+    return losses
+
+  losses = run_eval(start) if start == 0 else {}
+  pending, ms_per_step = [], []
+  t_last, n_since, t_start = time.perf_counter(), 0, time.perf_counter()
+  bar = tqdm(total=tc.max_steps, initial=start, disable=None, dynamic_ncols=True, unit="step")
+  for step in range(start, tc.max_steps):
+    batch = get_batch(data.train, T, (tc.grad_accum_steps, tc.batch_size), config.seed, step)
+    state, metrics = train_step(state, batch, dropout_rng)
+    pending.append(metrics)
+    n_since += 1
+    done = step + 1
+    if done % tc.log_interval == 0 or done == tc.max_steps:
+      m = {k: float(np.mean([p[k] for p in jax.device_get(pending)])) for k in pending[0]}
+      dt = (time.perf_counter() - t_last) / n_since
+      ms_per_step.append(dt * 1e3)
+      record = {"step": done, **m, "lr": float(schedule(step)), "ms_per_step": dt * 1e3,
+                "tokens_per_s": tokens_per_step / dt}
+      log.write(record)
+      bar.update(n_since)
+      bar.set_postfix(loss=f"{m['loss']:.4f}", val=f"{losses.get('val', math.nan):.4f}",
+                      tok_s=f"{record['tokens_per_s']:.0f}")
+      pending, n_since = [], 0
+      t_last = time.perf_counter()
+    if done % tc.eval_interval == 0 or done == tc.max_steps:
+      losses = run_eval(done)
+    if done % tc.checkpoint_every == 0 or done == tc.max_steps:
+      checkpoint.save(manager, state, meta)
+    t_last = time.perf_counter() if n_since == 0 else t_last
+  bar.close()
+  manager.wait_until_finished()
+  manager.close()
+
+  # the first logged interval holds the compilation: leave it out of the speed figures
+  steady = ms_per_step[1:] or ms_per_step
+  summary = {"step": int(state.step), "params": int(n_params),
+             "train_loss": losses.get("train"), "val_loss": losses.get("val"),
+             "best_val_loss": meta["best_val_loss"], "wall_s": time.perf_counter() - t_start,
+             "median_ms_per_step": float(np.median(steady)) if steady else None,
+             "tokens_per_s": tokens_per_step / np.median(steady) * 1e3 if steady else None}
+  if tc.sample_tokens:
+    summary["sample"] = sample_text(model, state.params, data.tokenizer, T, tc.sample_tokens,
+                                    config.seed)
+    print(f"--- sample ({tc.sample_tokens} tokens) ---\n{summary['sample']}\n---", flush=True)
+  with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
+    json.dump(summary, f, indent=2)
+  return summary
+
+
+def sample_text(model, params, tokenizer, block_size, n_tokens, seed, prompt="\n") -> str:
+  """A sample from the model, from `prompt` (a newline, as nanoGPT's sample.py)."""
+  try:
+    prompt_ids = tokenizer.encode(prompt)
+  except Exception:  # a vocabulary without the prompt's characters: start from token 0
+    prompt_ids = np.zeros(1, np.int32)
+  out = decoding.generate(model, params, jnp.asarray(prompt_ids)[None], jax.random.key(seed),
+                          max_new_tokens=n_tokens, block_size=block_size, temperature=1.0, top_k=0)
+  return tokenizer.decode(np.asarray(out[0, len(prompt_ids):]))

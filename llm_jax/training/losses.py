@@ -1,0 +1,30 @@
+"""The loss factory: the loop trains whatever `make_loss_fn` returns, without knowing the model.
+
+A batch is a dict of arrays: the model's inputs under `input_keys`, `targets` (B, T) and, for
+padded data, `weights` (B, T) with 0 at padding. A language model takes ('inputs',); the
+encoder-decoder takes ('inputs', 'decoder_inputs').
+"""
+
+import jax.numpy as jnp
+import optax
+
+
+def cross_entropy(logits_BTV, targets_BT, weights_BT=None):
+  """Mean token cross-entropy over positions with weight > 0; computed in float32."""
+  losses_BT = optax.softmax_cross_entropy_with_integer_labels(
+      logits_BTV.astype(jnp.float32), targets_BT)
+  if weights_BT is None:
+    return losses_BT.mean()
+  return (losses_BT * weights_BT).sum() / jnp.maximum(weights_BT.sum(), 1.0)
+
+
+def make_loss_fn(model, input_keys=("inputs",)):
+  """loss_fn(params, batch, rng, train) -> scalar mean loss. rng feeds dropout when train=True."""
+
+  def loss_fn(params, batch, rng, train: bool):
+    inputs = [batch[k] for k in input_keys]
+    rngs = {"dropout": rng} if train else {}
+    logits = model.apply({"params": params}, *inputs, train=train, rngs=rngs)
+    return cross_entropy(logits, batch["targets"], batch.get("weights"))
+
+  return loss_fn

@@ -1,0 +1,56 @@
+"""The train state and the pure step functions. The loop wraps them with jax.jit (state donated).
+
+train_step(state, batch, rng) -> (state, metrics) and eval_step(state, batch) -> loss are pure:
+the dropout key for a step is rng folded with the step number, so a resumed run repeats exactly.
+A train batch has a leading micro-batch axis (A, B, T): gradients are averaged over the A
+micro-batches before one update (gradient accumulation).
+"""
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # () int32: updates done
+  params: Any
+  opt_state: Any
+
+
+def create_state(params, tx) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def make_train_step(loss_fn, tx):
+  grad_fn = jax.value_and_grad(loss_fn)
+
+  def train_step(state: TrainState, batch, rng):
+    rng = jax.random.fold_in(rng, state.step)
+    n_micro = jax.tree.leaves(batch)[0].shape[0]
+    if n_micro == 1:
+      loss, grads = grad_fn(state.params, jax.tree.map(lambda x: x[0], batch), rng, True)
+    else:
+      def micro(carry, xs):
+        i, micro_batch = xs
+        l, g = grad_fn(state.params, micro_batch, jax.random.fold_in(rng, i), True)
+        return jax.tree.map(jnp.add, carry, (l, g)), None
+      zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params))
+      (loss, grads), _ = jax.lax.scan(micro, zeros, (jnp.arange(n_micro), batch))
+      loss, grads = jax.tree.map(lambda x: x / n_micro, (loss, grads))
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return train_step
+
+
+def make_eval_step(loss_fn):
+  def eval_step(state: TrainState, batch):
+    return loss_fn(state.params, batch, None, False)
+
+  return eval_step

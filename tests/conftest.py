@@ -1,0 +1,32 @@
+import os
+
+import pytest
+
+# tests see one CPU device unless a test asks for more in its own process
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from llm_jax.config import default_config  # noqa: E402
+
+# a small text with a learnable structure, written to a file for corpus 'text_file'
+TOY_TEXT = ("the cat sat on the mat. the dog sat on the log. " * 40 +
+            "a bird sang in the tree. a fish swam in the sea. " * 40)
+
+
+@pytest.fixture
+def toy_corpus(tmp_path):
+  path = tmp_path / "toy.txt"
+  path.write_text(TOY_TEXT, encoding="utf-8")
+  return path
+
+
+def tiny_config(corpus_path, **train):
+  """A GPT small enough to compile in about a second, on a toy text file."""
+  c = default_config()
+  c.data.corpus = "text_file"
+  c.data.path = str(corpus_path)
+  c.model.update(n_layer=2, n_head=2, n_embd=32, block_size=16)
+  c.train.update(batch_size=8, max_steps=20, lr_decay_steps=20, warmup_steps=2,
+                 eval_interval=10, eval_iters=2, log_interval=5, checkpoint_every=10,
+                 sample_tokens=0)
+  c.train.update(train)
+  return c

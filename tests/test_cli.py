@@ -1,0 +1,81 @@
+"""The command line, run for real as a subprocess: `python -m llm_jax train ...`."""
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from conftest import TOY_TEXT
+
+ROOT = pathlib.Path(__file__).parent.parent
+TINY = ["--config.model.n_layer=1", "--config.model.n_head=2", "--config.model.n_embd=16",
+        "--config.model.block_size=16", "--config.train.batch_size=4",
+        "--config.train.max_steps=6", "--config.train.lr_decay_steps=6",
+        "--config.train.warmup_steps=1", "--config.train.eval_interval=3",
+        "--config.train.eval_iters=1", "--config.train.log_interval=3",
+        "--config.train.checkpoint_every=3", "--config.train.sample_tokens=20"]
+
+
+def llm_jax(*args, timeout=120):
+  return subprocess.run([sys.executable, "-m", "llm_jax", *map(str, args)], cwd=ROOT,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+  path = tmp_path / "toy.txt"
+  path.write_text(TOY_TEXT)
+  return path
+
+
+def test_train_runs_resumes_and_prints_a_sample(corpus, tmp_path):
+  workdir = tmp_path / "run"
+  args = ["train", "--config=configs/gpt_char.py", f"--workdir={workdir}",
+          "--config.data.corpus=text_file", f"--config.data.path={corpus}", *TINY]
+  r = llm_jax(*args)
+  assert r.returncode == 0, r.stderr
+  assert "step 6: train loss" in r.stdout and "--- sample (20 tokens) ---" in r.stdout
+  assert "INFO" not in r.stderr  # absl/Orbax logs stay quiet by default
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["3", "6"]
+  for name in ("config.json", "tokenizer.json", "metrics.jsonl", "summary.json"):
+    assert (workdir / name).exists()
+  # the same command with more steps continues from step 6
+  r = llm_jax(*args[:-1], "--config.train.max_steps=9", "--config.train.sample_tokens=0")
+  assert r.returncode == 0, r.stderr
+  assert "resuming at step 6" in r.stdout and "step 9: train loss" in r.stdout
+
+
+@pytest.mark.parametrize("extra,expect", [
+    (["--config.model.n_head=3"], "config.model.n_embd=16 is invalid"),
+    (["--config.data.path=/nonexistent/*.txt"], "matches no file"),
+    (["--config.model.block_size=5000", "--config.model.max_len=0"], "fewer than model.block_size"),
+    (["--config.model.dropout=2.0"], "config.model.dropout"),
+])
+def test_user_errors_are_one_line_and_exit_2(corpus, tmp_path, extra, expect):
+  r = llm_jax("train", "--config=configs/gpt_char.py", f"--workdir={tmp_path / 'run'}",
+              "--config.data.corpus=text_file", f"--config.data.path={corpus}", *TINY, *extra)
+  assert r.returncode == 2
+  assert expect in r.stderr
+  assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_a_workdir_of_another_model_is_refused(corpus, tmp_path):
+  base = ["train", "--config=configs/gpt_char.py", f"--workdir={tmp_path / 'run'}",
+          "--config.data.corpus=text_file", f"--config.data.path={corpus}", *TINY]
+  assert llm_jax(*base, "--config.train.max_steps=3").returncode == 0
+  r = llm_jax(*base, "--config.model.n_embd=32")
+  assert r.returncode == 2 and "config.model.n_embd=32 differs" in r.stderr
+  assert "Traceback" not in r.stderr
+
+
+def test_flag_mistakes_exit_nonzero_without_traceback(tmp_path):
+  for args in (["train", "--config=configs/gpt_char.py", f"--workdir={tmp_path}",
+                "--config.model.no_such_field=1"],
+               ["train", "--config=configs/gpt_char.py", f"--workdir={tmp_path}",
+                "--config.model.n_layer=two"],
+               ["train", "--config=configs/missing.py", f"--workdir={tmp_path}"],
+               ["train", f"--workdir={tmp_path}"],
+               ["fly"]):
+    r = llm_jax(*args)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, (args, r.stderr)

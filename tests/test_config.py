@@ -1,0 +1,49 @@
+import pytest
+
+from llm_jax.config import default_config, validate
+from llm_jax.errors import UserError
+
+
+def test_default_and_shipped_configs_are_valid():
+  import importlib.util
+  import pathlib
+  validate(default_config())
+  for path in sorted(pathlib.Path(__file__).parent.parent.glob("configs/*.py")):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    validate(module.get_config())
+
+
+@pytest.mark.parametrize("field,value,named", [
+    ("model.n_embd", 130, "model.n_embd"),  # 130 does not divide by 4 heads
+    ("model.n_head", 3, "model.n_embd"),
+    ("model.max_len", 32, "model.block_size"),  # positional table shorter than the context
+    ("model.block_size", 0, "model.block_size"),
+    ("model.n_layer", 0, "model.n_layer"),
+    ("model.n_embd", -8, "model.n_embd"),
+    ("model.name", "lstm", "model.name"),
+    ("model.activation", "swish", "model.activation"),
+    ("model.norm", "middle", "model.norm"),
+    ("model.pos", "rotary", "model.pos"),
+    ("model.dropout", 1.0, "model.dropout"),
+    ("model.dtype", "float16", "model.dtype"),
+    ("data.corpus", "wikipedia", "data.corpus"),
+    ("data.tokenizer", "wordpiece", "data.tokenizer"),
+    ("train.max_steps", 0, "train.max_steps"),
+    ("train.batch_size", -1, "train.batch_size"),
+    ("train.eval_iters", 0, "train.eval_iters"),
+    ("train.learning_rate", 0.0, "train.learning_rate"),
+    ("train.min_lr", 1.0, "train.min_lr"),
+    ("train.lr_decay_steps", 50, "train.lr_decay_steps"),  # not past the 100 warmup steps
+    ("train.beta2", 1.0, "train.beta2"),
+    ("train.grad_clip", -1.0, "train.grad_clip"),
+])
+def test_invalid_fields_are_refused_naming_the_field(field, value, named):
+  c = default_config()
+  section, key = field.split(".")
+  c[section][key] = value
+  with pytest.raises(UserError) as e:
+    validate(c)
+  msg = str(e.value)
+  assert msg.startswith(f"config.{named}=") and "\n" not in msg
