@@ -43,7 +43,7 @@ def test_bigram_is_a_table_lookup():
   np.testing.assert_array_equal(m.apply({"params": params}, idx)[0], table[jnp.array([3, 5, 3])])
 
 
-@pytest.mark.parametrize("norm,pos", itertools.product(["pre", "post"], ["learned", "sinusoidal"]))
+@pytest.mark.parametrize("norm,pos", list(itertools.product(["pre", "post"], ["learned", "sinusoidal"])))
 def test_gpt_is_causal(norm, pos):
   """Changing the tokens after position t never changes the logits at positions <= t."""
   m, params = make(norm=norm, pos=pos)
