@@ -18,7 +18,9 @@ FLAGS = flags.FLAGS
 USAGE = """usage: llm-jax <command> [--flags]
 
 commands:
-  train   train a model from a config: llm-jax train --config=configs/gpt_char.py --workdir=runs/gpt
+  train     train a model from a config: llm-jax train --config=configs/gpt_char.py --workdir=runs/gpt
+  generate  sample from a trained run:   llm-jax generate --workdir=runs/gpt --prompt="ROMEO:"
+  bpe       train a byte-level BPE:      llm-jax bpe --corpus=a.txt --vocab_size=4096 --out=a.tiktoken
 
 `llm-jax <command> --helpshort` lists a command's flags."""
 
@@ -40,7 +42,60 @@ def _train(argv):
   train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
-COMMANDS = {"train": (_define_train, _train)}
+def _define_bpe():
+  flags.DEFINE_string("corpus", None, "UTF-8 text to learn from: a file or a glob ('books/*.txt')")
+  flags.DEFINE_integer("vocab_size", None, "tokens in all: 256 bytes + merges + 4 special tokens")
+  flags.DEFINE_string("out", None, "the rank file to write (.tiktoken), beside it its <out>.json")
+  flags.mark_flags_as_required(["corpus", "vocab_size", "out"])
+
+
+def _bpe(argv):
+  import pathlib
+  from llm_jax.data import bpe
+  if FLAGS.vocab_size < bpe.MIN_VOCAB_SIZE:
+    raise UserError(f"--vocab_size={FLAGS.vocab_size} is too small: use at least "
+                    f"{bpe.MIN_VOCAB_SIZE} (256 bytes + 4 special tokens + 1 merge)")
+  out = pathlib.Path(FLAGS.out).expanduser()
+  if out.is_dir() or not out.name:
+    raise UserError(f"--out={FLAGS.out} is a directory: pass a file name such as books.tiktoken")
+  r = bpe.train_to_file(bpe.read_corpus(FLAGS.corpus), FLAGS.vocab_size, out)
+  print(f"llm-jax bpe: {r['merges']} merges in {r['train_s']:.1f}s ({r['merges_per_s']:.0f}/s), "
+        f"vocab {r['vocab_size']}, {r['bytes_per_token']:.2f} bytes/token on the corpus; "
+        f"wrote {r['out']} (sha256 {r['sha256'][:16]}...); use it as "
+        f"--config.data.tokenizer=bpe:{out.absolute()}", flush=True)
+
+
+def _define_generate():
+  flags.DEFINE_string("workdir", None, "the training run to sample from")
+  flags.DEFINE_string("prompt", "\n", "text to continue (default: a newline, as nanoGPT)")
+  flags.DEFINE_string("prompt_file", None, "read the prompt from this UTF-8 file instead")
+  flags.DEFINE_integer("max_new_tokens", 500, "tokens to generate after the prompt")
+  flags.DEFINE_float("temperature", 1.0, "divides the logits; 0 means greedy")
+  flags.DEFINE_integer("top_k", 0, "sample among the k most likely tokens only (0: off)")
+  flags.DEFINE_float("top_p", 1.0, "sample within the smallest set of probability >= p (1: off)")
+  flags.DEFINE_bool("greedy", False, "always take the most likely token")
+  flags.DEFINE_integer("num_samples", 1, "samples, decoded together in one batch")
+  flags.DEFINE_integer("seed", 0, "sampling seed: the same seed gives the same samples")
+  flags.DEFINE_integer("step", None, "checkpoint step to load (default: the latest)")
+  flags.mark_flags_as_required(["workdir"])
+
+
+def _generate(argv):
+  from llm_jax.data.corpora import read_utf8
+  from llm_jax.generate import generate_text
+  import pathlib
+  prompt = read_utf8(pathlib.Path(FLAGS.prompt_file)) if FLAGS.prompt_file else FLAGS.prompt
+  samples = generate_text(FLAGS.workdir, prompt, FLAGS.max_new_tokens, FLAGS.temperature,
+                          FLAGS.top_k, FLAGS.top_p, FLAGS.greedy, FLAGS.num_samples, FLAGS.seed,
+                          FLAGS.step)
+  for i, text in enumerate(samples):
+    if len(samples) > 1:
+      print(f"--- sample {i + 1} ---")
+    print(prompt + text, flush=True)
+
+
+COMMANDS = {"train": (_define_train, _train), "generate": (_define_generate, _generate)}
+COMMANDS["bpe"] = (_define_bpe, _bpe)
 
 
 def _quiet_logs():

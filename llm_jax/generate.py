@@ -1,0 +1,72 @@
+"""Text from a trained run: load its config, tokenizer and a checkpoint, then decode.
+
+    llm-jax generate --workdir=runs/gpt_char --prompt="ROMEO:" --max_new_tokens=300 --top_k=20
+"""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from llm_jax import decoding
+from llm_jax.errors import UserError
+from llm_jax.models import build_model
+from llm_jax.training import checkpoint, workdir as workdir_lib
+from llm_jax.training.optimizer import make_optimizer
+from llm_jax.training.steps import create_state
+
+
+def load_run(workdir: str, step: int | None = None):
+  """(config, tokenizer, model, params, step) of the run in workdir, at `step` (default: latest)."""
+  workdir = os.path.abspath(workdir)
+  if not os.path.isdir(workdir):
+    raise UserError(f"--workdir={workdir} does not exist: pass the directory of a training run")
+  config, tokenizer = workdir_lib.read_config(workdir), workdir_lib.read_tokenizer(workdir)
+  if config is None or tokenizer is None:
+    raise UserError(f"--workdir={workdir} holds no training run (no config.json/tokenizer.json): "
+                    f"train one there with `llm-jax train`")
+  manager = checkpoint.make_manager(workdir, config.train.keep_checkpoints, create=False)
+  steps = sorted(manager.all_steps()) if os.path.isdir(manager.directory) else []
+  if not steps:
+    raise UserError(f"--workdir={workdir} has no checkpoint yet: train it first")
+  if step is not None and step not in steps:
+    raise UserError(f"--step={step} was not saved in {workdir}: saved steps are "
+                    f"{', '.join(map(str, steps))}")
+  model = build_model(config.model, tokenizer.vocab_size)
+  tx = make_optimizer(config.train)
+  T = config.model.block_size
+  state_like = jax.eval_shape(lambda: create_state(
+      model.init(jax.random.key(0), jnp.zeros((1, T), jnp.int32))["params"], tx))
+  state_like = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), state_like)
+  state, _ = checkpoint.restore(manager, state_like, step)
+  manager.close()
+  return config, tokenizer, model, state.params, int(state.step)
+
+
+def check_sampling(max_new_tokens, temperature, top_k, top_p, num_samples, vocab_size):
+  if max_new_tokens <= 0:
+    raise UserError(f"--max_new_tokens={max_new_tokens} is invalid: ask for 1 or more tokens")
+  if temperature < 0:
+    raise UserError(f"--temperature={temperature} is invalid: use 0 (greedy) or more")
+  if not 0 <= top_k <= vocab_size:
+    raise UserError(f"--top_k={top_k} is invalid: use 0 (off) to {vocab_size} (the vocabulary size)")
+  if not 0 < top_p <= 1:
+    raise UserError(f"--top_p={top_p} is invalid: use a probability in (0, 1] (1 is off)")
+  if num_samples <= 0:
+    raise UserError(f"--num_samples={num_samples} is invalid: use 1 or more")
+
+
+def generate_text(workdir, prompt="\n", max_new_tokens=500, temperature=1.0, top_k=0, top_p=1.0,
+                  greedy=False, num_samples=1, seed=0, step=None) -> list[str]:
+  """`num_samples` continuations of `prompt` (decoded in one batch), without the prompt."""
+  config, tokenizer, model, params, _ = load_run(workdir, step)
+  check_sampling(max_new_tokens, temperature, top_k, top_p, num_samples, tokenizer.vocab_size)
+  if not prompt:
+    raise UserError("--prompt is empty: give at least one character (nanoGPT starts from '\\n')")
+  prompt_ids = tokenizer.encode(prompt)
+  prompt_BP = jnp.asarray(np.tile(prompt_ids, (num_samples, 1)))
+  out_BN = decoding.generate(model, params, prompt_BP, jax.random.key(seed),
+                             max_new_tokens=max_new_tokens, block_size=config.model.block_size,
+                             temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
+  return [tokenizer.decode(row[len(prompt_ids):]) for row in np.asarray(out_BN)]

@@ -1,0 +1,119 @@
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from llm_jax import decoding
+from llm_jax.config import default_config
+from llm_jax.models import build_model
+
+V, L = 13, 8  # vocabulary, block_size
+
+
+def make(**model):
+  c = default_config().model
+  c.update(n_layer=2, n_head=2, n_embd=16, block_size=L)
+  c.update(model)
+  m = build_model(c, V)
+  return m, m.init(jax.random.key(0), jnp.zeros((1, L), jnp.int32))["params"]
+
+
+VARIANTS = [dict(norm=n, pos=p) for n, p in itertools.product(["pre", "post"],
+                                                             ["learned", "sinusoidal"])]
+VARIANTS += [dict(name="bigram")]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(v.values()))
+def test_cached_logits_equal_the_full_forward(variant):
+  m, params = make(**variant)
+  idx = jax.random.randint(jax.random.key(1), (2, L), 0, V)
+  full = m.apply({"params": params}, idx)
+  step = jax.jit(lambda cache, piece: m.apply({"params": params, "cache": cache}, piece,
+                                              decode=True, mutable=["cache"]))
+  cache = decoding.init_cache(m, 2, L)
+  # a prefill of 3 positions, then one position at a time
+  pieces = [idx[:, :3]] + [idx[:, t:t + 1] for t in range(3, L)]
+  outs = []
+  for piece in pieces:
+    logits, mutated = step(cache, piece)
+    cache = mutated.get("cache", {})
+    outs.append(logits)
+  np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant,prompt_len", [
+    (dict(norm="pre", pos="learned"), 1), (dict(norm="post", pos="sinusoidal"), L + 3),
+    (dict(name="bigram"), 5)], ids=["pre-learned", "post-sinusoidal-long-prompt", "bigram"])
+def test_greedy_with_cache_equals_without_past_block_size(variant, prompt_len):
+  m, params = make(**variant)
+  prompt = jax.random.randint(jax.random.key(2), (2, prompt_len), 0, V)
+  kw = dict(max_new_tokens=3 * L, block_size=L, greedy=True)
+  cached = decoding.generate(m, params, prompt, jax.random.key(0), **kw)
+  plain = decoding.generate_uncached(m, params, prompt, jax.random.key(0), **kw)
+  assert cached.shape == (2, prompt_len + 3 * L)
+  np.testing.assert_array_equal(cached, plain)
+  np.testing.assert_array_equal(cached[:, :prompt_len], prompt)
+
+
+def test_past_block_size_the_context_is_the_last_block_size_tokens():
+  """nanoGPT's rule: the token after a long sequence depends only on its last block_size tokens."""
+  m, params = make()
+  seq = jax.random.randint(jax.random.key(3), (1, 3 * L), 0, V)
+  other_start = seq.at[0, :2 * L].set((seq[0, :2 * L] + 5) % V)
+  kw = dict(max_new_tokens=1, block_size=L, greedy=True)
+  a = decoding.generate(m, params, seq, jax.random.key(0), **kw)[0, -1]
+  b = decoding.generate(m, params, other_start, jax.random.key(0), **kw)[0, -1]
+  assert a == b
+  expected = jnp.argmax(m.apply({"params": params}, seq[:, -L:])[0, -1])
+  assert a == expected
+
+
+def test_sampled_cached_equals_uncached_for_the_same_seed():
+  m, params = make()
+  prompt = jnp.zeros((3, 2), jnp.int32)
+  kw = dict(max_new_tokens=2 * L, block_size=L, temperature=0.8, top_k=5, top_p=0.9)
+  np.testing.assert_array_equal(decoding.generate(m, params, prompt, jax.random.key(4), **kw),
+                                decoding.generate_uncached(m, params, prompt, jax.random.key(4), **kw))
+
+
+LOGITS = jnp.log(jnp.array([[0.05, 0.4, 0.02, 0.3, 0.13, 0.1]]))  # a known distribution
+
+
+def draws(n=2000, **kw):
+  keys = jax.random.split(jax.random.key(0), n)
+  return np.asarray(jax.vmap(lambda k: decoding.sample_next(LOGITS, k, **kw))(keys))[:, 0]
+
+
+def test_top_k_1_and_temperature_0_are_greedy():
+  assert set(draws(top_k=1)) == {1}
+  assert set(draws(temperature=0.0)) == {1}
+  assert set(draws(greedy=True, top_k=3)) == {1}
+
+
+def test_top_k_keeps_the_k_most_likely():
+  assert set(draws(top_k=3)) == {1, 3, 4}
+
+
+def test_top_p_never_samples_outside_the_nucleus():
+  # sorted: 0.4 (1), 0.3 (3), 0.13 (4), 0.1 (5), 0.05 (0), 0.02 (2)
+  assert set(draws(top_p=0.65)) == {1, 3}  # 0.4 < 0.65 <= 0.7
+  assert set(draws(top_p=0.7)) == {1, 3}  # reaches p exactly with two tokens
+  assert set(draws(top_p=0.71)) == {1, 3, 4}
+  assert set(draws(top_p=0.1)) == {1}  # the most likely token is always kept
+  assert set(draws(top_p=1.0)) == {0, 1, 2, 3, 4, 5}
+
+
+def test_sampling_frequencies_follow_the_distribution():
+  counts = np.bincount(draws(n=20000), minlength=6) / 20000
+  np.testing.assert_allclose(counts, np.exp(LOGITS[0]), atol=0.015)
+
+
+def test_the_same_seed_gives_the_same_sample_and_seeds_differ():
+  m, params = make()
+  prompt = jnp.zeros((1, 1), jnp.int32)
+  kw = dict(max_new_tokens=20, block_size=L)
+  a = decoding.generate(m, params, prompt, jax.random.key(7), **kw)
+  np.testing.assert_array_equal(a, decoding.generate(m, params, prompt, jax.random.key(7), **kw))
+  assert not np.array_equal(a, decoding.generate(m, params, prompt, jax.random.key(8), **kw))
