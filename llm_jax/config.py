@@ -4,9 +4,13 @@ configs/*.py start from `default_config()` and change what their experiment need
 before anything is loaded or compiled and raises a UserError naming the field and the fix.
 """
 
+import pathlib
+
 import ml_collections
 
+from llm_jax.data.bpe import MIN_VOCAB_SIZE
 from llm_jax.data.corpora import CORPORA
+from llm_jax.data.tokenizers import TIKTOKEN_ENCODINGS, bpe_path
 from llm_jax.errors import UserError
 from llm_jax.models import MODELS
 
@@ -23,7 +27,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.path = ""
   # download cache; '' means $LLM_JAX_DATA_DIR, else ~/.cache/llm_jax
   c.data.data_dir = ""
-  # tokenizer: 'char' (vocabulary = the corpus's characters)
+  # tokenizer: 'char' (vocabulary = the corpus's characters) | 'tiktoken:<encoding>' (cl100k_base
+  # works offline; gpt2, r50k_base, p50k_base, o200k_base need network or TIKTOKEN_CACHE_DIR) |
+  # 'bpe:<rank file>' (made by `llm-jax bpe`; relative: to the working dir, else the data dir) |
+  # 'bpe:train:<vocab size>' (a BPE trained on the training split, cached in the data dir)
   c.data.tokenizer = "char"
 
   c.model = ml_collections.ConfigDict()
@@ -99,7 +106,24 @@ def _require(cond, field, value, fix):
 def validate(c) -> None:
   d, m, t = c.data, c.model, c.train
   _require(d.corpus in CORPORA, "data.corpus", d.corpus, f"use one of {', '.join(CORPORA)}")
-  _require(d.tokenizer == "char", "data.tokenizer", d.tokenizer, "use 'char'")
+  kind, _, arg = d.tokenizer.partition(":")
+  _require(d.tokenizer == "char" or (kind in ("tiktoken", "bpe") and arg), "data.tokenizer",
+           d.tokenizer, "use 'char', 'tiktoken:<encoding>', 'bpe:<rank file>' or "
+           "'bpe:train:<vocab size>'")
+  if kind == "tiktoken":
+    _require(arg in TIKTOKEN_ENCODINGS, "data.tokenizer", d.tokenizer,
+             f"use one of {', '.join('tiktoken:' + n for n in TIKTOKEN_ENCODINGS)}")
+  elif kind == "bpe" and arg.startswith("train:"):
+    n = arg.removeprefix("train:")
+    _require(n.isdigit() and int(n) >= MIN_VOCAB_SIZE, "data.tokenizer", d.tokenizer,
+             f"use bpe:train:<vocab size>, a size of at least {MIN_VOCAB_SIZE} (such as 4096)")
+  elif kind == "bpe" and arg:
+    path = bpe_path(arg, d.data_dir)
+    _require(path.is_file(), "data.tokenizer", d.tokenizer,
+             f"no rank file at {path}" + ("" if pathlib.Path(arg).expanduser().is_absolute() else
+                                          " (nor in the working directory)") +
+             f": make one with `llm-jax bpe --corpus=<text files> --vocab_size=4096 "
+             f"--out={path}`, or use bpe:train:4096")
   _require(m.name in MODELS, "model.name", m.name, f"use one of {', '.join(MODELS)}")
   _require(m.block_size > 0, "model.block_size", m.block_size, "use a positive context length")
   for field in ("n_layer", "n_head", "n_embd"):

@@ -104,16 +104,24 @@ def generate(model, params, prompt_BP, rng, *, max_new_tokens, block_size,
   else:
     logits_BV = _window_logits(model, params, seq, P, L)
 
-  def step(carry, i):
-    seq, logits_BV, cache = carry
-    n = P + i  # position of the token drawn now
+  def draw(seq, logits_BV, i):
     tok_B = sample(logits_BV, jax.random.fold_in(rng, i))
-    seq = jax.lax.dynamic_update_slice_in_dim(seq, tok_B[:, None], n, axis=1)
-    # the next logits: from the cache while token n has a slot in it, else from a full window
-    logits_BV, cache = jax.lax.cond(
-        n < L, lambda: cached(tok_B[:, None], cache),
-        lambda: (_window_logits(model, params, seq, n + 1, L), cache))
+    return tok_B, jax.lax.dynamic_update_slice_in_dim(seq, tok_B[:, None], P + i, axis=1)
+
+  def cached_step(carry, i):  # token P + i still has a slot in the cache
+    seq, logits_BV, cache = carry
+    tok_B, seq = draw(seq, logits_BV, i)
+    logits_BV, cache = cached(tok_B[:, None], cache)
     return (seq, logits_BV, cache), None
 
-  (seq, _, _), _ = jax.lax.scan(step, (seq, logits_BV, cache), jnp.arange(max_new_tokens))
+  def window_step(carry, i):  # past block_size: a full forward over the last block_size tokens
+    seq, logits_BV = carry
+    tok_B, seq = draw(seq, logits_BV, i)
+    return (seq, _window_logits(model, params, seq, P + i + 1, L)), None
+
+  n_cached = min(max(L - P, 0), max_new_tokens)  # steps whose new token fits in the cache
+  (seq, logits_BV, _), _ = jax.lax.scan(cached_step, (seq, logits_BV, cache),
+                                        jnp.arange(n_cached))
+  (seq, _), _ = jax.lax.scan(window_step, (seq, logits_BV),
+                             jnp.arange(n_cached, max_new_tokens))
   return seq[:, :P + max_new_tokens]

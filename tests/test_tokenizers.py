@@ -1,8 +1,18 @@
+import json
+import time
+
 import numpy as np
 import pytest
+import requests
+import tiktoken
 
-from llm_jax.data.tokenizers import CharTokenizer, tokenizer_from_dict
+from conftest import TOY_TEXT, tiny_config
+from llm_jax.config import default_config, validate
+from llm_jax.data import bpe, lm, tokenizers
+from llm_jax.data.tokenizers import (CharTokenizer, TiktokenTokenizer, make_tokenizer,
+                                     tokenizer_from_dict)
 from llm_jax.errors import UserError
+from test_bpe import HELD_OUT, TRAIN_TEXT, UNICODE
 
 
 def test_char_round_trip_and_vocab():
@@ -31,3 +41,178 @@ def test_unknown_character_names_it_and_its_position(text, bad, pos):
     tok.encode(text)
   msg = str(e.value)
   assert repr(bad) in msg and f"position {pos}" in msg and "\n" not in msg
+
+
+# --- tiktoken-backed tokenizers: tiktoken's encodings and BPE rank files trained here ---
+
+# ids from the real cl100k_base ranks (tiktoken.get_encoding('cl100k_base'), sha256 223921b7...)
+CL100K_IDS = {
+    "hello world": [15339, 1917],
+    "The quick brown fox jumps over the lazy dog.":
+        [791, 4062, 14198, 39935, 35308, 927, 279, 16053, 5679, 13],
+    "ROMEO:\nBut, soft! what light through yonder window breaks?":
+        [3442, 6903, 512, 4071, 11, 8579, 0, 1148, 3177, 1555, 379, 14518, 3321, 18808, 30],
+    "日本語のテキスト 🎭": [9080, 22656, 45918, 252, 16144, 57933, 62903, 71634, 11410, 236, 255],
+    "def f(x):\n    return x**2\n": [755, 282, 2120, 997, 262, 471, 865, 334, 17, 198],
+}
+
+
+@pytest.fixture(scope="module")
+def cl100k():
+  return make_tokenizer("tiktoken:cl100k_base", "")
+
+
+@pytest.fixture
+def rank_file(tmp_path):
+  path = tmp_path / "toy.tiktoken"
+  bpe.save_bpe(path, bpe.train_bpe(TRAIN_TEXT, 300))
+  return path
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+  """No network (every download fails at once, as offline), an empty tiktoken cache, and no
+  encodings tiktoken already built in this process."""
+  def no_network(url):
+    raise requests.exceptions.ConnectionError(f"no network for {url}")
+  monkeypatch.setattr(tiktoken.load, "read_file", no_network)
+  monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})
+  (tmp_path / "empty_cache").mkdir()
+  monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty_cache"))
+
+
+def test_cl100k_gives_tiktokens_ids(cl100k):
+  assert cl100k.vocab_size == 100277
+  for text, ids in CL100K_IDS.items():
+    assert cl100k.encode(text).tolist() == ids
+    assert cl100k.decode(ids) == text
+
+
+def test_cl100k_offline_comes_from_the_wheel_with_the_same_ids(offline):
+  enc = tokenizers.tiktoken_encoding("cl100k_base")
+  for text, ids in CL100K_IDS.items():
+    assert enc.encode_ordinary(text) == ids
+  assert enc.encode("<|endoftext|>", allowed_special="all") == [100257]
+
+
+@pytest.mark.parametrize("name", ["o200k_base", "gpt2"])
+def test_an_encoding_that_cannot_be_fetched_is_a_one_line_error(offline, name):
+  t0 = time.perf_counter()
+  with pytest.raises(UserError) as e:
+    make_tokenizer(f"tiktoken:{name}", "")
+  msg = str(e.value)
+  assert time.perf_counter() - t0 < 5
+  assert f"tiktoken:{name} could not be downloaded" in msg and "TIKTOKEN_CACHE_DIR" in msg
+  assert "bpe:<path>" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("text", UNICODE)
+def test_cl100k_round_trip_on_any_unicode(cl100k, text):
+  assert cl100k.decode(cl100k.encode(text)) == text
+
+
+def test_ids_without_bytes_decode_to_nothing(cl100k):
+  # cl100k has no tokens 100261-100275: a model may still sample them
+  assert cl100k.decode([15339, 100262, 1917]) == "hello world"
+
+
+@pytest.mark.parametrize("which", ["cl100k", "trained"])
+def test_chunked_encoding_gives_the_ids_of_one_call(which, cl100k, rank_file, monkeypatch):
+  tok = cl100k if which == "cl100k" else make_tokenizer(f"bpe:{rank_file}", "")
+  text = (TRAIN_TEXT + "  \n\n x  y\t\tz 12 345 it's ok\r\n" + "".join(UNICODE)) * 3
+  monkeypatch.setattr(tokenizers, "CHUNK_CHARS", 37)
+  chunks = list(tok.encode_chunks(text))
+  assert len(chunks) > 20
+  assert np.concatenate(chunks).tolist() == tok.encoding.encode_ordinary(text)
+
+
+def test_tiktoken_tokenizers_serialize(cl100k, rank_file):
+  again = tokenizer_from_dict(json.loads(json.dumps(cl100k.to_dict())))
+  assert again.encode(HELD_OUT).tolist() == cl100k.encode(HELD_OUT).tolist()
+  tok = make_tokenizer(f"bpe:{rank_file}", "")
+  d = tok.to_dict()
+  assert d["path"] == str(rank_file) and len(d["sha256"]) == 64
+  assert tokenizer_from_dict(d).encode(HELD_OUT).tolist() == tok.encode(HELD_OUT).tolist()
+
+
+def test_a_changed_or_missing_rank_file_is_refused(rank_file):
+  d = make_tokenizer(f"bpe:{rank_file}", "").to_dict()
+  bpe.save_bpe(rank_file, bpe.train_bpe(TRAIN_TEXT, 290))  # retrained in place
+  with pytest.raises(UserError, match="changed since the run started"):
+    tokenizer_from_dict(d)
+  rank_file.unlink()
+  with pytest.raises(UserError, match="is missing"):
+    tokenizer_from_dict(d)
+
+
+def test_a_bpe_path_is_found_in_the_data_dir(tmp_path, rank_file, monkeypatch):
+  data = tmp_path / "data"
+  data.mkdir()
+  bpe.save_bpe(data / "in_data.tiktoken", bpe.read_ranks(rank_file))
+  monkeypatch.chdir(tmp_path)
+  assert tokenizers.bpe_path("in_data.tiktoken", str(data)) == data / "in_data.tiktoken"
+  assert tokenizers.bpe_path("toy.tiktoken", str(data)) == rank_file  # the working dir first
+  tok = make_tokenizer("bpe:in_data.tiktoken", "", str(data))
+  assert tok.vocab_size == 300
+
+
+@pytest.mark.parametrize("spec,ok", [
+    ("char", True), ("tiktoken:cl100k_base", True), ("tiktoken:o200k_base", True),
+    ("bpe:train:4096", True), ("bpe:{rank_file}", True),
+    ("tiktoken:cl200k", False), ("tiktoken:", False), ("bpe:", False), ("bpe:train:abc", False),
+    ("bpe:train:100", False), ("bpe:/nonexistent/x.tiktoken", False), ("wordpiece", False),
+    ("char:x", False),
+])
+def test_tokenizer_specs_are_validated(spec, ok, rank_file):
+  c = default_config()
+  c.data.tokenizer = spec.format(rank_file=rank_file)
+  if ok:
+    validate(c)
+  else:
+    with pytest.raises(UserError) as e:
+      validate(c)
+    assert str(e.value).startswith("config.data.tokenizer=") and "\n" not in str(e.value)
+
+
+def test_token_cache_is_reused_and_rebuilt_when_the_corpus_or_tokenizer_changes(
+    tmp_path, rank_file, monkeypatch):
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text(TOY_TEXT)
+  c = tiny_config(corpus).data
+  c.data_dir, c.tokenizer = str(tmp_path / "data"), f"bpe:{rank_file}"
+  cache = tmp_path / "data" / "tokens"
+
+  def files():
+    return sorted(p.name for p in cache.iterdir())
+
+  first = lm.load_lm_data(c, 16)
+  assert len(files()) == 2  # train and val
+  assert isinstance(first.train, np.memmap) and first.train.dtype == np.uint16
+  tok = first.tokenizer
+  assert first.train.tolist() == tok.encode(TOY_TEXT[:int(len(TOY_TEXT) * 0.9)]).tolist()
+  assert first.val.tolist() == tok.encode(TOY_TEXT[int(len(TOY_TEXT) * 0.9):]).tolist()
+  assert first.val_bytes == len(TOY_TEXT[int(len(TOY_TEXT) * 0.9):].encode())
+
+  def no_encoding(*a):
+    raise AssertionError("the cache should have been used")
+  with monkeypatch.context() as m:
+    m.setattr(TiktokenTokenizer, "encode_chunks", no_encoding)
+    again = lm.load_lm_data(c, 16)
+  assert len(files()) == 2
+  np.testing.assert_array_equal(again.train, first.train)
+
+  corpus.write_text(TOY_TEXT + " the end.")  # the corpus changes: both splits move
+  changed = lm.load_lm_data(c, 16)
+  assert len(files()) == 4 and changed.val.tolist() != first.val.tolist()
+
+  other = tmp_path / "other.tiktoken"  # another tokenizer: new ids
+  bpe.save_bpe(other, bpe.train_bpe(TOY_TEXT, 280))
+  c.tokenizer = f"bpe:{other}"
+  retok = lm.load_lm_data(c, 16)
+  assert len(files()) == 6 and retok.train.tolist() != changed.train.tolist()
+  assert not [p for p in cache.iterdir() if p.suffix != ".npy"]  # no temporary file left
+
+
+def test_a_100k_vocabulary_is_cached_as_uint32(tmp_path, cl100k):
+  ids = lm.cached_tokens(cl100k, "hello world " * 10, str(tmp_path))
+  assert ids.dtype == np.uint32 and ids.tolist() == cl100k.encode("hello world " * 10).tolist()

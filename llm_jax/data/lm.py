@@ -2,14 +2,22 @@
 
 The batch for a step is a pure function of (seed, step): a resumed run draws exactly the batches
 an uninterrupted run would, and no sampler state needs saving.
+
+A BPE corpus is tokenized once: its ids are cached as a uint16/uint32 .npy file under
+<data dir>/tokens/, named by (the split text's sha256, the tokenizer's id), and read back as a
+memory map, so a second run starts at once and the ids never sit in memory as a Python list.
 """
 
+import hashlib
+import os
+import pathlib
+import tempfile
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from llm_jax.data.corpora import load_text, split
-from llm_jax.data.tokenizers import CharTokenizer
+from llm_jax.data.corpora import data_dir, load_text, split
+from llm_jax.data.tokenizers import CharTokenizer, make_tokenizer, tokenizer_id
 from llm_jax.errors import UserError
 
 # independent random streams of one seed: the training batches, and the fixed evaluation batches
@@ -37,17 +45,61 @@ class LMData(NamedTuple):
   tokenizer: Any
   train: np.ndarray  # (N_train,) token ids
   val: np.ndarray  # (N_val,) token ids
+  val_bytes: int  # UTF-8 bytes of the val text: bits/byte = nats/token / ln 2 * N_val / val_bytes
+
+
+def token_cache_path(tokenizer, text: str, data_dir_config: str = "") -> pathlib.Path:
+  digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
+  return data_dir(data_dir_config) / "tokens" / f"{digest}-{tokenizer_id(tokenizer)}.npy"
+
+
+def cached_tokens(tokenizer, text: str, data_dir_config: str = "") -> np.ndarray:
+  """The (N,) ids of `text`, from the token cache (written first if absent), memory-mapped.
+
+  The file is written chunk by chunk under a temporary name, its header rewritten with the final
+  length, then renamed: a crash or a concurrent run never leaves a partial cache behind.
+  """
+  if not text:
+    return np.zeros(0, np.int32)
+  path = token_cache_path(tokenizer, text, data_dir_config)
+  if not path.exists():
+    dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp")
+    try:
+      def header(n):
+        return {"descr": dtype.str, "fortran_order": False, "shape": (n,)}
+      with os.fdopen(fd, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header(0))  # the length is known at the end
+        offset, n = f.tell(), 0
+        for ids in tokenizer.encode_chunks(text):
+          f.write(ids.astype(dtype).tobytes())
+          n += len(ids)
+        f.seek(0)
+        np.lib.format.write_array_header_1_0(f, header(n))  # padded: the same size as before
+        assert f.tell() == offset, "the .npy header changed size"
+      os.chmod(tmp, 0o644)  # mkstemp makes it private; the data dir is a shared cache
+      os.replace(tmp, path)
+    finally:
+      if os.path.exists(tmp):
+        os.remove(tmp)
+  return np.load(path, mmap_mode="r")
 
 
 def load_lm_data(cfg, block_size: int, tokenizer=None) -> LMData:
   """cfg: config.data. The corpus split 90/10 by characters and tokenized.
 
-  `tokenizer`: the one saved with a run being resumed; None builds one from the corpus.
+  `tokenizer`: the one saved with a run being resumed; None builds one (config.data.tokenizer).
+  Character ids are computed in one vectorized pass; BPE ids come from the token cache.
   """
   text = load_text(cfg)
-  tokenizer = tokenizer or CharTokenizer.from_text(text)
+  tokenizer = tokenizer or make_tokenizer(cfg.tokenizer, text, cfg.data_dir)
   train_text, val_text = split(text)
-  data = LMData(tokenizer, tokenizer.encode(train_text), tokenizer.encode(val_text))
+  if isinstance(tokenizer, CharTokenizer):
+    train, val = tokenizer.encode(train_text), tokenizer.encode(val_text)
+  else:
+    train, val = (cached_tokens(tokenizer, t, cfg.data_dir) for t in (train_text, val_text))
+  data = LMData(tokenizer, train, val, len(val_text.encode("utf-8")))
   for name, tokens in (("train", data.train), ("val", data.val)):
     if len(tokens) < block_size + 1:
       raise UserError(f"the {name} split of corpus {cfg.corpus!r} has {len(tokens)} tokens, fewer "

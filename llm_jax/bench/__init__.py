@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print JSON figures (never timed tests)."""
