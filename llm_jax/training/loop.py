@@ -16,10 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from llm_jax import decoding
 from llm_jax.config import validate
-from llm_jax.data.lm import EVAL_STREAM, get_batch, load_lm_data
-from llm_jax.models import build_model
+from llm_jax.tasks import build_task
 from llm_jax.training import checkpoint, workdir as workdir_lib
 from llm_jax.training.losses import make_loss_fn
 from llm_jax.training.optimizer import lr_schedule, make_optimizer
@@ -51,23 +49,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
   saved = workdir_lib.read_config(workdir)
   if saved is not None:
     workdir_lib.check_same_run(config, saved)
-  tc, T = config.train, config.model.block_size
-  data = load_lm_data(config.data, T, workdir_lib.read_tokenizer(workdir))
-  workdir_lib.write_run_files(workdir, config, data.tokenizer)
+  tc = config.train
+  task = build_task(config, workdir_lib.read_tokenizer(workdir))
+  workdir_lib.write_run_files(workdir, config, task.tokenizer)
 
-  model = build_model(config.model, data.tokenizer.vocab_size)
-  loss_fn = make_loss_fn(model)
+  loss_fn = make_loss_fn(task.model, task.input_keys)
   tx = make_optimizer(tc)
   init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
-  state = jax.jit(lambda r: create_state(
-      model.init(r, jnp.zeros((1, T), jnp.int32))["params"], tx))(init_rng)
+  example = [jnp.asarray(v[0, :1]) for k, v in task.eval_batches["val"].items()
+             if k in task.input_keys]
+  state = jax.jit(lambda r: create_state(task.model.init(r, *example)["params"], tx))(init_rng)
   train_step = jax.jit(make_train_step(loss_fn, tx), donate_argnums=0)
   eval_step = make_eval_step(loss_fn)
   # all eval_iters batches of a split in one call: a scan over the fixed batches
   evaluate_split = jax.jit(lambda s, b: jax.lax.map(lambda x: eval_step(s, x), b).mean())
-  eval_batches = {name: get_batch(tokens, T, (tc.eval_iters, tc.batch_size), config.seed, i,
-                                  stream=EVAL_STREAM)
-                  for i, (name, tokens) in enumerate((("train", data.train), ("val", data.val)))}
 
   manager = checkpoint.make_manager(workdir, tc.keep_checkpoints)
   meta = {"best_val_loss": math.inf}
@@ -77,21 +72,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
   log = MetricsLog(workdir, start)
   schedule = lr_schedule(tc)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
-  tokens_per_step = tc.batch_size * tc.grad_accum_steps * T
-  print(f"llm-jax: {config.model.name} with {n_params / 1e6:.2f}M parameters, vocab "
-        f"{data.tokenizer.vocab_size}, {len(data.train):,} train / {len(data.val):,} val tokens, "
+  tokens_per_step = tc.batch_size * tc.grad_accum_steps * task.tokens_per_example
+  print(f"llm-jax: {config.model.name} with {n_params / 1e6:.2f}M parameters, {task.describe}, "
         f"{tokens_per_step} tokens/step, " +
         (f"resuming at step {start}" if start else "starting") + f" in {workdir}", flush=True)
 
   def run_eval(step):
-    losses = {name: float(evaluate_split(state, b)) for name, b in eval_batches.items()}
+    losses = {name: float(evaluate_split(state, b)) for name, b in task.eval_batches.items()}
     meta["best_val_loss"] = min(meta["best_val_loss"], losses["val"])
-    # bits per byte: nats/token -> bits/token -> bits/byte, comparable across tokenizers
-    bpb = losses["val"] / math.log(2) * len(data.val) / data.val_bytes
-    log.write({"step": step, "train_loss": losses["train"], "val_loss": losses["val"],
-               "val_bpb": bpb})
-    tqdm.write(f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
-               f"val bpb {bpb:.4f}")
+    extra = task.eval_metrics(state.params, losses)
+    log.write({"step": step, "train_loss": losses["train"], "val_loss": losses["val"], **extra})
+    tqdm.write(f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}" +
+               "".join(f", {k} {v:.4f}" for k, v in extra.items()))
     return losses
 
   losses = run_eval(start) if start == 0 else {}
@@ -99,7 +91,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   t_last, n_since, t_start = time.perf_counter(), 0, time.perf_counter()
   bar = tqdm(total=tc.max_steps, initial=start, disable=None, dynamic_ncols=True, unit="step")
   for step in range(start, tc.max_steps):
-    batch = get_batch(data.train, T, (tc.grad_accum_steps, tc.batch_size), config.seed, step)
+    batch = task.train_batch(step)
     state, metrics = train_step(state, batch, dropout_rng)
     pending.append(metrics)
     n_since += 1
@@ -133,20 +125,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
              "median_ms_per_step": float(np.median(steady)) if steady else None,
              "tokens_per_s": tokens_per_step / np.median(steady) * 1e3 if steady else None}
   if tc.sample_tokens:
-    summary["sample"] = sample_text(model, state.params, data.tokenizer, T, tc.sample_tokens,
-                                    config.seed)
+    summary["sample"] = task.sample(state.params, tc.sample_tokens, config.seed)
     print(f"--- sample ({tc.sample_tokens} tokens) ---\n{summary['sample']}\n---", flush=True)
   with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
     json.dump(summary, f, indent=2)
   return summary
 
-
-def sample_text(model, params, tokenizer, block_size, n_tokens, seed, prompt="\n") -> str:
-  """A sample from the model, from `prompt` (a newline, as nanoGPT's sample.py)."""
-  try:
-    prompt_ids = tokenizer.encode(prompt)
-  except Exception:  # a vocabulary without the prompt's characters: start from token 0
-    prompt_ids = np.zeros(1, np.int32)
-  out = decoding.generate(model, params, jnp.asarray(prompt_ids)[None], jax.random.key(seed),
-                          max_new_tokens=n_tokens, block_size=block_size, temperature=1.0, top_k=0)
-  return tokenizer.decode(np.asarray(out[0, len(prompt_ids):]))
