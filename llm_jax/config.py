@@ -19,6 +19,18 @@ def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   # seed of parameter init, dropout and the batch stream; a run is a function of (config, seed)
   c.seed = 1337
+  # data parallelism: 'auto' (pmap over all devices when there are several) | 'none' (jit, one
+  # device) | 'pmap'. train.batch_size is global: each device gets batch_size / devices examples
+  c.parallel = "auto"
+  # several processes (hosts) through jax.distributed; the LLM_JAX_COORDINATOR_ADDRESS,
+  # LLM_JAX_NUM_PROCESSES and LLM_JAX_PROCESS_ID environment variables override these
+  c.distributed = ml_collections.ConfigDict()
+  # host:port of process 0's coordinator ('' with one process)
+  c.distributed.coordinator_address = ""
+  # number of processes taking part (1: no jax.distributed)
+  c.distributed.num_processes = 1
+  # this process's index, 0..num_processes-1
+  c.distributed.process_id = 0
 
   c.data = ml_collections.ConfigDict()
   # corpus: 'shakespeare_plays' (offline, the default) | 'tinyshakespeare' (downloaded) | 'text_file'
@@ -62,7 +74,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"
 
   c.train = ml_collections.ConfigDict()
-  # examples per micro-batch; one optimizer step sees batch_size * grad_accum_steps windows
+  # examples per micro-batch, global across devices; one update sees batch_size * grad_accum_steps
   c.train.batch_size = 12
   # micro-batches whose gradients are averaged before each update (the global batch grows with it)
   c.train.grad_accum_steps = 1
@@ -105,6 +117,10 @@ def _require(cond, field, value, fix):
 
 def validate(c) -> None:
   d, m, t = c.data, c.model, c.train
+  _require(c.parallel in ("auto", "none", "pmap"), "parallel", c.parallel,
+           "use 'auto', 'none' or 'pmap'")
+  _require(c.distributed.num_processes >= 1, "distributed.num_processes",
+           c.distributed.num_processes, "use 1 or more")
   _require(d.corpus in CORPORA, "data.corpus", d.corpus, f"use one of {', '.join(CORPORA)}")
   kind, _, arg = d.tokenizer.partition(":")
   _require(d.tokenizer == "char" or (kind in ("tiktoken", "bpe") and arg), "data.tokenizer",

@@ -2,8 +2,11 @@ import os
 
 import pytest
 
-# tests see one CPU device unless a test asks for more in its own process
+# 8 simulated CPU devices for the data-parallel tests; set before jax is imported. Other tests
+# run on one device (config.parallel='none'); subprocesses get the environment they ask for.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
 
 from llm_jax.config import default_config  # noqa: E402
 
@@ -22,6 +25,7 @@ def toy_corpus(tmp_path):
 def tiny_config(corpus_path, **train):
   """A GPT small enough to compile in about a second, on a toy text file."""
   c = default_config()
+  c.parallel = "none"
   c.data.corpus = "text_file"
   c.data.path = str(corpus_path)
   c.model.update(n_layer=2, n_head=2, n_embd=32, block_size=16)

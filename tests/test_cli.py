@@ -1,5 +1,6 @@
 """The command line, run for real as a subprocess: `python -m llm_jax train ...`."""
 
+import os
 import pathlib
 import subprocess
 import sys
@@ -18,7 +19,8 @@ TINY = ["--config.model.n_layer=1", "--config.model.n_head=2", "--config.model.n
 
 
 def llm_jax(*args, timeout=120):
-  return subprocess.run([sys.executable, "-m", "llm_jax", *map(str, args)], cwd=ROOT,
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as a user has
+  return subprocess.run([sys.executable, "-m", "llm_jax", *map(str, args)], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=timeout)
 
 

@@ -6,7 +6,6 @@ is made absolute here. Saves are asynchronous; `wait` before reading them or exi
 
 import os
 
-import jax
 import orbax.checkpoint as ocp
 
 
@@ -17,15 +16,15 @@ def make_manager(workdir: str, keep: int, create: bool = True) -> ocp.Checkpoint
 
 
 def save(manager: ocp.CheckpointManager, state, meta: dict) -> None:
-  step = int(jax.device_get(state.step))
+  """state: numpy arrays (one host copy); every process calls this (Orbax syncs them)."""
+  step = int(state.step)
   manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                              meta=ocp.args.JsonSave(meta)), force=True)
 
 
 def restore(manager: ocp.CheckpointManager, state_like, step: int | None = None):
-  """(state, meta) from `step` (default: the latest), shaped and placed like `state_like`."""
+  """(state, meta) from `step` (default: the latest), as numpy arrays shaped like `state_like`."""
   step = manager.latest_step() if step is None else step
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
-  out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+  out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(state_like),
                                                       meta=ocp.args.JsonRestore()))
   return out.state, out.meta

@@ -1,9 +1,11 @@
-"""The train state and the pure step functions. The loop wraps them with jax.jit (state donated).
+"""The train state and the pure step functions, wrapped by jax.jit or jax.pmap (parallel.py).
 
 train_step(state, batch, rng) -> (state, metrics) and eval_step(state, batch) -> loss are pure:
 the dropout key for a step is rng folded with the step number, so a resumed run repeats exactly.
 A train batch has a leading micro-batch axis (A, B, T): gradients are averaged over the A
-micro-batches before one update (gradient accumulation).
+micro-batches before one update (gradient accumulation). With `axis_name` (under pmap) each
+device holds B / devices examples; gradients and metrics are averaged over the devices with
+lax.pmean, so every device applies the same update to its replica of the state.
 """
 
 from typing import Any
@@ -25,11 +27,13 @@ def create_state(params, tx) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
-def make_train_step(loss_fn, tx):
+def make_train_step(loss_fn, tx, axis_name=None):
   grad_fn = jax.value_and_grad(loss_fn)
 
   def train_step(state: TrainState, batch, rng):
     rng = jax.random.fold_in(rng, state.step)
+    if axis_name:  # each device its own dropout masks
+      rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
     n_micro = jax.tree.leaves(batch)[0].shape[0]
     if n_micro == 1:
       loss, grads = grad_fn(state.params, jax.tree.map(lambda x: x[0], batch), rng, True)
@@ -41,6 +45,8 @@ def make_train_step(loss_fn, tx):
       zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params))
       (loss, grads), _ = jax.lax.scan(micro, zeros, (jnp.arange(n_micro), batch))
       loss, grads = jax.tree.map(lambda x: x / n_micro, (loss, grads))
+    if axis_name:
+      loss, grads = jax.lax.pmean((loss, grads), axis_name)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
@@ -49,8 +55,9 @@ def make_train_step(loss_fn, tx):
   return train_step
 
 
-def make_eval_step(loss_fn):
+def make_eval_step(loss_fn, axis_name=None):
   def eval_step(state: TrainState, batch):
-    return loss_fn(state.params, batch, None, False)
+    loss = loss_fn(state.params, batch, None, False)
+    return jax.lax.pmean(loss, axis_name) if axis_name else loss
 
   return eval_step

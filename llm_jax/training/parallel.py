@@ -1,0 +1,105 @@
+"""Data parallelism: one pure step function, two wrappers (jax.jit on one device, jax.pmap on all).
+
+Global batch semantics: config.train.batch_size is the global micro-batch, across all devices of
+all processes; each device gets batch_size / devices examples, and one update sees
+batch_size x grad_accum_steps examples, whatever the device count. The global batch of a step is
+drawn identically on every process (from (seed, step)); each process keeps its own slice of it and
+splits that over its local devices. So 1 device and N devices compute the same mean loss and
+gradient, up to the order of float additions.
+
+Multi-host: `init_distributed` calls jax.distributed.initialize from config.distributed or the
+environment (LLM_JAX_COORDINATOR_ADDRESS, LLM_JAX_NUM_PROCESSES, LLM_JAX_PROCESS_ID), before JAX
+starts; on CPU the collectives go through gloo.
+"""
+
+import os
+
+import jax
+import numpy as np
+
+from llm_jax.errors import UserError
+
+AXIS = "batch"
+
+
+def init_distributed(cfg) -> None:
+  """cfg: config.distributed. Starts jax.distributed when more than one process is asked for."""
+  address = os.environ.get("LLM_JAX_COORDINATOR_ADDRESS", cfg.coordinator_address)
+  n = int(os.environ.get("LLM_JAX_NUM_PROCESSES", cfg.num_processes))
+  pid = int(os.environ.get("LLM_JAX_PROCESS_ID", cfg.process_id))
+  if n <= 1:
+    return
+  if not address:
+    raise UserError(f"config.distributed.num_processes={n} needs a coordinator: pass "
+                    f"--config.distributed.coordinator_address=host:port")
+  if not 0 <= pid < n:
+    raise UserError(f"config.distributed.process_id={pid} is invalid: use 0..{n - 1}")
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=address, num_processes=n, process_id=pid)
+
+
+def resolve(mode: str) -> str:
+  """'auto' -> 'pmap' when there are several devices, else 'none'."""
+  if mode == "auto":
+    return "pmap" if jax.device_count() > 1 else "none"
+  return mode
+
+
+def n_devices(mode: str) -> int:
+  return jax.device_count() if mode == "pmap" else 1
+
+
+def check_batch(batch_size: int, mode: str) -> None:
+  d = n_devices(mode)
+  if batch_size % d:
+    raise UserError(f"config.train.batch_size={batch_size} does not divide by the {d} devices: "
+                    f"use a multiple of {d} (it is the global batch across devices)")
+
+
+def wrap_steps(train_step, eval_step, mode: str):
+  """(train, evaluate): train(state, batch, rng) -> (state, metrics) with the state donated;
+  evaluate(state, batches) -> the mean loss over a stack of batches, in one call."""
+  evaluate = lambda s, b: jax.lax.map(lambda x: eval_step(s, x), b).mean()
+  if mode == "pmap":
+    return (jax.pmap(train_step, AXIS, in_axes=(0, 0, None), donate_argnums=0),
+            jax.pmap(evaluate, AXIS))
+  return jax.jit(train_step, donate_argnums=0), jax.jit(evaluate)
+
+
+def place_state(state_host, mode: str):
+  """Host (numpy) state -> on device: one copy, or a replica on each local device."""
+  if mode == "pmap":  # pmap splits the leading axis over the local devices
+    d = jax.local_device_count()
+    return jax.tree.map(lambda x: np.broadcast_to(x, (d, *np.shape(x))).copy(), state_host)
+  return jax.device_put(state_host)
+
+
+def host_state(state, mode: str):
+  """The state as numpy arrays, one copy (what checkpoints hold, whatever the device count)."""
+  if mode == "pmap":
+    state = jax.tree.map(lambda x: x[0], state)
+  return jax.device_get(state)
+
+
+def shard_batch(batch: dict, mode: str, axis: int) -> dict:
+  """A global batch -> this process's part, laid out for the wrapper.
+
+  `axis` is the batch axis (1 for (A, B, ...) train batches and (E, B, ...) eval batches).
+  pmap: this process's slice of B, split over its local devices: (D_local, A, B / D, ...).
+  """
+  if mode != "pmap":
+    return batch
+  d_local, p, n_proc = jax.local_device_count(), jax.process_index(), jax.process_count()
+
+  def shard(x):
+    b = x.shape[axis] // n_proc
+    x = np.take(x, np.arange(p * b, (p + 1) * b), axis=axis)
+    x = x.reshape(*x.shape[:axis], d_local, b // d_local, *x.shape[axis + 1:])
+    return np.moveaxis(x, axis, 0)
+
+  return {k: shard(v) for k, v in batch.items()}
+
+
+def first(tree, mode: str):
+  """Metrics of a pmapped step (identical on every device after pmean) -> one copy."""
+  return jax.tree.map(lambda x: x[0], tree) if mode == "pmap" else tree
