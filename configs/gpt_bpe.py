@@ -23,16 +23,7 @@ def get_config():
   # a byte-level BPE of 4,096 tokens (256 bytes, 3,836 merges, 4 special tokens) learned on the
   # training split only, so the validation text stays unseen; about 3.4 characters per token
   c.data.tokenizer = "bpe:train:4096"
-  # the baby size, as gpt_char: 4 layers, 4 heads, width 128; 64 tokens now span ~230 characters
-  c.model.block_size = 64
-  c.model.n_layer = 4
-  c.model.n_head = 4
-  c.model.n_embd = 128
-  # 12 windows of 64 tokens per step
-  c.train.batch_size = 12
-  # sized as gpt_char: a few minutes on 2 cores
-  c.train.max_steps = 2000
-  c.train.lr_decay_steps = 2000
-  c.train.eval_interval = 250
-  c.train.checkpoint_every = 500
+  # everything else as configs/gpt_char.py, which keeps the defaults: the baby size (4 layers,
+  # 4 heads, width 128, 64 tokens of context, now about 230 characters), 12 windows a step,
+  # 2,000 steps
   return c

@@ -20,9 +20,6 @@ def get_config():
   c.data.tokenizer = "tiktoken:cl100k_base"
   # width 64 keeps the tied embedding at 6.4M parameters (the 4 blocks hold only 0.2M)
   c.model.n_embd = 64
-  c.model.n_layer = 4
-  c.model.n_head = 4
-  c.model.block_size = 64
   # 8 windows of 64 tokens: the (8, 64, 100277) logits are about 200 MB in float32
   c.train.batch_size = 8
   # 500 steps (7-8 minutes on 2 cores): each step costs mostly the 100k-way output layer
