@@ -21,6 +21,7 @@ commands:
   train     train a model from a config: llm-jax train --config=configs/gpt_char.py --workdir=runs/gpt
   generate  sample from a trained run:   llm-jax generate --workdir=runs/gpt --prompt="ROMEO:"
   bpe       train a byte-level BPE:      llm-jax bpe --corpus=a.txt --vocab_size=4096 --out=a.tiktoken
+  evaluate  score on held-out data:      llm-jax evaluate --workdir=runs/t --split=test --beam_size=4
 
 `llm-jax <command> --helpshort` lists a command's flags."""
 
@@ -83,19 +84,40 @@ def _define_generate():
 def _generate(argv):
   from llm_jax.data.corpora import read_utf8
   from llm_jax.generate import generate_text
+  from llm_jax.training import workdir as workdir_lib
   import pathlib
   prompt = read_utf8(pathlib.Path(FLAGS.prompt_file)) if FLAGS.prompt_file else FLAGS.prompt
   samples = generate_text(FLAGS.workdir, prompt, FLAGS.max_new_tokens, FLAGS.temperature,
                           FLAGS.top_k, FLAGS.top_p, FLAGS.greedy, FLAGS.num_samples, FLAGS.seed,
                           FLAGS.step)
+  # a language model continues the prompt; the transformer's output is the target alone
+  translates = workdir_lib.read_config(FLAGS.workdir).model.name == "transformer"
   for i, text in enumerate(samples):
     if len(samples) > 1:
       print(f"--- sample {i + 1} ---")
-    print(prompt + text, flush=True)
+    print(text if translates else prompt + text, flush=True)
+
+
+def _define_evaluate():
+  flags.DEFINE_string("workdir", None, "the training run to evaluate")
+  flags.DEFINE_enum("split", "val", ["val", "test"], "held-out split (test: seq2seq tasks only)")
+  flags.DEFINE_integer("beam_size", 1, "transformer: beam search width (1: greedy decoding)")
+  flags.DEFINE_float("alpha", 0.6, "transformer: beam length penalty ((5 + len) / 6) ** alpha")
+  flags.DEFINE_integer("step", None, "checkpoint step to load (default: the latest)")
+  flags.mark_flags_as_required(["workdir"])
+
+
+def _evaluate(argv):
+  import json
+  from llm_jax.evaluate import describe, evaluate_run
+  result = evaluate_run(FLAGS.workdir, FLAGS.split, FLAGS.beam_size, FLAGS.alpha, FLAGS.step)
+  print(f"llm-jax evaluate: {describe(result)}")
+  print(json.dumps(result), flush=True)
 
 
 COMMANDS = {"train": (_define_train, _train), "generate": (_define_generate, _generate)}
 COMMANDS["bpe"] = (_define_bpe, _bpe)
+COMMANDS["evaluate"] = (_define_evaluate, _evaluate)
 
 
 def _quiet_logs():

@@ -10,6 +10,7 @@ import ml_collections
 
 from llm_jax.data.bpe import MIN_VOCAB_SIZE
 from llm_jax.data.corpora import CORPORA
+from llm_jax.data.seq2seq import SEQ2SEQ_TASKS
 from llm_jax.data.tokenizers import TIKTOKEN_ENCODINGS, bpe_path
 from llm_jax.errors import UserError
 from llm_jax.models import MODELS
@@ -44,15 +45,27 @@ def default_config() -> ml_collections.ConfigDict:
   # 'bpe:<rank file>' (made by `llm-jax bpe`; relative: to the working dir, else the data dir) |
   # 'bpe:train:<vocab size>' (a BPE trained on the training split, cached in the data dir)
   c.data.tokenizer = "char"
+  # seq2seq task of model 'transformer' (character level; '' for language models): 'copy' |
+  # 'reverse' (strings of a-z) | 'sort' (digits) | 'add' ('a+b' -> the sum's digits) |
+  # 'pairs_file' (source<TAB>target lines of the UTF-8 file data.path)
+  c.data.task = ""
+  # generated tasks: shortest and longest source, in symbols (add: digits of each operand)
+  c.data.min_length = 1
+  c.data.max_length = 8
+  # generated tasks: distinct examples drawn from the seed, before the split
+  c.data.num_examples = 20000
+  # seq2seq: distinct sources held out for val and again for test; the rest trains
+  c.data.heldout_examples = 500
 
   c.model = ml_collections.ConfigDict()
-  # model family: 'gpt' | 'bigram'
+  # model family: 'gpt' | 'bigram' | 'transformer' (encoder-decoder, for the seq2seq data.task)
   c.model.name = "gpt"
   # context length: training windows are block_size tokens; generation conditions on the last block_size
+  # (transformer: the longest source, and the longest target + 1, as BOS or EOS is added to it)
   c.model.block_size = 64
   # size of the positional table (>= block_size); 0 means block_size
   c.model.max_len = 0
-  # number of transformer blocks
+  # number of transformer blocks (transformer: in the encoder, and again in the decoder)
   c.model.n_layer = 4
   # attention heads per block (n_embd must divide by it)
   c.model.n_head = 4
@@ -68,6 +81,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.activation = "gelu"
   # share the token embedding with the output head
   c.model.tie_embeddings = True
+  # transformer: one embedding table for source and target tokens (their vocabulary is one)
+  c.model.share_embeddings = True
   # biases in Dense and LayerNorm layers (nanoGPT's shakespeare_char config has none)
   c.model.use_bias = False
   # compute dtype of the matmuls: 'float32' | 'bfloat16' (parameters, softmax and loss stay float32)
@@ -115,6 +130,31 @@ def _require(cond, field, value, fix):
     raise UserError(f"config.{field}={value!r} is invalid: {fix}")
 
 
+def _validate_task(d, m) -> None:
+  """The transformer learns a seq2seq data.task; the language models learn a corpus."""
+  tasks = ", ".join(repr(t) for t in SEQ2SEQ_TASKS)
+  if m.name != "transformer":
+    _require(d.task == "", "data.task", d.task,
+             f"model.name={m.name!r} is a language model: use '' (or model.name='transformer')")
+    return
+  _require(d.task in SEQ2SEQ_TASKS, "data.task", d.task,
+           f"model 'transformer' learns a seq2seq task: use one of {tasks}")
+  _require(d.tokenizer == "char", "data.tokenizer", d.tokenizer,
+           "seq2seq tasks are character-level: use 'char'")
+  _require(d.heldout_examples > 0, "data.heldout_examples", d.heldout_examples,
+           "use a positive number (of val and of test examples)")
+  if d.task == "pairs_file":
+    _require(d.path != "", "data.path", d.path,
+             "task 'pairs_file' reads source<TAB>target lines: pass --config.data.path=pairs.tsv")
+    return
+  _require(d.min_length >= 1, "data.min_length", d.min_length, "use 1 or more")
+  _require(d.max_length >= d.min_length, "data.max_length", d.max_length,
+           f"use at least data.min_length={d.min_length}")
+  _require(d.num_examples > 2 * d.heldout_examples, "data.num_examples", d.num_examples,
+           f"use more than 2 x data.heldout_examples={d.heldout_examples} (val and test), "
+           f"so that some examples train")
+
+
 def validate(c) -> None:
   d, m, t = c.data, c.model, c.train
   _require(c.parallel in ("auto", "none", "pmap"), "parallel", c.parallel,
@@ -141,6 +181,7 @@ def validate(c) -> None:
              f": make one with `llm-jax bpe --corpus=<text files> --vocab_size=4096 "
              f"--out={path}`, or use bpe:train:4096")
   _require(m.name in MODELS, "model.name", m.name, f"use one of {', '.join(MODELS)}")
+  _validate_task(d, m)
   _require(m.block_size > 0, "model.block_size", m.block_size, "use a positive context length")
   for field in ("n_layer", "n_head", "n_embd"):
     _require(m[field] > 0, f"model.{field}", m[field], "use a positive size")

@@ -1,6 +1,10 @@
 """Text from a trained run: load its config, tokenizer and a checkpoint, then decode.
 
     llm-jax generate --workdir=runs/gpt_char --prompt="ROMEO:" --max_new_tokens=300 --top_k=20
+    llm-jax generate --workdir=runs/transformer_reverse --prompt=abcdefgh   # -> hgfedcba
+
+A language model continues the prompt; the transformer takes it as a source and decodes its target
+greedily.
 """
 
 import os
@@ -10,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from llm_jax import decoding
+from llm_jax.data.seq2seq import encode_sources
 from llm_jax.errors import UserError
 from llm_jax.models import build_model
 from llm_jax.training import checkpoint, workdir as workdir_lib
@@ -36,8 +41,10 @@ def load_run(workdir: str, step: int | None = None):
   model = build_model(config.model, tokenizer.vocab_size)
   tx = make_optimizer(config.train)
   T = config.model.block_size
+  # the transformer takes a source and a decoder input, a language model its tokens
+  example = [jnp.zeros((1, T), jnp.int32)] * (2 if config.model.name == "transformer" else 1)
   state_like = jax.eval_shape(lambda: create_state(
-      model.init(jax.random.key(0), jnp.zeros((1, T), jnp.int32))["params"], tx))
+      model.init(jax.random.key(0), *example)["params"], tx))
   state_like = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), state_like)
   state, _ = checkpoint.restore(manager, state_like, step)
   manager.close()
@@ -59,11 +66,19 @@ def check_sampling(max_new_tokens, temperature, top_k, top_p, num_samples, vocab
 
 def generate_text(workdir, prompt="\n", max_new_tokens=500, temperature=1.0, top_k=0, top_p=1.0,
                   greedy=False, num_samples=1, seed=0, step=None) -> list[str]:
-  """`num_samples` continuations of `prompt` (decoded in one batch), without the prompt."""
+  """`num_samples` continuations of `prompt` (decoded in one batch), without the prompt. For the
+  transformer: the one greedy decoding of the source `prompt`, of at most max_new_tokens tokens
+  (and at most model.block_size)."""
   config, tokenizer, model, params, _ = load_run(workdir, step)
   check_sampling(max_new_tokens, temperature, top_k, top_p, num_samples, tokenizer.vocab_size)
   if not prompt:
     raise UserError("--prompt is empty: give at least one character (nanoGPT starts from '\\n')")
+  if config.model.name == "transformer":
+    inputs_1S = encode_sources(tokenizer, [prompt], config.model.block_size, name="--prompt")
+    out_1L = decoding.greedy_decode(model, params, jnp.asarray(inputs_1S),
+                                    max_len=min(max_new_tokens, config.model.block_size),
+                                    bos_id=tokenizer.BOS, eos_id=tokenizer.EOS)
+    return [tokenizer.decode(out_1L[0])]
   prompt_ids = tokenizer.encode(prompt)
   prompt_BP = jnp.asarray(np.tile(prompt_ids, (num_samples, 1)))
   out_BN = decoding.generate(model, params, prompt_BP, jax.random.key(seed),

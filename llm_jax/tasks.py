@@ -3,7 +3,8 @@
 The loop asks a task for: the model and the batch keys it takes (for the loss factory), the
 global batch of any step (a pure function of (seed, step)), fixed evaluation batches, extra
 evaluation metrics, and a sample to show at the end. `build_task(config)` picks the task by
-`config.model.name`.
+`config.model.name`: next-token prediction for the language models, a seq2seq task (source ->
+target, teacher forcing) for the encoder-decoder transformer.
 """
 
 import math
@@ -14,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from llm_jax import decoding
+from llm_jax.data import seq2seq as seq2seq_data
 from llm_jax.data.lm import EVAL_STREAM, get_batch, load_lm_data
 from llm_jax.models import build_model
 
@@ -68,7 +70,55 @@ def lm_task(config, tokenizer=None) -> Task:
       tokens_per_example=T)
 
 
-TASKS = {"bigram": lm_task, "gpt": lm_task}
+# val examples the seq2seq sample shows
+SAMPLE_EXAMPLES = 8
+
+
+def seq2seq_task(config, tokenizer=None) -> Task:
+  """Source -> target with teacher forcing (the transformer): the decoder reads BOS + target and
+  is scored on target + EOS, padding weighted 0. Each evaluation also decodes a fixed subset of
+  the val split greedily (the distinct examples of the val batches) for token accuracy and exact
+  match."""
+  tc = config.train
+  data = seq2seq_data.load_seq2seq_data(config.data, config.model.block_size, config.seed,
+                                        tokenizer)
+  tok = data.tokenizer
+  model = build_model(config.model, tok.vocab_size)
+  eval_batches = seq2seq_data.eval_batches(data, (tc.eval_iters, tc.batch_size), config.seed)
+  n_decoded = min(tc.eval_iters * tc.batch_size, len(data.pairs["val"]))
+  val = {k: v[:n_decoded] for k, v in data.arrays["val"].items()}
+  S, T = val["inputs"].shape[1], val["targets"].shape[1]
+
+  def decode_val(params):  # one batch of one shape: compiled once for the whole run
+    return decoding.decode_sources(model, params, val["inputs"], max_len=T, bos_id=tok.BOS,
+                                   eos_id=tok.EOS, batch_size=n_decoded)
+
+  def eval_metrics(params, losses):
+    scores = decoding.match_scores(decode_val(params), val["targets"], val["weights"])
+    return {f"val_{k}": v for k, v in scores.items()}
+
+  def sample(params, n_tokens, seed):
+    """A few val sources, each with its greedy decoding and, when that is wrong, the target."""
+    del n_tokens, seed  # greedy decoding of fixed examples: nothing to draw
+    lines = []
+    for (source, target), ids in zip(data.pairs["val"][:SAMPLE_EXAMPLES], decode_val(params)):
+      out = tok.decode(ids)
+      lines.append(f"{source} -> {out}" + ("" if out == target else f"   (expected {target})"))
+    return "\n".join(lines)
+
+  n = {name: len(p) for name, p in data.pairs.items()}
+  return Task(
+      tokenizer=tok, model=model, input_keys=("inputs", "decoder_inputs"),
+      train_batch=lambda step: seq2seq_data.get_batch(
+          data.arrays["train"], (tc.grad_accum_steps, tc.batch_size), config.seed, step),
+      eval_batches=eval_batches, eval_metrics=eval_metrics, sample=sample,
+      describe=f"task {config.data.task}: vocab {tok.vocab_size}, {n['train']:,} train / "
+               f"{n['val']:,} val / {n['test']:,} test examples, sources of <= {S} and targets "
+               f"of <= {T - 1} characters",
+      tokens_per_example=S + T)
+
+
+TASKS = {"bigram": lm_task, "gpt": lm_task, "transformer": seq2seq_task}
 
 
 def build_task(config, tokenizer=None) -> Task:

@@ -7,6 +7,9 @@
                          path is looked up in the working directory, then in the data dir;
 - 'bpe:train:<N>':       a BPE of N tokens trained on the run's training split, cached in the
                          data dir (the trainer is deterministic: the same text gives the same file).
+
+Seq2seq tasks (config.data.task) use `Seq2SeqTokenizer`: the characters of the task plus the PAD,
+BOS and EOS special tokens (kind 'seq2seq' in tokenizer.json).
 """
 
 import contextlib
@@ -70,6 +73,45 @@ class CharTokenizer:
 
   def decode(self, ids) -> str:
     return "".join(self.chars[i] for i in np.asarray(ids).reshape(-1).tolist())
+
+  def to_dict(self) -> dict:
+    return {"kind": self.kind, "chars": self.chars}
+
+
+class Seq2SeqTokenizer:
+  """Characters plus three special tokens, for the encoder-decoder's character-level tasks.
+
+  Ids 0, 1, 2 are PAD (fills sequences to a common length; attention and loss ignore it), BOS
+  (starts the decoder input) and EOS (ends the target); characters follow, in CharTokenizer's order.
+  Text never contains the specials: `encode` maps characters only, `decode` stops at EOS.
+  """
+
+  kind = "seq2seq"
+  PAD, BOS, EOS = 0, 1, 2
+  N_SPECIAL = 3
+
+  def __init__(self, chars: str):
+    self.char_tokenizer = CharTokenizer(chars)
+    self.chars = chars
+    self.vocab_size = self.N_SPECIAL + len(chars)
+
+  @classmethod
+  def from_text(cls, text: str) -> "Seq2SeqTokenizer":
+    return cls("".join(sorted(set(text))))
+
+  def encode(self, text: str) -> np.ndarray:
+    """str -> (N,) int32 ids, without specials; a character outside the vocabulary is an error."""
+    return self.char_tokenizer.encode(text) + self.N_SPECIAL
+
+  def decode(self, ids) -> str:
+    """The characters of `ids` up to the first EOS; PAD and BOS are dropped."""
+    out = []
+    for i in np.asarray(ids).reshape(-1).tolist():
+      if i == self.EOS:
+        break
+      if i >= self.N_SPECIAL:
+        out.append(self.chars[i - self.N_SPECIAL])
+    return "".join(out)
 
   def to_dict(self) -> dict:
     return {"kind": self.kind, "chars": self.chars}
@@ -267,6 +309,8 @@ def tokenizer_from_dict(d: dict):
   kind = d.get("kind")
   if kind == "char":
     return CharTokenizer(d["chars"])
+  if kind == "seq2seq":
+    return Seq2SeqTokenizer(d["chars"])
   if kind == "tiktoken" and "path" in d:
     path = pathlib.Path(d["path"])
     if not path.is_file():
