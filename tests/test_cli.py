@@ -37,7 +37,7 @@ def test_train_runs_resumes_and_prints_a_sample(corpus, tmp_path):
           "--config.data.corpus=text_file", f"--config.data.path={corpus}", *TINY]
   r = llm_jax(*args)
   assert r.returncode == 0, r.stderr
-  assert "step 6: train loss" in r.stdout and "--- sample (20 tokens) ---" in r.stdout
+  assert "step 6: train loss" in r.stdout and "--- sample ---" in r.stdout
   assert "INFO" not in r.stderr  # absl/Orbax logs stay quiet by default
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["3", "6"]
   for name in ("config.json", "tokenizer.json", "metrics.jsonl", "summary.json"):

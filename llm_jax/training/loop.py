@@ -146,7 +146,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return summary
   if tc.sample_tokens:
     summary["sample"] = task.sample(final.params, tc.sample_tokens, config.seed)
-    print(f"--- sample ({tc.sample_tokens} tokens) ---\n{summary['sample']}\n---", flush=True)
+    print(f"--- sample ---\n{summary['sample']}\n---", flush=True)
   with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
     json.dump(summary, f, indent=2)
   return summary
