@@ -17,6 +17,7 @@ import numpy as np
 from llm_jax import decoding
 from llm_jax.data import seq2seq as seq2seq_data
 from llm_jax.data.lm import EVAL_STREAM, get_batch, load_lm_data
+from llm_jax.errors import UserError
 from llm_jax.models import build_model
 
 
@@ -52,7 +53,7 @@ def lm_task(config, tokenizer=None) -> Task:
     """A sample from a newline (as nanoGPT's sample.py), or from token 0 if there is none."""
     try:
       prompt_ids = data.tokenizer.encode(prompt)
-    except Exception:
+    except UserError:  # a vocabulary without a newline
       prompt_ids = np.zeros(1, np.int32)
     out = decoding.generate(model, params, jnp.asarray(prompt_ids)[None], jax.random.key(seed),
                             max_new_tokens=n_tokens, block_size=T, temperature=1.0)
