@@ -17,6 +17,7 @@ from llm_jax.errors import UserError
 from llm_jax.generate import load_run
 from llm_jax.tasks import build_task
 from llm_jax.training.losses import make_loss_fn
+from llm_jax.training.steps import TrainState, make_evaluate
 
 # sources decoded per call (times the beam size: rows of the decoder)
 DECODE_BATCH = 256
@@ -50,8 +51,8 @@ def evaluate_run(workdir, split: str = "val", beam_size: int = 1, alpha: float =
                     f"model is scored by its loss: leave --beam_size out")
   task = build_task(config, tokenizer)
   loss_fn = make_loss_fn(task.model, task.input_keys)
-  mean_loss = jax.jit(lambda p, b: jax.lax.map(lambda x: loss_fn(p, x, None, False), b).mean())
-  loss = float(mean_loss(params, task.eval_batches["val"]))
+  state = TrainState(step=step, params=params, opt_state=None)  # evaluation reads params only
+  loss = float(jax.jit(make_evaluate(loss_fn))(state, task.eval_batches["val"]))
   return {**result, "loss": loss, "bpb": task.eval_metrics(params, {"val": loss})["val_bpb"]}
 
 

@@ -21,7 +21,7 @@ from llm_jax.tasks import build_task
 from llm_jax.training import checkpoint, parallel, workdir as workdir_lib
 from llm_jax.training.losses import make_loss_fn
 from llm_jax.training.optimizer import lr_schedule, make_optimizer
-from llm_jax.training.steps import create_state, make_eval_step, make_train_step
+from llm_jax.training.steps import create_state, make_evaluate, make_train_step
 
 
 class MetricsLog:
@@ -67,7 +67,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   state = jax.device_get(state)  # the host copy: what checkpoints hold, for any device count
   axis = parallel.AXIS if mode == "pmap" else None
   train_step, evaluate_split = parallel.wrap_steps(
-      make_train_step(loss_fn, tx, axis), make_eval_step(loss_fn, axis), mode)
+      make_train_step(loss_fn, tx, axis), make_evaluate(loss_fn, axis), mode)
   eval_batches = {k: parallel.shard_batch(b, mode, axis=1) for k, b in task.eval_batches.items()}
 
   manager = checkpoint.make_manager(workdir, tc.keep_checkpoints)

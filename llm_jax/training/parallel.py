@@ -56,10 +56,9 @@ def check_batch(batch_size: int, mode: str) -> None:
                     f"use a multiple of {d} (it is the global batch across devices)")
 
 
-def wrap_steps(train_step, eval_step, mode: str):
-  """(train, evaluate): train(state, batch, rng) -> (state, metrics) with the state donated;
-  evaluate(state, batches) -> the mean loss over a stack of batches, in one call."""
-  evaluate = lambda s, b: jax.lax.map(lambda x: eval_step(s, x), b).mean()
+def wrap_steps(train_step, evaluate, mode: str):
+  """(train, evaluate), jitted or pmapped: train(state, batch, rng) -> (state, metrics) with the
+  state donated; evaluate(state, batches) -> the mean loss over a stack of batches."""
   if mode == "pmap":
     return (jax.pmap(train_step, AXIS, in_axes=(0, 0, None), donate_argnums=0),
             jax.pmap(evaluate, AXIS))

@@ -61,3 +61,9 @@ def make_eval_step(loss_fn, axis_name=None):
     return jax.lax.pmean(loss, axis_name) if axis_name else loss
 
   return eval_step
+
+
+def make_evaluate(loss_fn, axis_name=None):
+  """evaluate(state, batches) -> the mean loss over a stack of batches (E, B, ...), in one scan."""
+  eval_step = make_eval_step(loss_fn, axis_name)
+  return lambda state, batches: jax.lax.map(lambda b: eval_step(state, b), batches).mean()
