@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from llm_jax.models.dropout import Dropout
+
 
 def causal_mask(T: int, S: int | None = None, offset=0):
   """(1, 1, T, S) boolean: query t (at absolute position offset + t) sees keys at positions <= it."""
@@ -58,12 +60,12 @@ class MultiHeadAttention(nn.Module):
     if mask is not None:
       scores_BHTS = jnp.where(mask, scores_BHTS, jnp.finfo(jnp.float32).min)
     probs_BHTS = jax.nn.softmax(scores_BHTS, axis=-1)
-    probs_BHTS = nn.Dropout(self.dropout)(probs_BHTS, deterministic=not train)
+    probs_BHTS = Dropout(self.dropout)(probs_BHTS, deterministic=not train)
     out_BTHD = jnp.einsum("bhts,bshd->bthd", probs_BHTS.astype(self.dtype), v_BSHD)
     y_BTC = nn.DenseGeneral(C, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype,
                             kernel_init=nn.initializers.normal(self.out_init_std),
                             name="out")(out_BTHD)
-    return nn.Dropout(self.dropout)(y_BTC, deterministic=not train)
+    return Dropout(self.dropout)(y_BTC, deterministic=not train)
 
   def _update_cache(self, k_BTHD, v_BTHD):
     """Writes the new keys/values at `index`; returns all cached ones and the causal mask over them."""

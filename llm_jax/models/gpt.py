@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from llm_jax.models.attention import causal_mask
+from llm_jax.models.dropout import Dropout
 from llm_jax.models.layers import LN_EPS, Block, PositionalEncoding
 
 
@@ -47,7 +48,7 @@ class GPT(nn.Module):
       mask = causal_mask(T)  # (1, 1, T, T)
     x_BTC = wte(idx_BT)
     x_BTC = PositionalEncoding(self.pos, self.max_len, name="wpe")(x_BTC, start + jnp.arange(T))
-    x_BTC = nn.Dropout(self.dropout)(x_BTC, deterministic=not train).astype(dtype)
+    x_BTC = Dropout(self.dropout)(x_BTC, deterministic=not train).astype(dtype)
     for i in range(self.n_layer):
       x_BTC = Block(n_head=self.n_head, dropout=self.dropout, norm=self.norm,
                     activation=self.activation, use_bias=self.use_bias,

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from llm_jax.models.attention import MultiHeadAttention
+from llm_jax.models.dropout import Dropout
 
 # GELU is the exact (erf) one, as PyTorch's default and nanoGPT's
 ACTIVATIONS = {"relu": nn.relu, "gelu": lambda x: nn.gelu(x, approximate=False)}
@@ -57,7 +58,7 @@ class FeedForward(nn.Module):
     h_BTF = ACTIVATIONS[self.activation](h_BTF)
     y_BTC = nn.Dense(C, use_bias=self.use_bias, dtype=self.dtype,
                      kernel_init=nn.initializers.normal(self.out_init_std), name="proj")(h_BTF)
-    return nn.Dropout(self.dropout)(y_BTC, deterministic=not train)
+    return Dropout(self.dropout)(y_BTC, deterministic=not train)
 
 
 class Block(nn.Module):

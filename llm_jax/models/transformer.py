@@ -32,6 +32,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from llm_jax.models.attention import causal_mask
+from llm_jax.models.dropout import Dropout
 from llm_jax.models.layers import LN_EPS, Block, PositionalEncoding
 
 
@@ -62,7 +63,7 @@ class Stack(nn.Module):
       start = 0
     x_BTC = self.embed(tokens_BT) * math.sqrt(self.embed.features)
     x_BTC = PositionalEncoding(self.pos, self.max_len, name="pos")(x_BTC, start + jnp.arange(T))
-    x_BTC = nn.Dropout(self.dropout)(x_BTC, deterministic=not train).astype(dtype)
+    x_BTC = Dropout(self.dropout)(x_BTC, deterministic=not train).astype(dtype)
     for i in range(self.n_layer):
       x_BTC = Block(n_head=self.n_head, dropout=self.dropout, norm=self.norm,
                     activation=self.activation, use_bias=self.use_bias,

@@ -1,0 +1,23 @@
+"""Dropout whose rate may be a traced value, so a sweep can vmap one model over several rates.
+
+The same computation as flax's nn.Dropout (a Bernoulli keep-mask from the 'dropout' rng, kept
+values scaled by 1 / keep), which needs a Python float: it branches on `rate == 0`.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class Dropout(nn.Module):
+  rate: Any  # a float, or a traced scalar (one per vmapped variant)
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    if deterministic or (isinstance(self.rate, (int, float)) and self.rate == 0.0):
+      return x
+    keep = 1.0 - self.rate
+    mask = jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape)
+    return jnp.where(mask, x / keep, jnp.zeros_like(x))
