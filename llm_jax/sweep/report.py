@@ -1,0 +1,140 @@
+"""An experiment's results: results.csv (one row per run), results.md (per point: mean ± std over
+seeds) and two plots, val_loss.png (curves, seeds shaded) and final_val_loss.png (error bars).
+
+Everything is read back from the runs' workdirs (metrics.jsonl, summary.json), so a report can be
+written at any time, for finished and unfinished runs alike.
+"""
+
+import csv
+import json
+import math
+import os
+
+import numpy as np
+
+COLUMNS = ["point", "seed", "status", "step", "final_val_loss", "best_val_loss",
+           "final_train_loss", "tokens_per_s", "params", "wall_s"]
+
+
+def _read_jsonl(path):
+  try:
+    with open(path, encoding="utf-8") as f:
+      return [json.loads(line) for line in f if line.strip()]
+  except (OSError, ValueError):
+    return []
+
+
+def collect(exp) -> list[dict]:
+  """One dict per run: COLUMNS, the point's override values and its val-loss curve."""
+  rows = []
+  for run in exp.runs:
+    records = _read_jsonl(os.path.join(run.workdir, "metrics.jsonl"))
+    evals = [r for r in records if "val_loss" in r]
+    try:
+      with open(os.path.join(run.workdir, "summary.json"), encoding="utf-8") as f:
+        summary = json.load(f)
+    except (OSError, ValueError):
+      summary = {}
+    finished = summary.get("step") == run.config.train.max_steps
+    rows.append({
+        "point": run.point, "seed": run.seed,
+        "status": "done" if finished else ("partial" if records else "not run"),
+        "step": max((r["step"] for r in records), default=0),
+        "final_val_loss": evals[-1]["val_loss"] if evals else math.nan,
+        "best_val_loss": min((r["val_loss"] for r in evals), default=math.nan),
+        "final_train_loss": evals[-1]["train_loss"] if evals else math.nan,
+        "tokens_per_s": summary.get("tokens_per_s") or math.nan,
+        "params": summary.get("params", math.nan),
+        "wall_s": summary.get("wall_s", math.nan),
+        "overrides": run.overrides,
+        "curve": [(r["step"], r["val_loss"]) for r in evals]})
+  return rows
+
+
+def aggregate(rows) -> list[dict]:
+  """Per point, in declaration order: mean and std over its seeds' runs that have results."""
+  points = list(dict.fromkeys(r["point"] for r in rows))
+  out = []
+  for point in points:
+    runs = [r for r in rows if r["point"] == point and not math.isnan(r["final_val_loss"])]
+    stats = {"point": point, "seeds": len(runs),
+             "done": sum(r["status"] == "done" for r in runs)}
+    for key in ("final_val_loss", "best_val_loss", "tokens_per_s", "params", "wall_s"):
+      values = np.array([r[key] for r in runs], float)
+      stats[key] = float(values.mean()) if len(values) else math.nan
+      stats[key + "_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    out.append(stats)
+  return out
+
+
+def markdown_table(points) -> str:
+  def pm(p, key, fmt):
+    if math.isnan(p[key]):
+      return "-"
+    return f"{p[key]:{fmt}} ± {p[key + '_std']:{fmt}}" if p["seeds"] > 1 else f"{p[key]:{fmt}}"
+
+  lines = ["| point | seeds | final val loss | best val loss | tokens/s | params | wall s |",
+           "|---|---|---|---|---|---|---|"]
+  for p in points:
+    params = "-" if math.isnan(p["params"]) else f"{p['params'] / 1e6:.2f}M"
+    lines.append(f"| {p['point']} | {p['done']}/{p['seeds']} | {pm(p, 'final_val_loss', '.4f')} | "
+                 f"{pm(p, 'best_val_loss', '.4f')} | {pm(p, 'tokens_per_s', ',.0f')} | {params} | "
+                 f"{pm(p, 'wall_s', '.0f')} |")
+  return "\n".join(lines) + "\n"
+
+
+def plot(rows, points, directory) -> list[str]:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  curves_path = os.path.join(directory, "val_loss.png")
+  fig, ax = plt.subplots(figsize=(8, 5))
+  for p in points:
+    curves = [r["curve"] for r in rows if r["point"] == p["point"] and r["curve"]]
+    if not curves:
+      continue
+    n = min(len(c) for c in curves)  # the steps every seed has reached
+    steps = np.array([s for s, _ in curves[0][:n]])
+    losses = np.array([[v for _, v in c[:n]] for c in curves])  # (seeds, evals)
+    mean, std = losses.mean(0), losses.std(0)
+    line, = ax.plot(steps, mean, label=p["point"])
+    ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+  ax.set(xlabel="step", ylabel="val loss", title="val loss (mean ± std over seeds)")
+  ax.set_ylim(top=min(ax.get_ylim()[1], 3.5))
+  ax.legend(fontsize="small")
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(curves_path, dpi=100)
+  plt.close(fig)
+
+  final_path = os.path.join(directory, "final_val_loss.png")
+  fig, ax = plt.subplots(figsize=(8, 1.2 + 0.4 * len(points)))
+  y = np.arange(len(points))
+  ax.errorbar([p["final_val_loss"] for p in points], y,
+              xerr=[p["final_val_loss_std"] for p in points], fmt="o", capsize=4)
+  ax.set_yticks(y, [p["point"] for p in points])
+  ax.invert_yaxis()
+  ax.set(xlabel="final val loss (mean ± std over seeds)")
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(final_path, dpi=100)
+  plt.close(fig)
+  return [curves_path, final_path]
+
+
+def write_report(exp) -> list[str]:
+  """Writes results.csv, results.md and the plots into the experiment folder; returns the paths."""
+  rows = collect(exp)
+  points = aggregate(rows)
+  fields = list(dict.fromkeys(f for r in rows for f in r["overrides"]))
+  csv_path = os.path.join(exp.directory, "results.csv")
+  with open(csv_path, "w", newline="", encoding="utf-8") as f:
+    writer = csv.writer(f)
+    writer.writerow(COLUMNS + fields)
+    for r in rows:
+      writer.writerow([r[c] for c in COLUMNS] + [r["overrides"].get(k, "") for k in fields])
+  md_path = os.path.join(exp.directory, "results.md")
+  with open(md_path, "w", encoding="utf-8") as f:
+    f.write(markdown_table(points))
+  return [csv_path, md_path] + plot(rows, points, exp.directory)

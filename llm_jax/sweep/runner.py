@@ -1,0 +1,106 @@
+"""Runs an experiment's runs as a bounded pool of training processes, then reports.
+
+Each unit of work is one process: a single run (`train_and_evaluate`) or, with vectorize, the runs
+of a group that differ only in vmappable fields (seeds, learning rates, weight decay, dropout),
+trained together by `train_vectorized`. At most `jobs` units run at once, so a small machine is not
+oversubscribed. Finished runs (summary.json at the last step) are skipped; interrupted ones resume
+from their checkpoints, because each unit simply trains its workdirs again. A unit's output goes
+to train.log in its (first) workdir; one progress line per change goes to the terminal.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from llm_jax.errors import UserError
+from llm_jax.sweep import report, worker
+from llm_jax.sweep.spec import is_finished, load_experiment
+from llm_jax.training.vectorized import shared_key
+
+LOG_FILE = "train.log"
+
+
+def make_units(runs, vectorize: bool) -> list[list]:
+  """Lists of runs, each list one process: singletons, or groups sharing all shapes."""
+  if not vectorize:
+    return [[r] for r in runs]
+  groups = {}
+  for r in runs:
+    groups.setdefault(shared_key(r.config), []).append(r)
+  return list(groups.values())
+
+
+def _child_env(jobs: int) -> dict:
+  env = dict(os.environ)
+  if jobs > 1 and "XLA_FLAGS" not in env:
+    # several processes share the cores: each XLA CPU client runs its ops on one thread
+    env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+  return env
+
+
+def _elapsed(seconds: float) -> str:
+  m, s = divmod(int(seconds), 60)
+  return f"{m // 60}h{m % 60:02d}m" if m >= 60 else f"{m}m{s:02d}s"
+
+
+def run_sweep(directory: str, jobs: int = 1, vectorize: bool = False) -> dict:
+  """Trains every unfinished run of the experiment in `directory`, then writes its report."""
+  if jobs < 1:
+    raise UserError(f"--jobs={jobs} is invalid: use 1 or more processes")
+  exp = load_experiment(directory)  # every run checked before any starts
+  todo = [r for r in exp.runs if not is_finished(r)]
+  skipped = len(exp.runs) - len(todo)
+  units = make_units(todo, vectorize)
+  total = len(exp.runs)
+  print(f"llm-jax sweep {exp.name}: {total} runs ({len(exp.points)} points x "
+        f"{total // len(exp.points)} seeds), {skipped} finished already, {len(todo)} to run as "
+        f"{len(units)} process(es), {jobs} at a time", flush=True)
+
+  env, running, failed, t0 = _child_env(jobs), {}, [], time.perf_counter()
+  n_done = skipped
+
+  def progress():
+    n_running = sum(len(u) for u in running.values())
+    left = total - n_done - n_running - len(failed)
+    print(f"llm-jax sweep {exp.name}: {n_done}/{total} done, {n_running} running, {left} left" +
+          (f", {len(failed)} failed" if failed else "") + f" [{_elapsed(time.perf_counter() - t0)}]",
+          flush=True)
+
+  try:
+    while units or running:
+      while units and len(running) < jobs:
+        unit = units.pop(0)
+        for r in unit:
+          worker.write_run(r.workdir, r.config)
+        log = open(os.path.join(unit[0].workdir, LOG_FILE), "a", encoding="utf-8")
+        proc = subprocess.Popen([sys.executable, "-m", "llm_jax.sweep.worker",
+                                 *(r.workdir for r in unit)],
+                                stdout=log, stderr=subprocess.STDOUT, env=env)
+        log.close()
+        running[proc] = unit
+        progress()
+      time.sleep(0.5)
+      for proc in [p for p in running if p.poll() is not None]:
+        unit = running.pop(proc)
+        if proc.returncode == 0:
+          n_done += len(unit)
+        else:
+          failed.extend(unit)
+          print(f"llm-jax sweep {exp.name}: {', '.join(f'{r.point}/seed{r.seed}' for r in unit)} "
+                f"failed (exit {proc.returncode}): see "
+                f"{os.path.join(unit[0].workdir, LOG_FILE)}", flush=True)
+        progress()
+  except KeyboardInterrupt:
+    for proc in running:  # each run saves a checkpoint on SIGTERM where the loop supports it
+      proc.send_signal(signal.SIGTERM)
+    for proc in running:
+      proc.wait()
+    raise
+  outputs = report.write_report(exp)
+  print(f"llm-jax sweep {exp.name}: report in {', '.join(outputs)}", flush=True)
+  if failed:
+    raise UserError(f"{len(failed)} of {total} runs failed (their train.log says why); rerun the "
+                    "same command to retry them")
+  return outputs

@@ -1,0 +1,143 @@
+"""An experiment is a folder with an `experiment.py` that declares its runs:
+
+    from llm_jax.sweep import grid
+
+    def get_experiment():
+      return {
+          # the config file every point starts from, relative to this folder
+          "base": "../../configs/gpt_char_baby.py",
+          # overrides every point shares (optional)
+          "overrides": {"train.max_steps": 1000},
+          # the points: a list of override dicts; grid() gives every combination of its values
+          "points": grid({"model.norm": ["pre", "post"], "model.n_layer": [4, 8]}),
+          # one run per point and seed, each in runs/<point>/seed<seed>
+          "seeds": [0, 1, 2],
+      }
+
+`load_experiment` expands and checks every run before any starts: an unknown field, a value of the
+wrong type or an invalid config is one error naming the point and the field.
+"""
+
+import importlib.util
+import itertools
+import json
+import os
+import re
+from typing import NamedTuple
+
+import ml_collections
+
+from llm_jax.config import validate
+from llm_jax.errors import UserError
+
+EXPERIMENT_FILE = "experiment.py"
+KEYS = {"base", "overrides", "points", "seeds"}
+
+
+class Run(NamedTuple):
+  point: str  # the point's name: its overrides, e.g. 'norm=post,n_layer=8'
+  overrides: dict  # the point's own overrides (field -> value)
+  seed: int
+  config: ml_collections.ConfigDict  # resolved: base + shared overrides + point + seed
+  workdir: str
+
+
+class Experiment(NamedTuple):
+  name: str
+  directory: str
+  runs: list  # of Run, point-major
+  points: list  # of (name, overrides), in declaration order
+
+
+def grid(axes: dict) -> list[dict]:
+  """{'model.norm': ['pre', 'post'], 'model.n_layer': [4, 8]} -> the 4 combinations, first axis
+  slowest."""
+  fields = list(axes)
+  return [dict(zip(fields, values)) for values in itertools.product(*axes.values())]
+
+
+def _load_module(path, what):
+  if not os.path.isfile(path):
+    raise UserError(f"{path} does not exist: {what}")
+  spec = importlib.util.spec_from_file_location(f"_llm_jax_{os.path.basename(path)[:-3]}", path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+  except Exception as e:  # a user's file: its own error, on one line
+    raise UserError(f"{path} failed to load: {type(e).__name__}: {e}") from None
+  return module
+
+
+def set_field(config, field: str, value, where: str) -> None:
+  """config.<field> = value, for a dotted field that must already exist, with its type."""
+  *sections, leaf = field.split(".")
+  node = config
+  for i, name in enumerate(sections):
+    if name not in node or not isinstance(node[name], ml_collections.ConfigDict):
+      raise UserError(f"{where}: {field!r} is not a config field ({'.'.join(sections[:i + 1])!r} "
+                      f"is not a section): use one of {', '.join(sorted(node.keys()))}")
+    node = node[name]
+  if leaf not in node or isinstance(node[leaf], ml_collections.ConfigDict):
+    raise UserError(f"{where}: {field!r} is not a config field: use one of "
+                    f"{', '.join(f'{field[:-len(leaf)]}{k}' for k in sorted(node.keys()))}")
+  try:
+    node[leaf] = value
+  except (TypeError, ValueError) as e:
+    raise UserError(f"{where}: {field}={value!r} has the wrong type: use a "
+                    f"{type(node[leaf]).__name__} ({e})") from None
+
+
+def point_name(overrides: dict, all_fields) -> str:
+  """'norm=post,n_layer=8': each field by its last part, unless two points' fields share it."""
+  leaves = [f.split(".")[-1] for f in all_fields]
+  short = {f: f.split(".")[-1] if leaves.count(f.split(".")[-1]) == 1 else f for f in all_fields}
+  name = ",".join(f"{short[f]}={v}" for f, v in overrides.items()) or "base"
+  return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", name)
+
+
+def load_experiment(directory: str) -> Experiment:
+  directory = os.path.abspath(directory.rstrip("/"))
+  path = os.path.join(directory, EXPERIMENT_FILE)
+  module = _load_module(path, f"an experiment folder holds {EXPERIMENT_FILE} with get_experiment()")
+  if not hasattr(module, "get_experiment"):
+    raise UserError(f"{path} has no get_experiment(): define one returning a dict with "
+                    f"{', '.join(sorted(KEYS))}")
+  spec = module.get_experiment()
+  unknown = set(spec) - KEYS
+  if unknown or "base" not in spec:
+    raise UserError(f"{path}: get_experiment() returns keys {sorted(spec)}: use {sorted(KEYS)} "
+                    "('base' is required)")
+  base_path = os.path.normpath(os.path.join(directory, spec["base"]))
+  base_module = _load_module(base_path, f"fix 'base' in {path}")
+  points = spec.get("points") or [{}]
+  seeds = list(spec.get("seeds") or [0])
+  if len(set(seeds)) != len(seeds) or not all(isinstance(s, int) for s in seeds):
+    raise UserError(f"{path}: seeds={seeds!r}: use distinct integers")
+  fields = list(dict.fromkeys(f for p in points for f in p))
+  names = [point_name(p, fields) for p in points]
+  if len(set(names)) != len(names):
+    raise UserError(f"{path}: two points have the same overrides ({names}): remove the duplicate")
+
+  runs = []
+  for name, overrides in zip(names, points):
+    for seed in seeds:
+      where = f"{path}: point {name}, seed {seed}"
+      config = base_module.get_config()
+      for field, value in {**spec.get("overrides", {}), **overrides, "seed": seed}.items():
+        set_field(config, field, value, where)
+      try:
+        validate(config)
+      except UserError as e:
+        raise UserError(f"{where}: {e}") from None
+      runs.append(Run(name, overrides, seed, config,
+                      os.path.join(directory, "runs", name, f"seed{seed}")))
+  return Experiment(os.path.basename(directory), directory, runs, list(zip(names, points)))
+
+
+def is_finished(run: Run) -> bool:
+  """A run is done when its summary.json reports the last step."""
+  try:
+    with open(os.path.join(run.workdir, "summary.json"), encoding="utf-8") as f:
+      return json.load(f).get("step") == run.config.train.max_steps
+  except (OSError, ValueError):
+    return False

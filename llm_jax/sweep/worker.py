@@ -1,0 +1,47 @@
+"""One unit of a sweep, in its own process: `python -m llm_jax.sweep.worker <workdir>...`.
+
+Each workdir holds the resolved config the runner wrote (sweep_run.json). One workdir trains with
+`train_and_evaluate`; several train together with `train_vectorized`. Either resumes what its
+workdirs hold.
+"""
+
+import json
+import os
+import sys
+
+import ml_collections
+
+from llm_jax.errors import UserError
+
+RUN_FILE = "sweep_run.json"
+
+
+def write_run(workdir: str, config) -> None:
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, RUN_FILE + ".tmp"), "w", encoding="utf-8") as f:
+    json.dump(config.to_dict(), f, indent=2, sort_keys=True)
+  os.replace(os.path.join(workdir, RUN_FILE + ".tmp"), os.path.join(workdir, RUN_FILE))
+
+
+def read_run(workdir: str) -> ml_collections.ConfigDict:
+  with open(os.path.join(workdir, RUN_FILE), encoding="utf-8") as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def main(workdirs) -> int:
+  configs = [read_run(w) for w in workdirs]
+  try:
+    if len(workdirs) == 1:
+      from llm_jax.training.loop import train_and_evaluate
+      train_and_evaluate(configs[0], workdirs[0])
+    else:
+      from llm_jax.training.vectorized import train_vectorized
+      train_vectorized(configs, workdirs)
+  except UserError as e:
+    print(f"llm-jax sweep worker: error: {e}", file=sys.stderr, flush=True)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))
