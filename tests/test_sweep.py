@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from llm_jax.errors import UserError
-from llm_jax.sweep import grid, report, runner, spec
+from llm_jax.sweep import grid, report, runner, spec, worker
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -130,3 +130,20 @@ def test_sweep_runs_skips_finished_resumes_interrupted_and_vectorizes_equally(
       assert b is None or e == pytest.approx(b, rel=1e-5)
     with open(os.path.join(r.workdir, "summary.json")) as f:
       assert json.load(f)["vectorized"] == 4
+
+
+def test_a_run_finished_in_a_sibling_experiment_is_copied_not_trained(tmp_path, toy_corpus,
+                                                                       capsys):
+  a = write_experiment(tmp_path / "a", toy_corpus, [{"model.n_layer": 1}])
+  b = write_experiment(tmp_path / "b", toy_corpus, [{"model.n_layer": 1}])
+  c = write_experiment(tmp_path / "c", toy_corpus, [{"model.n_layer": 1}],
+                       overrides={"train.learning_rate": 2e-3})
+  done = spec.load_experiment(a).runs[0]
+  worker.write_run(done.workdir, done.config)
+  with open(os.path.join(done.workdir, "summary.json"), "w") as f:
+    json.dump({"step": done.config.train.max_steps}, f)
+  runner.run_sweep(b)
+  out = capsys.readouterr().out
+  assert "copied n_layer=1/seed0 from ../a/runs/n_layer=1/seed0" in out and "0 to run" in out
+  assert spec.is_finished(spec.load_experiment(b).runs[0])
+  assert runner.find_twin(spec.load_experiment(c).runs[0], str(tmp_path)) is None

@@ -102,7 +102,8 @@ def plot(rows, points, directory) -> list[str]:
     ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
   ax.set(xlabel="step", ylabel="val loss", title="val loss (mean ± std over seeds)")
   ax.set_ylim(top=min(ax.get_ylim()[1], 3.5))
-  ax.legend(fontsize="small")
+  if ax.lines:
+    ax.legend(fontsize="small")
   ax.grid(alpha=0.3)
   fig.tight_layout()
   fig.savefig(curves_path, dpi=100)

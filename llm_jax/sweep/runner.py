@@ -8,7 +8,10 @@ from their checkpoints, because each unit simply trains its workdirs again. A un
 to train.log in its (first) workdir; one progress line per change goes to the terminal.
 """
 
+import glob
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,6 +35,23 @@ def make_units(runs, vectorize: bool) -> list[list]:
   return list(groups.values())
 
 
+def find_twin(run, experiments_root: str) -> str | None:
+  """A finished run of the same resolved config in another experiment under experiments_root:
+  the baseline point most ablations share trains once."""
+  config = json.loads(json.dumps(run.config.to_dict(), sort_keys=True))
+  for path in sorted(glob.glob(os.path.join(glob.escape(experiments_root), "*", "runs", "*", "*",
+                                            worker.RUN_FILE))):
+    twin = os.path.dirname(path)
+    if os.path.abspath(twin) == os.path.abspath(run.workdir):
+      continue
+    try:
+      if worker.read_run(twin).to_dict() == config and is_finished(run._replace(workdir=twin)):
+        return twin
+    except (OSError, ValueError):
+      continue
+  return None
+
+
 def _child_env(jobs: int) -> dict:
   env = dict(os.environ)
   if jobs > 1 and "XLA_FLAGS" not in env:
@@ -51,7 +71,16 @@ def run_sweep(directory: str, jobs: int = 1, vectorize: bool = False) -> dict:
     raise UserError(f"--jobs={jobs} is invalid: use 1 or more processes")
   exp = load_experiment(directory)  # every run checked before any starts
   todo = [r for r in exp.runs if not is_finished(r)]
+  copied = []
+  for r in todo:
+    twin = None if os.path.exists(r.workdir) else find_twin(r, os.path.dirname(exp.directory))
+    if twin:  # the same config finished elsewhere: its workdir is this run's result
+      shutil.copytree(twin, r.workdir)
+      copied.append(f"{r.point}/seed{r.seed} from {os.path.relpath(twin, exp.directory)}")
+  todo = [r for r in todo if not is_finished(r)]
   skipped = len(exp.runs) - len(todo)
+  for line in copied:
+    print(f"llm-jax sweep {exp.name}: copied {line} (the same config, finished)", flush=True)
   units = make_units(todo, vectorize)
   total = len(exp.runs)
   print(f"llm-jax sweep {exp.name}: {total} runs ({len(exp.points)} points x "
