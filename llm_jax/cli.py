@@ -13,6 +13,7 @@ import sys
 from absl import app, flags, logging
 
 from llm_jax.errors import UserError
+from llm_jax.training.signals import Interrupted
 
 FLAGS = flags.FLAGS
 USAGE = """usage: llm-jax <command> [--flags]
@@ -22,6 +23,9 @@ commands:
   generate  sample from a trained run:   llm-jax generate --workdir=runs/gpt --prompt="ROMEO:"
   bpe       train a byte-level BPE:      llm-jax bpe --corpus=a.txt --vocab_size=4096 --out=a.tiktoken
   evaluate  score on held-out data:      llm-jax evaluate --workdir=runs/t --split=test --beam_size=4
+  sweep     run an experiment's grid:    llm-jax sweep experiments/norm --jobs=2 [--vectorize]
+  plot      draw runs' loss curves:      llm-jax plot runs/a runs/b --out=curves.png
+  bench     speed, MFU and memory:       llm-jax bench --config=configs/gpt_char_baby.py --steps=20
 
 `llm-jax <command> --helpshort` lists a command's flags."""
 
@@ -115,9 +119,64 @@ def _evaluate(argv):
   print(json.dumps(result), flush=True)
 
 
+def _define_sweep():
+  flags.DEFINE_integer("jobs", 1, "training processes at once (each takes a share of the cores)")
+  flags.DEFINE_bool("vectorize", False, "train runs that differ only in seed, learning rate, "
+                    "weight decay or dropout together, in one vmapped program")
+  flags.DEFINE_bool("report", False, "only write the report (results.csv/.md, plots) from the "
+                    "runs so far")
+
+
+def _sweep(argv):
+  from llm_jax.sweep import report, runner, spec
+  if len(argv) != 2:
+    raise UserError("name one experiment folder: llm-jax sweep experiments/<name> [--jobs=2]")
+  if FLAGS.report:
+    print(f"llm-jax sweep: wrote {', '.join(report.write_report(spec.load_experiment(argv[1])))}")
+  else:
+    runner.run_sweep(argv[1], FLAGS.jobs, FLAGS.vectorize)
+
+
 COMMANDS = {"train": (_define_train, _train), "generate": (_define_generate, _generate)}
 COMMANDS["bpe"] = (_define_bpe, _bpe)
 COMMANDS["evaluate"] = (_define_evaluate, _evaluate)
+COMMANDS["sweep"] = (_define_sweep, _sweep)
+
+
+def _define_plot():
+  flags.DEFINE_string("out", "curves.png", "the PNG file to write")
+
+
+def _plot(argv):
+  from llm_jax.plot import plot_runs
+  out = plot_runs(argv[1:], FLAGS.out)
+  print(f"llm-jax plot: wrote the loss curves of {len(argv) - 1} run(s) to {out}", flush=True)
+
+
+COMMANDS["plot"] = (_define_plot, _plot)
+
+
+def _define_bench():
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py)",
+                                  lock_config=True)
+  flags.DEFINE_integer("steps", 20, "timed train steps (after the warm-up)")
+  flags.DEFINE_integer("warmup", 3, "untimed train steps after the compiling one")
+  flags.DEFINE_integer("vocab_size", 65, "vocabulary of the benchmarked model (65: Tiny Shakespeare's)")
+  flags.DEFINE_integer("decode_tokens", 100, "tokens decoded (batch 1, KV cache) for the decode speed")
+  flags.DEFINE_string("json_out", None, "also write the JSON figures to this file")
+  flags.mark_flags_as_required(["config"])
+
+
+def _bench(argv):
+  from llm_jax.bench import train as bench_train
+  from llm_jax.training.parallel import enable_compilation_cache
+  enable_compilation_cache()
+  bench_train.main(FLAGS.config, FLAGS.steps, FLAGS.warmup, FLAGS.vocab_size, FLAGS.decode_tokens,
+                   FLAGS.json_out)
+
+
+COMMANDS["bench"] = (_define_bench, _bench)
 
 
 def _quiet_logs():
@@ -157,17 +216,32 @@ def _parse_flags(argv):
     _fail(prog, "; ".join(l.strip() for l in str(e).splitlines() if l.strip()))
 
 
-def _run(command_main):
+# commands that take positional arguments (paths) besides their flags
+TAKES_ARGS = {"sweep", "plot"}
+
+
+# commands that compile JAX programs: JAX's persistent compilation cache spares a second run of
+# the same config its compilation (~/.cache/llm_jax/xla; LLM_JAX_COMPILATION_CACHE=off disables it)
+COMPILES = {"train", "generate", "evaluate", "bench"}
+
+
+def _run(command_main, takes_args=False, compiles=False):
   def main(argv):
     _quiet_logs()
-    if len(argv) > 1:
+    if len(argv) > 1 and not takes_args:
       raise app.UsageError(f"unexpected arguments {argv[1:]}: flags are --name=value")
     try:
+      if compiles:
+        from llm_jax.training.parallel import enable_compilation_cache
+        enable_compilation_cache()
       command_main(argv)
     except UserError as e:
       if FLAGS.debug:
         raise
       _fail(argv[0], str(e))
+    except Interrupted as e:  # a run stopped by SIGINT/SIGTERM after saving: where to resume
+      print(f"{argv[0]}: {e}", file=sys.stderr, flush=True)
+      sys.exit(e.exit_code)
     except KeyboardInterrupt:
       print(f"{argv[0]}: interrupted", file=sys.stderr)
       sys.exit(130)
@@ -187,4 +261,5 @@ def main(argv=None):
   define, command_main = COMMANDS[name]
   _define_common()
   define()
-  app.run(_run(command_main), argv=[f"llm-jax {name}"] + argv[2:], flags_parser=_parse_flags)
+  app.run(_run(command_main, name in TAKES_ARGS, name in COMPILES),
+          argv=[f"llm-jax {name}"] + argv[2:], flags_parser=_parse_flags)

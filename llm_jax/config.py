@@ -87,6 +87,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.use_bias = False
   # compute dtype of the matmuls: 'float32' | 'bfloat16' (parameters, softmax and loss stay float32)
   c.model.dtype = "float32"
+  # gpt's attention: 'einsum' (the formula written out) | 'dot_product' (jax.nn.dot_product_attention,
+  # a fused kernel where the backend has one; with dropout in training the einsum path runs)
+  c.model.attention = "einsum"
 
   c.train = ml_collections.ConfigDict()
   # examples per micro-batch, global across devices; one update sees batch_size * grad_accum_steps
@@ -120,8 +123,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 500
   # checkpoints kept on disk (the newest ones)
   c.train.keep_checkpoints = 2
-  # tokens sampled from the trained model at the end of the run (0: none)
+  # tokens sampled from the trained model at the end of the run (0: none); each evaluation also
+  # writes a sample of at most 100 tokens to TensorBoard
   c.train.sample_tokens = 300
+  # a NaN or inf loss or gradient norm: 'stop' (the run ends naming the step; the last good
+  # checkpoint is kept) | 'skip' (that update is dropped and counted, as skipped_updates)
+  c.train.nan_policy = "stop"
   return c
 
 
@@ -195,6 +202,8 @@ def validate(c) -> None:
   _require(m.pos in ("learned", "sinusoidal"), "model.pos", m.pos, "use 'learned' or 'sinusoidal'")
   _require(m.activation in ("relu", "gelu"), "model.activation", m.activation, "use 'relu' or 'gelu'")
   _require(m.dtype in ("float32", "bfloat16"), "model.dtype", m.dtype, "use 'float32' or 'bfloat16'")
+  _require(m.attention in ("einsum", "dot_product"), "model.attention", m.attention,
+           "use 'einsum' or 'dot_product'")
   for field in ("batch_size", "grad_accum_steps", "max_steps", "eval_interval", "eval_iters",
                 "log_interval", "checkpoint_every", "keep_checkpoints"):
     _require(t[field] > 0, f"train.{field}", t[field], "use a positive number")
@@ -209,3 +218,5 @@ def validate(c) -> None:
     _require(0 <= t[field] < 1, f"train.{field}", t[field], "use a value in [0, 1)")
   _require(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, "use 0 (off) or a positive norm")
   _require(t.sample_tokens >= 0, "train.sample_tokens", t.sample_tokens, "use 0 or more")
+  _require(t.nan_policy in ("stop", "skip"), "train.nan_policy", t.nan_policy,
+           "use 'stop' or 'skip'")

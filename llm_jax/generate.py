@@ -46,8 +46,19 @@ def load_run(workdir: str, step: int | None = None):
   state_like = jax.eval_shape(lambda: create_state(
       model.init(jax.random.key(0), *example)["params"], tx))
   state_like = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), state_like)
-  state, _ = checkpoint.restore(manager, state_like, step)
-  manager.close()
+  try:
+    if step is None:  # the latest that restores: a damaged newest one is named and skipped
+      state, _ = checkpoint.restore_latest_good(manager, state_like, move_bad=False)
+    else:
+      state, _ = checkpoint.restore(manager, state_like, step)
+  except UserError:
+    raise
+  except Exception as e:  # noqa: BLE001 -- Orbax and TensorStore raise many kinds
+    raise UserError(f"the checkpoint of --step={step} in {workdir} is damaged "
+                    f"({type(e).__name__}): pass another --step, or leave it out for the "
+                    f"latest good one") from None
+  finally:
+    manager.close()
   return config, tokenizer, model, state.params, int(state.step)
 
 

@@ -1,3 +1,4 @@
+import ml_collections
 import pytest
 
 from llm_jax.config import default_config, validate
@@ -47,3 +48,14 @@ def test_invalid_fields_are_refused_naming_the_field(field, value, named):
     validate(c)
   msg = str(e.value)
   assert msg.startswith(f"config.{named}=") and "\n" not in msg
+
+
+def test_a_run_saved_before_a_model_field_existed_resumes_with_its_default():
+  from llm_jax.training import workdir as workdir_lib
+  c = default_config()
+  old = c.to_dict()
+  del old["model"]["attention"]  # a config.json written before model.attention was added
+  workdir_lib.check_same_run(c, ml_collections.ConfigDict(old))
+  c.model.attention = "dot_product"
+  with pytest.raises(UserError, match="config.model.attention='dot_product' differs"):
+    workdir_lib.check_same_run(c, ml_collections.ConfigDict(old))

@@ -117,7 +117,9 @@ def test_sweep_runs_skips_finished_resumes_interrupted_and_vectorizes_equally(
   assert {r.workdir: losses(r.workdir) for r in exp.runs} == first
 
   # the same runs, all four in one vmapped program: the same per-step losses
-  v = shutil.copytree(d, tmp_path / "vec", ignore=shutil.ignore_patterns("runs", "results*"))
+  # (in a folder of its own: beside exp/ its runs would be copied from there, as finished twins)
+  v = shutil.copytree(d, tmp_path / "elsewhere" / "vec",
+                      ignore=shutil.ignore_patterns("runs", "results*"))
   runner.run_sweep(str(v), vectorize=True)
   assert "4 to run as 1 process(es)" in capsys.readouterr().out
   for r in spec.load_experiment(str(v)).runs:

@@ -83,7 +83,7 @@ def cached_tokens(tokenizer, text: str, data_dir_config: str = "") -> np.ndarray
     finally:
       if os.path.exists(tmp):
         os.remove(tmp)
-  return np.load(path, mmap_mode="r")
+  return np.load(path, mmap_mode="r", allow_pickle=False)  # a user's file is never unpickled
 
 
 def load_lm_data(cfg, block_size: int, tokenizer=None) -> LMData:

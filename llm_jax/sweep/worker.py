@@ -30,6 +30,8 @@ def read_run(workdir: str) -> ml_collections.ConfigDict:
 
 def main(workdirs) -> int:
   configs = [read_run(w) for w in workdirs]
+  from llm_jax.training.parallel import enable_compilation_cache
+  enable_compilation_cache()  # the runs of a sweep share their programs' compilations
   try:
     if len(workdirs) == 1:
       from llm_jax.training.loop import train_and_evaluate

@@ -2,17 +2,36 @@
 
 Orbax wants absolute paths (a relative one fails late, in its background thread): the directory
 is made absolute here. Saves are asynchronous; `wait` before reading them or exiting.
+
+Faults: Orbax writes a step into `<step>.orbax-checkpoint-tmp-*` and renames it when complete, so
+a process killed mid-save leaves only such a leftover, which the manager ignores and deletes. A
+step that is complete by name but damaged (a truncated or missing file) fails to restore:
+`restore_latest_good` then warns and tries the next older step; the damaged ones are moved aside
+to <workdir>/checkpoints_corrupt/ once a good one is found. A checkpoint of another model (other
+shapes, read from its metadata before any array) is a UserError, not a fallback.
 """
 
 import os
+import shutil
+import sys
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+from llm_jax.errors import UserError
+
+CORRUPT_DIR = "checkpoints_corrupt"
 
 
 def make_manager(workdir: str, keep: int, create: bool = True) -> ocp.CheckpointManager:
   directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create)
-  return ocp.CheckpointManager(directory, options=options)
+  # a killed save leaves `<step>.orbax-checkpoint-tmp-*`: never a step, deleted on start
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
+                                         cleanup_tmp_directories=create)
+  # handlers named up front: a step's metadata (its arrays' shapes) reads before any restore
+  handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+  return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
 def save(manager: ocp.CheckpointManager, state, meta: dict) -> None:
@@ -22,9 +41,75 @@ def save(manager: ocp.CheckpointManager, state, meta: dict) -> None:
                                              meta=ocp.args.JsonSave(meta)), force=True)
 
 
+def _name(path) -> str:
+  """A key path as Orbax names the array on disk: 'opt_state.1.0.mu.h_0.attn.out.kernel'."""
+  return ".".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def check_shapes(manager: ocp.CheckpointManager, step: int, state_like) -> None:
+  """A checkpoint of another model has other shapes: refused from its metadata, naming an array,
+  before Orbax reads (and rejects) the arrays themselves."""
+  on_disk = {_name(p): tuple(m.shape) for p, m in
+             jax.tree_util.tree_flatten_with_path(manager.item_metadata(step)["state"])[0]}
+  wanted = {_name(p): np.shape(x) for p, x in jax.tree_util.tree_flatten_with_path(state_like)[0]}
+  where = f"checkpoint {manager.directory / str(step)}"
+  fix = "use a fresh --workdir, or the config of the run that wrote it (its config.json)"
+  for name in sorted(on_disk.keys() & wanted.keys(), key=lambda n: (not n.startswith("params"), n)):
+    if on_disk[name] != wanted[name]:
+      raise UserError(f"{where} holds another model ({name} is {on_disk[name]}, this config "
+                      f"makes {wanted[name]}): {fix}")
+  if on_disk.keys() != wanted.keys():
+    name = sorted(on_disk.keys() ^ wanted.keys())[0]
+    raise UserError(f"{where} holds another model or optimizer ({name} is in only one of the "
+                    f"checkpoint and this config): {fix}")
+
+
 def restore(manager: ocp.CheckpointManager, state_like, step: int | None = None):
   """(state, meta) from `step` (default: the latest), as numpy arrays shaped like `state_like`."""
   step = manager.latest_step() if step is None else step
+  check_shapes(manager, step, state_like)
   out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(state_like),
                                                       meta=ocp.args.JsonRestore()))
   return out.state, out.meta
+
+
+def _describe(e: BaseException) -> str:
+  text = " ".join(str(e).split())
+  return f"{type(e).__name__}: {text[:200]}" + ("..." if len(text) > 200 else "")
+
+
+def restore_latest_good(manager: ocp.CheckpointManager, state_like, move_bad: bool = True):
+  """(state, meta) of the newest step that restores, newest first; each damaged step is named in
+  a warning. Once a good step is found, the damaged newer ones are (move_bad) moved to
+  <workdir>/checkpoints_corrupt/<step>, so that the run can save those steps again. No good step:
+  a UserError, and nothing is moved."""
+  directory = manager.directory
+  bad = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      out = restore(manager, state_like, step)
+    except UserError:
+      raise
+    except Exception as e:  # noqa: BLE001 -- Orbax and TensorStore raise many kinds
+      bad.append(step)
+      print(f"llm-jax: warning: checkpoint {directory / str(step)} is damaged ({_describe(e)}); "
+            f"trying an older one", file=sys.stderr, flush=True)
+      continue
+    if bad and move_bad:
+      _move_aside(manager, bad)
+    return out
+  raise UserError(f"no checkpoint in {directory} restores (damaged: steps "
+                  f"{', '.join(map(str, bad))}): start over in a fresh --workdir, or restore the "
+                  f"checkpoints from a backup")
+
+
+def _move_aside(manager: ocp.CheckpointManager, steps) -> None:
+  root = os.path.join(os.path.dirname(manager.directory), CORRUPT_DIR)
+  os.makedirs(root, exist_ok=True)
+  for step in steps:
+    dest = os.path.join(root, str(step))
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.move(os.path.join(manager.directory, str(step)), dest)
+    print(f"llm-jax: warning: moved the damaged checkpoint of step {step} to {dest}",
+          file=sys.stderr, flush=True)
+  manager.reload()

@@ -1,14 +1,20 @@
 """What a run keeps beside its checkpoints: the resolved config and the tokenizer, as JSON.
 
 A workdir holds one run. Launching again with the same workdir resumes it; a config whose model
-or data differ from the saved one is refused (it would not fit the checkpoints).
+or data differ from the saved one is refused (it would not fit the checkpoints). Before training,
+the workdir must be writable and its disk must hold two checkpoints (one written while the previous
+one stays intact): a clear error at start rather than a failed save hours later.
 """
 
+import errno
 import json
 import os
+import shutil
+import tempfile
 
 import ml_collections
 
+from llm_jax.config import default_config
 from llm_jax.data.tokenizers import tokenizer_from_dict
 from llm_jax.errors import UserError
 
@@ -46,9 +52,11 @@ def read_tokenizer(workdir):
 def check_same_run(config, saved) -> None:
   """The parts of a config that checkpoints depend on must match the run saved in the workdir."""
   fields = [f"model.{k}" for k in sorted(set(config.model) | set(saved.model))]
+  defaults = default_config()  # a field newer than the saved run had its default there
   for field in fields + ["data.corpus", "data.tokenizer", "data.task"]:
     section, key = field.split(".")
-    new, old = config[section].get(key), saved[section].get(key)
+    new = config[section].get(key)
+    old = saved[section].get(key, defaults[section].get(key))
     if new != old:
       raise UserError(f"config.{field}={new!r} differs from this workdir's run ({old!r}): use a "
                       f"fresh --workdir, or the run's own config (its config.json)")
@@ -57,3 +65,40 @@ def check_same_run(config, saved) -> None:
 def write_run_files(workdir, config, tokenizer) -> None:
   _write_json(workdir, CONFIG_FILE, config.to_dict())
   _write_json(workdir, TOKENIZER_FILE, tokenizer.to_dict())
+
+
+def check_writable(workdir) -> None:
+  """Creates workdir if needed and writes a file there; any failure is a UserError naming it."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test."):
+      pass
+  except OSError as e:
+    raise UserError(f"--workdir={workdir} is not writable ({e.strerror or e}): pick a directory "
+                    f"you can write to") from None
+
+
+def check_free_space(workdir, checkpoint_bytes: int) -> None:
+  """Room for two checkpoints of checkpoint_bytes each, or a UserError."""
+  free = shutil.disk_usage(workdir).free
+  if free < 2 * checkpoint_bytes:
+    raise UserError(f"--workdir={workdir} has {free / 2**20:.1f} MiB free, less than two "
+                    f"checkpoints ({2 * checkpoint_bytes / 2**20:.1f} MiB): free some space or use "
+                    f"another --workdir")
+
+
+def os_error_in(e: BaseException) -> OSError | None:
+  """The OSError behind e (itself, or along its causes: Orbax wraps its thread's errors)."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    if isinstance(e, OSError):
+      return e
+    seen.add(id(e))
+    e = e.__cause__ or e.__context__
+  return None
+
+
+def describe_os_error(e: OSError) -> str:
+  if e.errno == errno.ENOSPC:
+    return "the disk is full"
+  return e.strerror or str(e)

@@ -1,0 +1,32 @@
+"""Training FLOPs per token, as PaLM's appendix B and nanoGPT's `estimate_mfu`:
+
+    6 N + 12 L T d      N: parameters less the position table (the tied token table counts once,
+                        as the head's matmul); L layers, T context, d width (= heads x head size)
+
+6N counts each weight's multiply-add in the forward (2N) and backward (4N) pass; 12 L T d the
+attention's two (T x T) matmuls per layer, forward and backward. The training loop prints it at
+start; the benchmark turns it into achieved FLOP/s and MFU.
+"""
+
+import jax
+import numpy as np
+
+
+def count_params(params) -> tuple[int, int]:
+  """(all parameters, parameters less the position table), as nanoGPT's get_num_params."""
+  leaves = jax.tree_util.tree_leaves_with_path(params)
+  total = sum(int(np.size(x)) for _, x in leaves)
+  positions = sum(int(np.size(x)) for path, x in leaves
+                  if any(getattr(k, "key", None) == "wpe" for k in path))
+  return total, total - positions
+
+
+def flops_per_token(model_config, n_params: int) -> int | None:
+  """model_config: config.model; n_params: count_params(...)[1]. The bigram has no attention;
+  None for the encoder-decoder (a token passes through one of its two stacks)."""
+  m = model_config
+  if m.name == "bigram":
+    return 6 * n_params
+  if m.name == "gpt":
+    return 6 * n_params + 12 * m.n_layer * m.block_size * m.n_embd
+  return None

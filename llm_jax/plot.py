@@ -1,0 +1,68 @@
+"""Loss curves of one or several runs, from their metrics.jsonl, into one PNG.
+
+    llm-jax plot runs/gpt_char runs/gpt_post --out=curves.png
+
+One colour per run, labelled by its workdir's name: the training loss at log steps as a thin line,
+the val loss at evaluations as a thicker line with markers. matplotlib draws off-screen (Agg).
+"""
+
+import json
+import os
+
+from llm_jax.errors import UserError
+
+
+def read_curves(workdir: str) -> dict:
+  """{'train': ([step], [loss]), 'val': ([step], [loss])} from <workdir>/metrics.jsonl."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.isfile(path):
+    raise UserError(f"{workdir} has no metrics.jsonl: pass the --workdir of a training run")
+  curves = {"train": ([], []), "val": ([], [])}
+  with open(path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        r = json.loads(line)
+        step = int(r["step"])
+      except (ValueError, KeyError, TypeError):
+        raise UserError(f"{path} line {lineno} is not a metrics record: the file is damaged; "
+                        f"delete that line") from None
+      for name, key in (("train", "loss"), ("val", "val_loss")):
+        if key in r:
+          curves[name][0].append(step)
+          curves[name][1].append(float(r[key]))
+  if not curves["train"][0] and not curves["val"][0]:
+    raise UserError(f"{path} holds no loss yet: train the run for a few steps first")
+  return curves
+
+
+def plot_runs(workdirs: list[str], out: str) -> str:
+  """Draws the curves of `workdirs` into the PNG `out`; returns its path."""
+  if not workdirs:
+    raise UserError("no run to plot: pass one or more workdirs, as `llm-jax plot runs/a runs/b`")
+  curves = {w: read_curves(w) for w in workdirs}  # every run is checked before anything is drawn
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(8, 5))
+  for i, (workdir, c) in enumerate(curves.items()):
+    colour, label = f"C{i % 10}", os.path.basename(os.path.normpath(workdir))
+    if c["train"][0]:
+      ax.plot(*c["train"], color=colour, linewidth=0.8, alpha=0.6, label=f"{label} train")
+    if c["val"][0]:
+      ax.plot(*c["val"], color=colour, linewidth=2, marker="o", markersize=3, label=f"{label} val")
+  ax.set_xlabel("step")
+  ax.set_ylabel("loss (nats/token)")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  try:
+    fig.savefig(out, dpi=120)
+  except OSError as e:
+    raise UserError(f"--out={out} cannot be written ({e.strerror or e}): pick another path") \
+        from None
+  finally:
+    plt.close(fig)
+  return out

@@ -1,0 +1,214 @@
+"""Bad input, table-driven: every mistake across train, generate, evaluate, sweep, bpe and plot is
+one line `llm-jax <command>: error: ...` naming the field or file, exit code 2, no traceback, and
+the checkpoints already in a workdir stay as they were.
+
+The table runs in process through cli.main (its flags are removed again after each call); one
+subprocess checks the real exit code and that --debug shows the traceback.
+"""
+
+import json
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+
+from conftest import TOY_TEXT, tiny_config
+from llm_jax import cli
+from llm_jax.training.loop import train_and_evaluate
+from test_faults import files_digest, write_config_file
+
+ROOT = pathlib.Path(__file__).parent.parent
+
+
+def run_cli(*args):
+  """(exit code, stdout, stderr) of `llm-jax *args`, in this process."""
+  import contextlib
+  import io
+  before = set(flags.FLAGS)
+  out, err = io.StringIO(), io.StringIO()
+  code, argv = 0, sys.argv
+  sys.argv = ["llm-jax", *map(str, args)]  # ml_collections reads the config overrides there
+  try:
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+      cli.main(list(sys.argv))
+  except SystemExit as e:
+    code = e.code or 0
+  finally:
+    sys.argv = argv
+    for name in set(flags.FLAGS) - before:
+      delattr(flags.FLAGS, name)
+    flags.FLAGS.unparse_flags()
+  return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+  """Files the table refers to by name: a trained run, its config file, bad data files."""
+  d = tmp_path_factory.mktemp("bad_inputs")
+  (d / "toy.txt").write_text(TOY_TEXT, encoding="utf-8")
+  c = tiny_config(d / "toy.txt", max_steps=4, lr_decay_steps=20, checkpoint_every=2,
+                  eval_interval=4, log_interval=2)
+  train_and_evaluate(c, str(d / "run"))
+  write_config_file(c, d / "config.py")
+  (d / "empty.txt").write_text("")
+  (d / "latin1.txt").write_bytes("caf\xe9 cr\xe8me ".encode("latin-1") * 50)
+  (d / "short.txt").write_text("the cat sat.")  # fewer than block_size + 1 = 17 tokens per split
+  (d / "other_chars.txt").write_text(TOY_TEXT.upper())  # characters the run's vocabulary lacks
+  (d / "a_file").write_text("x")
+  (d / "empty_dir").mkdir()
+  (d / "no_ckpt").mkdir()
+  shutil.copy(d / "run" / "config.json", d / "no_ckpt")
+  shutil.copy(d / "run" / "tokenizer.json", d / "no_ckpt")
+  # checkpoints of another model under a config.json claiming this one's shapes
+  shutil.copytree(d / "run", d / "mismatch")
+  saved = json.loads((d / "mismatch" / "config.json").read_text())
+  saved["model"]["n_embd"] = 16
+  (d / "mismatch" / "config.json").write_text(json.dumps(saved))
+  return d
+
+
+T = ["train", "--config={d}/config.py", "--workdir={d}/fresh"]
+ON_RUN = ["train", "--config={d}/config.py", "--workdir={d}/run"]
+GEN = ["generate", "--workdir={d}/run"]
+EVAL = ["evaluate", "--workdir={d}/run"]
+
+# (argv, a part of the one-line message: the field or file it must name)
+CASES = [
+    # config overrides: wrong types, ranges, unknown fields
+    (T + ["--config.model.n_layer=two"], "n_layer"),
+    (T + ["--config.train.max_steps=1.5"], "max_steps"),
+    (T + ["--config.model.dropout=high"], "dropout"),
+    (T + ["--config.model.n_layer=0"], "config.model.n_layer=0 is invalid"),
+    (T + ["--config.model.n_head=3"], "config.model.n_embd=32 is invalid"),
+    (T + ["--config.model.dropout=1.5"], "config.model.dropout=1.5"),
+    (T + ["--config.model.norm=middle"], "config.model.norm='middle'"),
+    (T + ["--config.model.pos=rotary"], "config.model.pos='rotary'"),
+    (T + ["--config.model.activation=tanh"], "config.model.activation='tanh'"),
+    (T + ["--config.model.dtype=float16"], "config.model.dtype='float16'"),
+    (T + ["--config.model.name=llama"], "config.model.name='llama'"),
+    (T + ["--config.model.block_size=0"], "config.model.block_size=0"),
+    (T + ["--config.model.max_len=8"], "config.model.block_size=16"),
+    (T + ["--config.model.no_such_field=1"], "no_such_field"),
+    (T + ["--config.train.no_such_field=1"], "no_such_field"),
+    (T + ["--config.nosection.field=1"], "nosection"),
+    (T + ["--config.train.batch_size=0"], "config.train.batch_size=0"),
+    (T + ["--config.train.batch_size=-4"], "config.train.batch_size=-4"),
+    (T + ["--config.train.eval_iters=0"], "config.train.eval_iters=0"),
+    (T + ["--config.train.learning_rate=0"], "config.train.learning_rate=0"),
+    (T + ["--config.train.min_lr=1.0"], "config.train.min_lr=1.0"),
+    (T + ["--config.train.beta2=1.0"], "config.train.beta2=1.0"),
+    (T + ["--config.train.grad_clip=-1.0"], "config.train.grad_clip=-1.0"),
+    (T + ["--config.train.warmup_steps=50"], "config.train.lr_decay_steps=20"),
+    (T + ["--config.train.nan_policy=ignore"], "config.train.nan_policy='ignore'"),
+    (T + ["--config.parallel=tpu"], "config.parallel='tpu'"),
+    (T + ["--config.distributed.num_processes=0"], "config.distributed.num_processes=0"),
+    (T + ["--config.data.task=reverse"], "config.data.task='reverse'"),
+    (T + ["--config.data.corpus=wikipedia"], "config.data.corpus='wikipedia'"),
+    (T + ["--config.data.tokenizer=sentencepiece"], "config.data.tokenizer='sentencepiece'"),
+    (T + ["--config.data.tokenizer=tiktoken:nope"], "config.data.tokenizer='tiktoken:nope'"),
+    (T + ["--config.data.tokenizer=bpe:/nonexistent/r.tiktoken"], "/nonexistent/r.tiktoken"),
+    # data files: missing, empty, not UTF-8, too short, a directory
+    (T + ["--config.data.path=/nonexistent/*.txt"], "/nonexistent/*.txt"),
+    (T + ["--config.data.path={d}/empty.txt"], "empty.txt"),
+    (T + ["--config.data.path={d}/latin1.txt"], "latin1.txt is not UTF-8"),
+    (T + ["--config.data.path={d}/short.txt"], "fewer than model.block_size + 1"),
+    (T + ["--config.data.path={d}/empty_dir"], "empty_dir"),
+    # the config file and the workdir
+    (["train", "--config=/nonexistent/config.py", "--workdir={d}/fresh"], "/nonexistent/config.py"),
+    (["train", "--config={d}/config.py"], "workdir"),
+    (["train", "--config={d}/config.py", "--workdir={d}/a_file/run"], "a_file/run is not writable"),
+    (ON_RUN + ["--config.model.n_embd=16", "--config.model.n_head=2"],
+     "config.model.n_embd=16 differs"),
+    (ON_RUN + ["--config.data.tokenizer=tiktoken:cl100k_base"], "config.data.tokenizer"),
+    (["train", "--config={d}/config.py", "--workdir={d}/mismatch", "--config.model.n_embd=16"],
+     "holds another model"),
+    (ON_RUN + ["--config.data.path={d}/other_chars.txt", "--config.train.max_steps=6"],
+     "is not in the"),
+    # generate: the run, the prompt, sampling settings
+    (["generate", "--workdir=/nonexistent/run"], "--workdir=/nonexistent/run does not exist"),
+    (["generate", "--workdir={d}/empty_dir"], "holds no training run"),
+    (["generate", "--workdir={d}/no_ckpt"], "has no checkpoint"),
+    (["generate", "--workdir={d}/mismatch"], "holds another model"),
+    (GEN + ["--prompt=\u20ac"], "not in the"),
+    (GEN + ["--prompt="], "--prompt is empty"),
+    (GEN + ["--prompt_file=/nonexistent/p.txt"], "/nonexistent/p.txt"),
+    (GEN + ["--prompt_file={d}/latin1.txt"], "latin1.txt is not UTF-8"),
+    (GEN + ["--temperature=-1"], "--temperature=-1"),
+    (GEN + ["--top_k=-1"], "--top_k=-1"),
+    (GEN + ["--top_k=1000"], "--top_k=1000"),
+    (GEN + ["--top_p=0"], "--top_p=0"),
+    (GEN + ["--top_p=1.5"], "--top_p=1.5"),
+    (GEN + ["--max_new_tokens=0"], "--max_new_tokens=0"),
+    (GEN + ["--max_new_tokens=many"], "max_new_tokens"),
+    (GEN + ["--num_samples=0"], "--num_samples=0"),
+    (GEN + ["--step=3"], "--step=3 was not saved"),
+    (GEN + ["--tempreature=0.5"], "tempreature"),
+    (["generate"], "workdir"),
+    # evaluate
+    (["evaluate", "--workdir=/nonexistent/run"], "/nonexistent/run"),
+    (EVAL + ["--split=train"], "split"),
+    (EVAL + ["--split=test"], "--split=test"),
+    (EVAL + ["--beam_size=0"], "--beam_size=0"),
+    (EVAL + ["--beam_size=4"], "--beam_size=4"),
+    (EVAL + ["--alpha=-1"], "--alpha=-1"),
+    (EVAL + ["--step=99"], "--step=99"),
+    # bpe
+    (["bpe", "--corpus={d}/toy.txt", "--vocab_size=10", "--out={d}/r.tiktoken"], "--vocab_size=10"),
+    (["bpe", "--corpus=/nonexistent/*.txt", "--vocab_size=300", "--out={d}/r.tiktoken"],
+     "/nonexistent/*.txt"),
+    (["bpe", "--corpus={d}/empty.txt", "--vocab_size=300", "--out={d}/r.tiktoken"], "empty.txt"),
+    (["bpe", "--corpus={d}/latin1.txt", "--vocab_size=300", "--out={d}/r.tiktoken"], "latin1.txt"),
+    (["bpe", "--corpus={d}/toy.txt", "--vocab_size=300", "--out={d}/empty_dir"], "empty_dir"),
+    (["bpe", "--corpus={d}/toy.txt", "--vocab_size=300"], "out"),
+    # sweep
+    (["sweep"], "experiment"),
+    (["sweep", "{d}/nonexistent_experiment"], "nonexistent_experiment"),
+    # plot
+    (["plot", "{d}/nonexistent_run"], "nonexistent_run"),
+    (["plot", "{d}/empty_dir"], "empty_dir has no metrics.jsonl"),
+    (["plot"], "no run to plot"),
+    (["plot", "{d}/run", "--out={d}/nonexistent_dir/curves.png"], "nonexistent_dir/curves.png"),
+    # the command itself
+    (["fly"], "unknown command 'fly'"),
+]
+
+
+def test_every_bad_input_is_one_clear_line_and_exit_2(env):
+  before = {w: files_digest(env / w / "checkpoints") for w in ("run", "mismatch")}
+  failures = []
+  for argv, expect in CASES:
+    argv = [a.replace("{d}", str(env)) for a in argv]
+    code, out, err = run_cli(*argv)
+    lines = err.strip().splitlines()
+    prog = "llm-jax" if argv[0] == "fly" else f"llm-jax {argv[0]}"
+    ok = (code == 2 and len(lines) == 1 and lines[0].startswith(f"{prog}: error: ") and
+          expect.replace("{d}", str(env)) in lines[0] and "Traceback" not in err)
+    if not ok:
+      failures.append(f"{argv}: exit {code}, stderr {err!r}")
+  clean = len(CASES) - len(failures)
+  print(f"{clean} of {len(CASES)} bad inputs gave a clean one-line error")
+  assert not failures, "\n".join(failures)
+  assert len(CASES) >= 40
+  # no bad input touched the checkpoints already there
+  assert {w: files_digest(env / w / "checkpoints") for w in ("run", "mismatch")} == before
+
+
+def test_the_exit_code_is_real_and_debug_shows_the_traceback(env):
+  base = [sys.executable, "-m", "llm_jax", "generate", f"--workdir={env}/run", "--top_p=0"]
+  r = subprocess.run(base, cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+  r = subprocess.run(base + ["--debug"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert r.returncode != 0 and "Traceback" in r.stderr and "UserError" in r.stderr
+
+
+def test_no_user_file_is_unpickled():
+  """np.load and friends are called without pickle; nothing imports pickle."""
+  for path in (ROOT / "llm_jax").rglob("*.py"):
+    text = path.read_text()
+    assert not re.search(r"\bimport (c?pickle|joblib|dill)\b|torch\.load", text), path
+    for call in re.findall(r"np\.load\([^)]*\)", text):
+      assert "allow_pickle=False" in call, (path, call)
