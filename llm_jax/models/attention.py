@@ -30,6 +30,11 @@ def padding_mask(q_valid_BT, kv_valid_BS):
   return q_valid_BT[:, None, :, None] & kv_valid_BS[:, None, None, :]
 
 
+def _may_drop(rate) -> bool:
+  """False only for a Python 0 (a traced rate, as in vmapped sweeps, may be anything)."""
+  return not (isinstance(rate, (int, float)) and rate == 0.0)
+
+
 class MultiHeadAttention(nn.Module):
   n_head: int
   dropout: float = 0.0
@@ -37,6 +42,9 @@ class MultiHeadAttention(nn.Module):
   # std of the output projection's init (it writes into the residual stream)
   out_init_std: float = 0.02
   dtype: jnp.dtype = jnp.float32
+  # 'einsum': the formula above written out | 'dot_product': jax.nn.dot_product_attention (XLA's
+  # fused kernel where the backend has one, e.g. cuDNN on GPU)
+  attention: str = "einsum"
 
   @nn.compact
   def __call__(self, x_q_BTC, x_kv_BSC, mask, train: bool, decode: bool = False):
@@ -55,13 +63,19 @@ class MultiHeadAttention(nn.Module):
     if decode:
       k_BSHD, v_BSHD, mask = self._update_cache(k_BSHD, v_BSHD)
 
-    scores_BHTS = jnp.einsum("bthd,bshd->bhts", q_BTHD, k_BSHD) / jnp.sqrt(D).astype(self.dtype)
-    scores_BHTS = scores_BHTS.astype(jnp.float32)
-    if mask is not None:
-      scores_BHTS = jnp.where(mask, scores_BHTS, jnp.finfo(jnp.float32).min)
-    probs_BHTS = jax.nn.softmax(scores_BHTS, axis=-1)
-    probs_BHTS = Dropout(self.dropout)(probs_BHTS, deterministic=not train)
-    out_BTHD = jnp.einsum("bhts,bshd->bthd", probs_BHTS.astype(self.dtype), v_BSHD)
+    # jax.nn.dot_product_attention has no dropout on the weights: with dropout while training the
+    # einsum path runs whatever was asked
+    fused = self.attention == "dot_product" and not (train and _may_drop(self.dropout))
+    if fused:
+      out_BTHD = jax.nn.dot_product_attention(q_BTHD, k_BSHD, v_BSHD, mask=mask)
+    else:
+      scores_BHTS = jnp.einsum("bthd,bshd->bhts", q_BTHD, k_BSHD) / jnp.sqrt(D).astype(self.dtype)
+      scores_BHTS = scores_BHTS.astype(jnp.float32)
+      if mask is not None:
+        scores_BHTS = jnp.where(mask, scores_BHTS, jnp.finfo(jnp.float32).min)
+      probs_BHTS = jax.nn.softmax(scores_BHTS, axis=-1)
+      probs_BHTS = Dropout(self.dropout)(probs_BHTS, deterministic=not train)
+      out_BTHD = jnp.einsum("bhts,bshd->bthd", probs_BHTS.astype(self.dtype), v_BSHD)
     y_BTC = nn.DenseGeneral(C, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype,
                             kernel_init=nn.initializers.normal(self.out_init_std),
                             name="out")(out_BTHD)

@@ -31,6 +31,7 @@ class GPT(nn.Module):
   tie_embeddings: bool = True
   use_bias: bool = False
   dtype: str = "float32"
+  attention: str = "einsum"
 
   @nn.compact
   def __call__(self, idx_BT, train: bool = False, decode: bool = False):
@@ -53,7 +54,7 @@ class GPT(nn.Module):
       x_BTC = Block(n_head=self.n_head, dropout=self.dropout, norm=self.norm,
                     activation=self.activation, use_bias=self.use_bias,
                     out_init_std=0.02 / math.sqrt(2 * self.n_layer), dtype=dtype,
-                    name=f"h_{i}")(x_BTC, mask, train, decode=decode)
+                    attention=self.attention, name=f"h_{i}")(x_BTC, mask, train, decode=decode)
     if self.norm == "pre":
       x_BTC = nn.LayerNorm(epsilon=LN_EPS, use_bias=self.use_bias, name="ln_f")(x_BTC)
     if self.tie_embeddings:

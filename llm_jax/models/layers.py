@@ -77,6 +77,8 @@ class Block(nn.Module):
   out_init_std: float = 0.02
   cross: bool = False
   dtype: jnp.dtype = jnp.float32
+  # self-attention's implementation: 'einsum' | 'dot_product' (see MultiHeadAttention)
+  attention: str = "einsum"
 
   def _sublayer(self, x, f, name):
     ln = nn.LayerNorm(epsilon=LN_EPS, use_bias=self.use_bias, name=f"ln_{name}")
@@ -90,7 +92,8 @@ class Block(nn.Module):
         n_head=self.n_head, dropout=self.dropout, use_bias=self.use_bias,
         out_init_std=self.out_init_std, dtype=self.dtype, name=name, **kw)
     x_BTC = self._sublayer(
-        x_BTC, lambda h: attn("attn")(h, h, mask, train, decode=decode), "attn")
+        x_BTC, lambda h: attn("attn", attention=self.attention)(h, h, mask, train, decode=decode),
+        "attn")
     if self.cross:
       x_BTC = self._sublayer(
           x_BTC, lambda h: attn("cross_attn")(h, memory_BSC, memory_mask, train), "cross")

@@ -38,6 +38,23 @@ def init_distributed(cfg) -> None:
   jax.distributed.initialize(coordinator_address=address, num_processes=n, process_id=pid)
 
 
+def enable_compilation_cache(path: str | None = None) -> str | None:
+  """JAX's persistent compilation cache, so a second run of the same program loads it instead of
+  compiling it again. The directory: `path`, else $JAX_COMPILATION_CACHE_DIR (JAX reads it
+  itself), else $LLM_JAX_COMPILATION_CACHE, else ~/.cache/llm_jax/xla; 'off' leaves it off.
+  Returns the directory in use (None when off). Call it before the first compilation."""
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR") and path is None:
+    return os.environ["JAX_COMPILATION_CACHE_DIR"]
+  path = path or os.environ.get("LLM_JAX_COMPILATION_CACHE") or os.path.join(
+      os.path.expanduser("~"), ".cache", "llm_jax", "xla")
+  if path == "off":
+    return None
+  jax.config.update("jax_compilation_cache_dir", path)
+  # cache every program that took over half a second to compile (the steps, not tiny helpers)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  return path
+
+
 def resolve(mode: str) -> str:
   """'auto' -> 'pmap' when there are several devices, else 'none'."""
   if mode == "auto":

@@ -1,0 +1,213 @@
+"""`llm-jax bench`: how fast a config trains, evaluates and decodes here, and how close to the peak.
+
+    llm-jax bench --config=configs/gpt_char_baby.py [--steps=20] [--config.model.dtype=bfloat16 ...]
+
+The model has the config's shapes, freshly initialized, and the batches are random tokens (speed
+does not depend on the weights or the text), so no corpus is read. The train step is the one the
+training loop runs (the same loss, optimizer, jit or pmap wrapper and donated state). Each step
+is timed alone (dispatch to results ready), after `--warmup` steps; compile time is the first
+call less a steady step, reported apart (near 0 when JAX's persistent compilation cache holds
+the program). Prints one JSON object, then a readable table on stderr.
+
+FLOPs per token are models/flops.py's (6N + 12 L T d, nanoGPT's estimate_mfu). MFU =
+flops_per_token x tokens/s / a peak: the matmul peak measured in the same run (bench/peak.py,
+float32 or bfloat16 as the model computes) and, on a known accelerator, its datasheet peak.
+"""
+
+import json
+import os
+import resource
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from llm_jax import decoding
+from llm_jax.bench import peak
+from llm_jax.config import validate
+from llm_jax.errors import UserError
+from llm_jax.models import build_model
+from llm_jax.models.flops import count_params, flops_per_token
+from llm_jax.training import parallel
+from llm_jax.training.losses import make_loss_fn
+from llm_jax.training.optimizer import make_optimizer
+from llm_jax.training.steps import create_state, make_evaluate, make_train_step
+
+
+def _percentiles_ms(seconds) -> dict:
+  ms = np.asarray(seconds) * 1e3
+  return {"median": round(float(np.median(ms)), 2), "p10": round(float(np.percentile(ms, 10)), 2),
+          "p90": round(float(np.percentile(ms, 90)), 2), "min": round(float(ms.min()), 2)}
+
+
+def _cpu_seconds() -> float:
+  t = os.times()
+  return t.user + t.system
+
+
+def _device_memory() -> dict | None:
+  """Peak and current bytes in use on device 0, where the backend reports them (not on CPU)."""
+  stats = jax.local_devices()[0].memory_stats()
+  if not stats:
+    return None
+  keys = ("peak_bytes_in_use", "bytes_in_use", "bytes_limit")
+  return {k: int(stats[k]) for k in keys if k in stats}
+
+
+def _random_batch(rng, shape, vocab_size):
+  tokens = rng.integers(0, vocab_size, (*shape[:-1], shape[-1] + 1)).astype(np.int32)
+  return {"inputs": tokens[..., :-1], "targets": tokens[..., 1:]}
+
+
+def run(config, steps: int = 20, warmup: int = 3, vocab_size: int = 65, decode_tokens: int = 100,
+        eval_repeats: int = 5, peak_n: int = 2048) -> dict:
+  """Benchmarks config's language model; returns the figures (see the module docstring)."""
+  validate(config)
+  m, tc = config.model, config.train
+  if m.name == "transformer":
+    raise UserError("llm-jax bench measures the language models (gpt, bigram): use "
+                    "--config.model.name=gpt or a GPT config")
+  if steps < 1 or warmup < 0:
+    raise UserError(f"--steps={steps} and --warmup={warmup}: use at least 1 step, 0 or more warm-up")
+  mode = parallel.resolve(config.parallel)
+  parallel.check_batch(tc.batch_size, mode)
+  peaks = peak.measure(peak_n)
+
+  T, B, A = m.block_size, tc.batch_size, tc.grad_accum_steps
+  model = build_model(m, vocab_size)
+  loss_fn = make_loss_fn(model)
+  tx = make_optimizer(tc)
+  state = jax.jit(lambda r: create_state(
+      model.init(r, jnp.zeros((1, T), jnp.int32))["params"], tx))(jax.random.key(config.seed))
+  state = jax.device_get(state)
+  n_params, n_params_flops = count_params(state.params)
+  state = parallel.place_state(state, mode)
+  axis = parallel.AXIS if mode == "pmap" else None
+  train_step, evaluate = parallel.wrap_steps(
+      make_train_step(loss_fn, tx, axis), make_evaluate(loss_fn, axis), mode)
+  rng = np.random.default_rng(config.seed)
+  batch = jax.device_put(parallel.shard_batch(_random_batch(rng, (A, B, T), vocab_size), mode, 1))
+  eval_batch = jax.device_put(
+      parallel.shard_batch(_random_batch(rng, (1, B, T), vocab_size), mode, 1))
+  dropout_rng = jax.random.key(config.seed + 1)
+
+  def timed_step():
+    nonlocal state
+    t = time.perf_counter()
+    state, metrics = train_step(state, batch, dropout_rng)
+    jax.block_until_ready(metrics)
+    return time.perf_counter() - t
+
+  first_s = timed_step()
+  for _ in range(warmup):
+    timed_step()
+  cpu0 = _cpu_seconds()
+  step_s = [timed_step() for _ in range(steps)]
+  cpu_ms = (_cpu_seconds() - cpu0) / steps * 1e3
+  median_s = float(np.median(step_s))
+
+  t = time.perf_counter()
+  jax.block_until_ready(evaluate(state, eval_batch))
+  eval_first_s = time.perf_counter() - t
+  eval_s = []
+  for _ in range(eval_repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(evaluate(state, eval_batch))
+    eval_s.append(time.perf_counter() - t)
+
+  decode = None
+  if decode_tokens > 0:
+    params = parallel.host_state(state, mode).params
+    call = lambda: decoding.generate(model, params, jnp.zeros((1, 1), jnp.int32),
+                                     jax.random.key(0), max_new_tokens=decode_tokens,
+                                     block_size=T, temperature=1.0)
+    t = time.perf_counter()
+    jax.block_until_ready(call())
+    decode_first_s = time.perf_counter() - t
+    decode_s = []
+    for _ in range(2):
+      t = time.perf_counter()
+      jax.block_until_ready(call())
+      decode_s.append(time.perf_counter() - t)
+    decode = {"batch": 1, "new_tokens": decode_tokens,
+              "tokens_per_s": round(decode_tokens / min(decode_s), 1),
+              "compile_s": round(decode_first_s - min(decode_s), 2)}
+
+  tokens_per_step = A * B * T
+  fpt = flops_per_token(m, n_params_flops)
+  achieved = fpt * tokens_per_step / median_s
+  peak_gflops = peaks["bfloat16" if m.dtype == "bfloat16" else "float32"]
+  sheet = peaks["datasheet_tflops"]
+  return {
+      "benchmark": "train",
+      "model": {k: m[k] for k in ("name", "n_layer", "n_head", "n_embd", "block_size", "dtype",
+                                  "dropout")} | {k: m[k] for k in ("attention", "scan_layers",
+                                                                   "remat") if k in m},
+      "batch_size": B, "grad_accum_steps": A, "tokens_per_step": tokens_per_step,
+      "params": n_params, "params_for_flops": n_params_flops, "flops_per_token": fpt,
+      "device": peaks["device_kind"], "parallel": mode, "devices": parallel.n_devices(mode),
+      "steps": steps, "warmup": warmup,
+      "compile_s": round(first_s - median_s, 2),
+      "train_ms_per_step": _percentiles_ms(step_s),
+      "tokens_per_s": round(tokens_per_step / median_s, 1),
+      "cpu_ms_per_step": round(cpu_ms, 1),
+      "eval_ms_per_batch": round(float(np.median(eval_s)) * 1e3, 2),
+      "eval_compile_s": round(eval_first_s - float(np.median(eval_s)), 2),
+      "decode": decode,
+      "achieved_gflops": round(achieved / 1e9, 2),
+      "peak_gflops": {"float32": peaks["float32"], "bfloat16": peaks["bfloat16"],
+                      "matmul_n": peaks["matmul_n"]},
+      "mfu": round(achieved / (peak_gflops * 1e9), 4),
+      "mfu_datasheet": (round(achieved / (sheet[m.dtype] * 1e12), 4) if sheet else None),
+      "host_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+      "device_memory": _device_memory(),
+      "loadavg": os.getloadavg(),
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "jax": jax.__version__,
+  }
+
+
+def table(r: dict) -> str:
+  """The figures as aligned `name  value` lines."""
+  ms = r["train_ms_per_step"]
+  rows = [
+      ("model", f"{r['model']['name']} {r['model']['n_layer']}L/{r['model']['n_head']}H/"
+                f"{r['model']['n_embd']}d T={r['model']['block_size']} B={r['batch_size']} "
+                f"{r['model']['dtype']}, {r['params'] / 1e6:.2f}M parameters"),
+      ("device", f"{r['device']} x {r['devices']} ({r['parallel']})"),
+      ("train step", f"{ms['median']:.2f} ms median (p10 {ms['p10']:.2f}, p90 {ms['p90']:.2f}) "
+                     f"over {r['steps']} steps; {r['cpu_ms_per_step']:.1f} ms CPU time"),
+      ("tokens/s", f"{r['tokens_per_s']:,.0f}"),
+      ("compile", f"{r['compile_s']:.2f} s (train), {r['eval_compile_s']:.2f} s (eval)"),
+      ("eval batch", f"{r['eval_ms_per_batch']:.2f} ms"),
+      ("decode", "-" if not r["decode"] else
+       f"{r['decode']['tokens_per_s']:,.0f} tokens/s (batch 1, {r['decode']['new_tokens']} "
+       f"tokens, KV cache)"),
+      ("FLOPs/token", f"{r['flops_per_token']:,} (6N + 12LTd)"),
+      ("achieved", f"{r['achieved_gflops']:.1f} GFLOP/s"),
+      ("peak (matmul)", f"{r['peak_gflops']['float32']:.1f} GFLOP/s f32, "
+                        f"{r['peak_gflops']['bfloat16']:.1f} GFLOP/s bf16"),
+      ("MFU", f"{100 * r['mfu']:.1f}% of the measured {r['model']['dtype']} peak" +
+              (f"; {100 * r['mfu_datasheet']:.2f}% of the datasheet's"
+               if r["mfu_datasheet"] is not None else "")),
+      ("memory", f"host peak RSS {r['host_peak_rss_mb']:.0f} MB" +
+                 (f"; device peak {r['device_memory'].get('peak_bytes_in_use', 0) / 2**20:.0f} MB"
+                  if r["device_memory"] else "")),
+      ("load average", " ".join(f"{x:.2f}" for x in r["loadavg"])),
+  ]
+  width = max(len(k) for k, _ in rows)
+  return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def main(config, steps, warmup, vocab_size, decode_tokens, json_out=None) -> dict:
+  """The `llm-jax bench` command: JSON on stdout (and in json_out), the table on stderr."""
+  r = run(config, steps=steps, warmup=warmup, vocab_size=vocab_size, decode_tokens=decode_tokens)
+  text = json.dumps(r, indent=2)
+  print(text, flush=True)
+  if json_out:
+    with open(json_out, "w", encoding="utf-8") as f:
+      f.write(text + "\n")
+  print(table(r), file=sys.stderr, flush=True)
+  return r
