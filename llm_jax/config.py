@@ -83,6 +83,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.tie_embeddings = True
   # transformer: one embedding table for source and target tokens (their vocabulary is one)
   c.model.share_embeddings = True
+  # gpt: multiply the token embeddings by sqrt(n_embd) before positions are added, as Vaswani et
+  # al. (the transformer always does). With nanoGPT's 0.02 init, unit sinusoids swamp the tokens
+  # unless this is on (experiments/positions)
+  c.model.scale_embeddings = False
   # biases in Dense and LayerNorm layers (nanoGPT's shakespeare_char config has none)
   c.model.use_bias = False
   # compute dtype of the matmuls: 'float32' | 'bfloat16' (parameters, softmax and loss stay float32)

@@ -82,3 +82,14 @@ def test_residual_projections_use_the_scaled_init():
   std = float(jnp.std(params["h_0"]["ffn"]["proj"]["kernel"]))
   assert abs(std - 0.02 / math.sqrt(16)) < 0.002
   assert abs(float(jnp.std(params["h_0"]["ffn"]["fc"]["kernel"])) - 0.02) < 0.002
+
+
+def test_scale_embeddings_multiplies_the_token_embeddings_by_sqrt_width():
+  scaled, params = make(scale_embeddings=True, tie_embeddings=False, pos="sinusoidal")
+  plain, _ = make(scale_embeddings=False, tie_embeddings=False, pos="sinusoidal")
+  idx = jax.random.randint(jax.random.key(1), (2, T), 0, V)
+  wte = params["wte"]["embedding"]
+  params_x = {**params, "wte": {"embedding": wte * math.sqrt(16)}}
+  np.testing.assert_allclose(scaled.apply({"params": params}, idx),
+                             plain.apply({"params": params_x}, idx), rtol=1e-5, atol=1e-5)
+  assert not np.allclose(scaled.apply({"params": params}, idx), plain.apply({"params": params}, idx))

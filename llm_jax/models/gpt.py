@@ -32,6 +32,8 @@ class GPT(nn.Module):
   use_bias: bool = False
   dtype: str = "float32"
   attention: str = "einsum"
+  # token embeddings x sqrt(n_embd) before the positions are added (Vaswani et al. 3.4)
+  scale_embeddings: bool = False
 
   @nn.compact
   def __call__(self, idx_BT, train: bool = False, decode: bool = False):
@@ -47,7 +49,9 @@ class GPT(nn.Module):
     else:
       start = 0
       mask = causal_mask(T)  # (1, 1, T, T)
-    x_BTC = wte(idx_BT)
+    x_BTC = wte(idx_BT)  # (B, T, C)
+    if self.scale_embeddings:
+      x_BTC = x_BTC * math.sqrt(self.n_embd)
     x_BTC = PositionalEncoding(self.pos, self.max_len, name="wpe")(x_BTC, start + jnp.arange(T))
     x_BTC = Dropout(self.dropout)(x_BTC, deterministic=not train).astype(dtype)
     for i in range(self.n_layer):
