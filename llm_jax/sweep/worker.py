@@ -12,6 +12,7 @@ import sys
 import ml_collections
 
 from llm_jax.errors import UserError
+from llm_jax.training.signals import Interrupted
 
 RUN_FILE = "sweep_run.json"
 
@@ -42,6 +43,9 @@ def main(workdirs) -> int:
   except UserError as e:
     print(f"llm-jax sweep worker: error: {e}", file=sys.stderr, flush=True)
     return 2
+  except Interrupted as e:  # stopped by the sweep (SIGTERM) after saving: the next sweep resumes
+    print(f"llm-jax sweep worker: {e}", file=sys.stderr, flush=True)
+    return e.exit_code
   return 0
 
 

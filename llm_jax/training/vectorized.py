@@ -25,7 +25,7 @@ from tqdm import tqdm
 from llm_jax.config import validate
 from llm_jax.errors import UserError
 from llm_jax.tasks import build_task
-from llm_jax.training import checkpoint, workdir as workdir_lib
+from llm_jax.training import checkpoint, signals, workdir as workdir_lib
 from llm_jax.training.loop import MetricsLog
 from llm_jax.training.losses import make_loss_fn
 from llm_jax.training.optimizer import lr_schedule, make_optimizer
@@ -150,31 +150,36 @@ def train_vectorized(configs, workdirs) -> list[dict]:
   pending, ms_per_step = [], []
   t_last, n_since, t_start = time.perf_counter(), 0, time.perf_counter()
   bar = tqdm(total=tc.max_steps, initial=start, dynamic_ncols=True, unit="step")
-  for step in range(start, tc.max_steps):
-    batch = stack([t.train_batch(step) for t in tasks])
-    state, metrics = train_step(state, batch, dropout_rngs, knobs)
-    pending.append(metrics)
-    n_since += 1
-    done = step + 1
-    if done % tc.log_interval == 0 or done == tc.max_steps:
-      fetched = jax.device_get(pending)
-      dt = (time.perf_counter() - t_last) / n_since
-      ms_per_step.append(dt * 1e3)
-      for k in range(K):
-        m = {name: float(np.mean([p[name][k] for p in fetched])) for name in fetched[0]}
-        logs[k].write({"step": done, **m, "lr": float(schedules[k](step)),
-                       "ms_per_step": dt * 1e3, "tokens_per_s": tokens_per_step / dt})
-      bar.update(n_since)
-      bar.set_postfix(tok_s=f"{K * tokens_per_step / dt:.0f}")
-      pending, n_since = [], 0
-      t_last = time.perf_counter()
-    if done % tc.eval_interval == 0 or done == tc.max_steps:
-      losses = run_eval(done)
-    if done % tc.checkpoint_every == 0 or done == tc.max_steps:
-      host = jax.device_get(state)
-      for k in range(K):
-        checkpoint.save(managers[k], jax.tree.map(lambda x: x[k], host), metas[k])
-    t_last = time.perf_counter() if n_since == 0 else t_last
+  with signals.StopRequest("llm-jax sweep worker") as stop:
+    for step in range(start, tc.max_steps):
+      batch = stack([t.train_batch(step) for t in tasks])
+      state, metrics = train_step(state, batch, dropout_rngs, knobs)
+      pending.append(metrics)
+      n_since += 1
+      done = step + 1
+      if done % tc.log_interval == 0 or done == tc.max_steps:
+        fetched = jax.device_get(pending)
+        dt = (time.perf_counter() - t_last) / n_since
+        ms_per_step.append(dt * 1e3)
+        for k in range(K):
+          m = {name: float(np.mean([p[name][k] for p in fetched])) for name in fetched[0]}
+          logs[k].write({"step": done, **m, "lr": float(schedules[k](step)),
+                         "ms_per_step": dt * 1e3, "tokens_per_s": tokens_per_step / dt})
+        bar.update(n_since)
+        bar.set_postfix(tok_s=f"{K * tokens_per_step / dt:.0f}")
+        pending, n_since = [], 0
+        t_last = time.perf_counter()
+      if done % tc.eval_interval == 0 or done == tc.max_steps:
+        losses = run_eval(done)
+      if done % tc.checkpoint_every == 0 or done == tc.max_steps or stop.signum:
+        host = jax.device_get(state)
+        for k in range(K):
+          checkpoint.save(managers[k], jax.tree.map(lambda x: x[k], host), metas[k])
+      if stop.signum:  # SIGINT/SIGTERM (a sweep stopped): every run saved this step
+        for m in managers:
+          m.wait_until_finished()
+        raise signals.Interrupted(stop.signum, done, ", ".join(workdirs))
+      t_last = time.perf_counter() if n_since == 0 else t_last
   bar.close()
   for m in managers:
     m.wait_until_finished()
