@@ -43,7 +43,11 @@ def _define_train():
 
 
 def _train(argv):
+  from llm_jax.config import validate
+  from llm_jax.training import parallel
   from llm_jax.training.loop import train_and_evaluate
+  validate(FLAGS.config)  # before the device count is set from it
+  parallel.set_cpu_devices(FLAGS.config)
   train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
@@ -170,8 +174,10 @@ def _define_bench():
 
 def _bench(argv):
   from llm_jax.bench import train as bench_train
-  from llm_jax.training.parallel import enable_compilation_cache
-  enable_compilation_cache()
+  from llm_jax.config import validate
+  from llm_jax.training import parallel
+  validate(FLAGS.config)
+  parallel.set_cpu_devices(FLAGS.config)
   bench_train.main(FLAGS.config, FLAGS.steps, FLAGS.warmup, FLAGS.vocab_size, FLAGS.decode_tokens,
                    FLAGS.json_out)
 

@@ -23,6 +23,11 @@ def default_config() -> ml_collections.ConfigDict:
   # data parallelism: 'auto' (pmap over all devices when there are several) | 'none' (jit, one
   # device) | 'pmap'. train.batch_size is global: each device gets batch_size / devices examples
   c.parallel = "auto"
+  # CPU only: host devices that split each batch (with parallel='auto'), from the command line,
+  # before JAX starts. XLA runs most of a small model's ops on one core, so one device per core
+  # steps faster (experiments/perf). 0: one per core when train.batch_size divides by the core
+  # count, else 1. XLA_FLAGS=--xla_force_host_platform_device_count, when set, wins
+  c.cpu_devices = 0
   # several processes (hosts) through jax.distributed; the LLM_JAX_COORDINATOR_ADDRESS,
   # LLM_JAX_NUM_PROCESSES and LLM_JAX_PROCESS_ID environment variables override these
   c.distributed = ml_collections.ConfigDict()
@@ -168,6 +173,7 @@ def _validate_task(d, m) -> None:
 
 def validate(c) -> None:
   d, m, t = c.data, c.model, c.train
+  _require(c.cpu_devices >= 0, "cpu_devices", c.cpu_devices, "use 0 (one per core) or more")
   _require(c.parallel in ("auto", "none", "pmap"), "parallel", c.parallel,
            "use 'auto', 'none' or 'pmap'")
   _require(c.distributed.num_processes >= 1, "distributed.num_processes",

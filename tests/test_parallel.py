@@ -113,3 +113,23 @@ def test_two_processes_give_the_losses_of_one(runs, tmp_path):
   assert_close(train, {s: l for s, l in r["none"][0].items() if s <= steps})
   assert_close({0: evals[0]}, {0: r["none"][1][0]})  # the reference evaluates at 0, 50, 100
   assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["10", "20"]
+
+
+@pytest.mark.parametrize("batch_size, cpu_devices, parallel", [
+    (12, 0, "auto"), (7, 0, "auto"), (12, 3, "auto"), (12, 0, "none")])
+def test_cpu_devices_one_per_core_when_the_batch_divides(batch_size, cpu_devices, parallel):
+  code = ("import jax; from llm_jax.config import default_config; "
+          "from llm_jax.training.parallel import set_cpu_devices; c = default_config(); "
+          f"c.train.batch_size = {batch_size}; c.cpu_devices = {cpu_devices}; "
+          f"c.parallel = {parallel!r}; set_cpu_devices(c); print(jax.device_count())")
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       check=True).stdout
+  cores = os.cpu_count()
+  if parallel == "none":
+    expected = 1
+  elif cpu_devices:
+    expected = cpu_devices
+  else:
+    expected = cores if batch_size % cores == 0 else 1
+  assert int(out) == expected

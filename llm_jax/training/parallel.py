@@ -55,6 +55,22 @@ def enable_compilation_cache(path: str | None = None) -> str | None:
   return path
 
 
+def set_cpu_devices(config) -> int | None:
+  """Before JAX starts: config.cpu_devices host devices (0: one per core if the batch divides by
+  the core count). Returns the count set, or None where it is not ours to set: parallel='none',
+  a device count already in XLA_FLAGS, or JAX already running (a library caller's own set-up)."""
+  if config.parallel == "none" or "host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+    return None
+  n = config.cpu_devices or os.cpu_count() or 1
+  if not config.cpu_devices and config.train.batch_size % n:
+    n = 1
+  try:
+    jax.config.update("jax_num_cpu_devices", n)
+  except RuntimeError:  # backends already initialized
+    return None
+  return n
+
+
 def resolve(mode: str) -> str:
   """'auto' -> 'pmap' when there are several devices, else 'none'."""
   if mode == "auto":
