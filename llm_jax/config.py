@@ -141,6 +141,16 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
+def with_defaults(d: dict, defaults: dict | None = None) -> dict:
+  """A config dict written by an older version (a run's JSON) with the fields it lacks at their
+  defaults, so it validates and compares like a config made now."""
+  defaults = default_config().to_dict() if defaults is None else defaults
+  out = dict(d)
+  for k, v in defaults.items():
+    out[k] = with_defaults(d.get(k, {}), v) if isinstance(v, dict) else d.get(k, v)
+  return out
+
+
 def _require(cond, field, value, fix):
   if not cond:
     raise UserError(f"config.{field}={value!r} is invalid: {fix}")

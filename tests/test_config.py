@@ -59,3 +59,13 @@ def test_a_run_saved_before_a_model_field_existed_resumes_with_its_default():
   c.model.attention = "dot_product"
   with pytest.raises(UserError, match="config.model.attention='dot_product' differs"):
     workdir_lib.check_same_run(c, ml_collections.ConfigDict(old))
+
+
+def test_with_defaults_fills_the_fields_an_older_config_lacks():
+  from llm_jax.config import with_defaults
+  old = default_config().to_dict()
+  del old["model"]["attention"], old["cpu_devices"]
+  old["model"]["n_layer"] = 7
+  filled = ml_collections.ConfigDict(with_defaults(old))
+  validate(filled)
+  assert (filled.model.attention, filled.cpu_devices, filled.model.n_layer) == ("einsum", 0, 7)

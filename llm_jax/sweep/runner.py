@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 
-from llm_jax.config import default_config
 from llm_jax.errors import UserError
 from llm_jax.sweep import report, worker
 from llm_jax.sweep.spec import is_finished, load_experiment
@@ -36,26 +35,17 @@ def make_units(runs, vectorize: bool) -> list[list]:
   return list(groups.values())
 
 
-def _with_defaults(d: dict, defaults: dict) -> dict:
-  """d with the fields it lacks (added to the config after it was written) at their defaults."""
-  out = dict(d)
-  for k, v in defaults.items():
-    out[k] = _with_defaults(d.get(k, {}), v) if isinstance(v, dict) else d.get(k, v)
-  return out
-
-
 def find_twin(run, experiments_root: str) -> str | None:
   """A finished run of the same resolved config in another experiment under experiments_root:
   the baseline point most ablations share trains once."""
   config = json.loads(json.dumps(run.config.to_dict(), sort_keys=True))
-  defaults = default_config().to_dict()
   for path in sorted(glob.glob(os.path.join(glob.escape(experiments_root), "*", "runs", "*", "*",
                                             worker.RUN_FILE))):
     twin = os.path.dirname(path)
     if os.path.abspath(twin) == os.path.abspath(run.workdir):
       continue
     try:
-      if _with_defaults(worker.read_run(twin).to_dict(), defaults) == config and is_finished(run._replace(workdir=twin)):
+      if worker.read_run(twin).to_dict() == config and is_finished(run._replace(workdir=twin)):
         return twin
     except (OSError, ValueError):
       continue

@@ -11,6 +11,7 @@ import sys
 
 import ml_collections
 
+from llm_jax.config import with_defaults
 from llm_jax.errors import UserError
 from llm_jax.training.signals import Interrupted
 
@@ -25,8 +26,9 @@ def write_run(workdir: str, config) -> None:
 
 
 def read_run(workdir: str) -> ml_collections.ConfigDict:
+  """The run's config; fields added to the config since it was written take their defaults."""
   with open(os.path.join(workdir, RUN_FILE), encoding="utf-8") as f:
-    return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(with_defaults(json.load(f)))
 
 
 def main(workdirs) -> int:
