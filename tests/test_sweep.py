@@ -104,7 +104,7 @@ def test_sweep_runs_skips_finished_resumes_interrupted_and_vectorizes_equally(
   exp = spec.load_experiment(d)
   assert all(spec.is_finished(r) for r in exp.runs)
   first = {r.workdir: losses(r.workdir) for r in exp.runs}
-  assert "4/4 done" in capsys.readouterr().out
+  assert "points 2/2 done, 0 running, 0 left; runs 4/4 done" in capsys.readouterr().out
 
   # interrupt one run: it loses its final checkpoint and summary, so it resumes from step 10
   run = exp.runs[3]

@@ -88,14 +88,20 @@ def run_sweep(directory: str, jobs: int = 1, vectorize: bool = False) -> dict:
         f"{len(units)} process(es), {jobs} at a time", flush=True)
 
   env, running, failed, t0 = _child_env(jobs), {}, [], time.perf_counter()
-  n_done = skipped
+  done = {(r.point, r.seed) for r in exp.runs if r not in todo}
+  by_point = {}
+  for r in exp.runs:
+    by_point.setdefault(r.point, []).append((r.point, r.seed))
 
   def progress():
-    n_running = sum(len(u) for u in running.values())
-    left = total - n_done - n_running - len(failed)
-    print(f"llm-jax sweep {exp.name}: {n_done}/{total} done, {n_running} running, {left} left" +
-          (f", {len(failed)} failed" if failed else "") + f" [{_elapsed(time.perf_counter() - t0)}]",
-          flush=True)
+    active = {(r.point, r.seed) for unit in running.values() for r in unit}
+    p_done = sum(all(k in done for k in keys) for keys in by_point.values())
+    p_running = sum(any(k in active for k in keys) for keys in by_point.values())
+    left = total - len(done) - len(active) - len(failed)
+    print(f"llm-jax sweep {exp.name}: points {p_done}/{len(by_point)} done, {p_running} running, "
+          f"{len(by_point) - p_done - p_running} left; runs {len(done)}/{total} done, "
+          f"{len(active)} running, {left} left" + (f", {len(failed)} failed" if failed else "") +
+          f" [{_elapsed(time.perf_counter() - t0)}]", flush=True)
 
   try:
     while units or running:
@@ -114,7 +120,7 @@ def run_sweep(directory: str, jobs: int = 1, vectorize: bool = False) -> dict:
       for proc in [p for p in running if p.poll() is not None]:
         unit = running.pop(proc)
         if proc.returncode == 0:
-          n_done += len(unit)
+          done.update((r.point, r.seed) for r in unit)
         else:
           failed.extend(unit)
           print(f"llm-jax sweep {exp.name}: {', '.join(f'{r.point}/seed{r.seed}' for r in unit)} "
