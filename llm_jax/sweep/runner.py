@@ -11,6 +11,7 @@ to train.log in its (first) workdir; one progress line per change goes to the te
 import glob
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -88,6 +89,8 @@ def run_sweep(directory: str, jobs: int = 1, vectorize: bool = False) -> dict:
         f"{len(units)} process(es), {jobs} at a time", flush=True)
 
   env, running, failed, t0 = _child_env(jobs), {}, [], time.perf_counter()
+  children = resource.getrusage(resource.RUSAGE_CHILDREN)
+  cpu0 = children.ru_utime + children.ru_stime
   done = {(r.point, r.seed) for r in exp.runs if r not in todo}
   by_point = {}
   for r in exp.runs:
@@ -133,8 +136,12 @@ def run_sweep(directory: str, jobs: int = 1, vectorize: bool = False) -> dict:
     for proc in running:
       proc.wait()
     raise
+  children = resource.getrusage(resource.RUSAGE_CHILDREN)
+  cpu_s = children.ru_utime + children.ru_stime - cpu0
   outputs = report.write_report(exp)
-  print(f"llm-jax sweep {exp.name}: report in {', '.join(outputs)}", flush=True)
+  print(f"llm-jax sweep {exp.name}: {_elapsed(time.perf_counter() - t0)} of wall time, "
+        f"{_elapsed(cpu_s)} of CPU time in the training processes; report in "
+        f"{', '.join(outputs)}", flush=True)
   if failed:
     raise UserError(f"{len(failed)} of {total} runs failed (their train.log says why); rerun the "
                     "same command to retry them")
