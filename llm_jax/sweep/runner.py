@@ -4,8 +4,10 @@ Each unit of work is one process: a single run (`train_and_evaluate`) or, with v
 of a group that differ only in vmappable fields (seeds, learning rates, weight decay, dropout),
 trained together by `train_vectorized`. At most `jobs` units run at once, so a small machine is not
 oversubscribed. Finished runs (summary.json at the last step) are skipped; interrupted ones resume
-from their checkpoints, because each unit simply trains its workdirs again. A unit's output goes
-to train.log in its (first) workdir; one progress line per change goes to the terminal.
+from their checkpoints, because each unit simply trains its workdirs again. A run whose resolved
+config already finished in a sibling experiment (the baseline most ablations share) is copied
+from there, not trained again. A unit's output goes to train.log in its (first) workdir; one
+progress line per change goes to the terminal.
 """
 
 import glob
@@ -66,8 +68,9 @@ def _elapsed(seconds: float) -> str:
   return f"{m // 60}h{m % 60:02d}m" if m >= 60 else f"{m}m{s:02d}s"
 
 
-def run_sweep(directory: str, jobs: int = 1, vectorize: bool = False) -> dict:
-  """Trains every unfinished run of the experiment in `directory`, then writes its report."""
+def run_sweep(directory: str, jobs: int = 1, vectorize: bool = False) -> list[str]:
+  """Trains every unfinished run of the experiment in `directory`, then writes its report;
+  returns the report's files."""
   if jobs < 1:
     raise UserError(f"--jobs={jobs} is invalid: use 1 or more processes")
   exp = load_experiment(directory)  # every run checked before any starts
