@@ -53,7 +53,8 @@ def main(argv):
   root = tempfile.mkdtemp(prefix="llm_jax_bench_sweep_")
   try:
     for mode, kwargs in MODES.items():
-      folder = os.path.join(root, mode)
+      # a folder of its own for each mode: beside each other, finished runs would be copied
+      folder = os.path.join(root, mode, "experiment")
       write_experiment(folder, FLAGS.config, FLAGS.k, FLAGS.steps)
       t0 = time.perf_counter()
       with contextlib.redirect_stdout(io.StringIO()):
