@@ -50,15 +50,18 @@ def test_invalid_fields_are_refused_naming_the_field(field, value, named):
   assert msg.startswith(f"config.{named}=") and "\n" not in msg
 
 
-def test_a_run_saved_before_a_model_field_existed_resumes_with_its_default():
+def test_a_run_saved_before_a_model_field_existed_resumes_with_its_default(tmp_path):
+  import json
   from llm_jax.training import workdir as workdir_lib
   c = default_config()
   old = c.to_dict()
   del old["model"]["attention"]  # a config.json written before model.attention was added
-  workdir_lib.check_same_run(c, ml_collections.ConfigDict(old))
+  (tmp_path / workdir_lib.CONFIG_FILE).write_text(json.dumps(old))
+  saved = workdir_lib.read_config(str(tmp_path))
+  workdir_lib.check_same_run(c, saved)
   c.model.attention = "dot_product"
   with pytest.raises(UserError, match="config.model.attention='dot_product' differs"):
-    workdir_lib.check_same_run(c, ml_collections.ConfigDict(old))
+    workdir_lib.check_same_run(c, saved)
 
 
 def test_with_defaults_fills_the_fields_an_older_config_lacks():

@@ -143,8 +143,7 @@ def run(config, steps: int = 20, warmup: int = 3, vocab_size: int = 65, decode_t
   return {
       "benchmark": "train",
       "model": {k: m[k] for k in ("name", "n_layer", "n_head", "n_embd", "block_size", "dtype",
-                                  "dropout")} | {k: m[k] for k in ("attention", "scan_layers",
-                                                                   "remat") if k in m},
+                                  "dropout", "attention")},
       "batch_size": B, "grad_accum_steps": A, "tokens_per_step": tokens_per_step,
       "params": n_params, "params_for_flops": n_params_flops, "flops_per_token": fpt,
       "device": peaks["device_kind"], "parallel": mode, "devices": parallel.n_devices(mode),

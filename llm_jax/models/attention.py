@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from llm_jax.models.dropout import Dropout
+from llm_jax.models.dropout import Dropout, may_drop
 
 
 def causal_mask(T: int, S: int | None = None, offset=0):
@@ -28,11 +28,6 @@ def causal_mask(T: int, S: int | None = None, offset=0):
 def padding_mask(q_valid_BT, kv_valid_BS):
   """(B, 1, T, S) boolean from per-position validity (False at padding)."""
   return q_valid_BT[:, None, :, None] & kv_valid_BS[:, None, None, :]
-
-
-def _may_drop(rate) -> bool:
-  """False only for a Python 0 (a traced rate, as in vmapped sweeps, may be anything)."""
-  return not (isinstance(rate, (int, float)) and rate == 0.0)
 
 
 class MultiHeadAttention(nn.Module):
@@ -65,7 +60,7 @@ class MultiHeadAttention(nn.Module):
 
     # jax.nn.dot_product_attention has no dropout on the weights: with dropout while training the
     # einsum path runs whatever was asked
-    fused = self.attention == "dot_product" and not (train and _may_drop(self.dropout))
+    fused = self.attention == "dot_product" and not (train and may_drop(self.dropout))
     if fused:
       out_BTHD = jax.nn.dot_product_attention(q_BTHD, k_BSHD, v_BSHD, mask=mask)
     else:

@@ -11,12 +11,17 @@ import jax
 import jax.numpy as jnp
 
 
+def may_drop(rate) -> bool:
+  """False only for a Python 0: a traced rate (one per vmapped variant) may be anything."""
+  return not (isinstance(rate, (int, float)) and rate == 0.0)
+
+
 class Dropout(nn.Module):
   rate: Any  # a float, or a traced scalar (one per vmapped variant)
 
   @nn.compact
   def __call__(self, x, deterministic: bool):
-    if deterministic or (isinstance(self.rate, (int, float)) and self.rate == 0.0):
+    if deterministic or not may_drop(self.rate):
       return x
     keep = 1.0 - self.rate
     mask = jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape)

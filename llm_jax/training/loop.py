@@ -165,13 +165,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
                  "".join(f", {k} {v:.4f}" for k, v in extra.items()))
     return losses
 
-  def check_finite(pending, first_done):
-    """'stop': the first non-finite loss or gradient norm among the pending steps ends the run,
+  def fetch(pending):  # the pending steps' metrics on the host (one device's copy under pmap)
+    return [parallel.first(p, mode) for p in jax.device_get(pending)]
+
+  def check_finite(host, first_done):
+    """'stop': the first non-finite loss or gradient norm among the fetched steps ends the run,
     after the last good checkpoint is complete."""
-    if skip or not pending:
+    if skip or not host:
       return
-    bad = guards.first_nonfinite([parallel.first(p, mode) for p in jax.device_get(pending)],
-                                 first_done)
+    bad = guards.first_nonfinite(host, first_done)
     if bad is not None:
       step, name, value = bad
       _wait(manager, step, last_saved)
@@ -195,8 +197,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         n_since += 1
         done = step + 1
         if done % tc.log_interval == 0 or done == tc.max_steps:
-          check_finite(pending, done - n_since + 1)
-          host = [parallel.first(p, mode) for p in jax.device_get(pending)]
+          host = fetch(pending)
+          check_finite(host, done - n_since + 1)
           m = {k: guards.finite_mean([h[k] for h in host]) for k in host[0] if k != "skipped"}
           if skip:
             meta["skipped_updates"] += int(sum(h["skipped"] for h in host))
@@ -217,7 +219,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if done % tc.eval_interval == 0 or done == tc.max_steps:
           losses = run_eval(done)
         if done % tc.checkpoint_every == 0 or done == tc.max_steps or stop.signum:
-          check_finite(pending, done - n_since + 1)  # never save a state that went through a NaN
+          check_finite(fetch(pending), done - n_since + 1)  # never save a state past a NaN
           _save(manager, parallel.host_state(state, mode), meta, last_saved)
           last_saved = done
         if stop.signum:

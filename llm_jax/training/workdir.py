@@ -14,7 +14,7 @@ import tempfile
 
 import ml_collections
 
-from llm_jax.config import default_config
+from llm_jax.config import with_defaults
 from llm_jax.data.tokenizers import tokenizer_from_dict
 from llm_jax.errors import UserError
 
@@ -40,8 +40,9 @@ def _write_json(workdir, name, obj):
 
 
 def read_config(workdir) -> ml_collections.ConfigDict | None:
+  """The run's config; fields added to the config since it was saved read as their defaults."""
   d = _read_json(workdir, CONFIG_FILE)
-  return None if d is None else ml_collections.ConfigDict(d)
+  return None if d is None else ml_collections.ConfigDict(with_defaults(d))
 
 
 def read_tokenizer(workdir):
@@ -52,11 +53,9 @@ def read_tokenizer(workdir):
 def check_same_run(config, saved) -> None:
   """The parts of a config that checkpoints depend on must match the run saved in the workdir."""
   fields = [f"model.{k}" for k in sorted(set(config.model) | set(saved.model))]
-  defaults = default_config()  # a field newer than the saved run had its default there
   for field in fields + ["data.corpus", "data.tokenizer", "data.task"]:
     section, key = field.split(".")
-    new = config[section].get(key)
-    old = saved[section].get(key, defaults[section].get(key))
+    new, old = config[section].get(key), saved[section].get(key)
     if new != old:
       raise UserError(f"config.{field}={new!r} differs from this workdir's run ({old!r}): use a "
                       f"fresh --workdir, or the run's own config (its config.json)")
