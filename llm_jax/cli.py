@@ -12,6 +12,7 @@ import sys
 
 from absl import app, flags, logging
 
+from llm_jax import hostmem
 from llm_jax.errors import UserError
 from llm_jax.training.signals import Interrupted
 
@@ -255,6 +256,8 @@ def _run(command_main, takes_args=False, compiles=False):
 
 
 def main(argv=None):
+  if argv is None and len(sys.argv) > 1 and sys.argv[1] in COMPILES:
+    hostmem.reexec_with_hugepages(sys.argv)  # the program itself, not a call from Python
   argv = list(sys.argv if argv is None else argv)
   if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
     print(USAGE)

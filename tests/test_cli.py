@@ -81,3 +81,21 @@ def test_flag_mistakes_exit_nonzero_without_traceback(tmp_path):
                ["fly"]):
     r = llm_jax(*args)
     assert r.returncode != 0 and "Traceback" not in r.stderr, (args, r.stderr)
+
+
+def test_the_command_line_reexecutes_itself_once_with_huge_pages(monkeypatch):
+  from llm_jax import hostmem
+  calls = []
+  monkeypatch.setattr(os, "execve", lambda *a: calls.append(a))
+  monkeypatch.setattr(sys, "platform", "linux")
+  monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+  monkeypatch.delenv("LLM_JAX_HUGEPAGES", raising=False)
+  hostmem.reexec_with_hugepages(["llm-jax", "train", "--config=c.py"])
+  (exe, argv, env), = calls
+  assert argv == [sys.executable, "-m", "llm_jax", "train", "--config=c.py"]
+  assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+  monkeypatch.setattr(os, "environ", env)  # the new process: nothing more to do
+  hostmem.reexec_with_hugepages(["llm-jax", "train"])
+  monkeypatch.setattr(os, "environ", {"LLM_JAX_HUGEPAGES": "off"})
+  hostmem.reexec_with_hugepages(["llm-jax", "train"])
+  assert len(calls) == 1

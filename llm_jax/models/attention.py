@@ -49,11 +49,16 @@ class MultiHeadAttention(nn.Module):
     dense = lambda shape, name: nn.DenseGeneral(
         shape, use_bias=self.use_bias, dtype=self.dtype,
         kernel_init=nn.initializers.normal(0.02), name=name)
+    S = x_kv_BSC.shape[1]
+    # the projections see (rows, C): XLA's CPU backend lays out their gradients far better in 2-D
+    x_NC = x_q_BTC.reshape(B * T, C)
     if x_kv_BSC is x_q_BTC:
-      q_BTHD, k_BSHD, v_BSHD = jnp.unstack(dense((3, H, D), "qkv")(x_q_BTC), axis=2)
+      qkv_N3HD = dense((3, H, D), "qkv")(x_NC)
+      q_BTHD, k_BSHD, v_BSHD = jnp.unstack(qkv_N3HD.reshape(B, T, 3, H, D), axis=2)
     else:
-      q_BTHD = dense((H, D), "query")(x_q_BTC)
-      k_BSHD, v_BSHD = jnp.unstack(dense((2, H, D), "kv")(x_kv_BSC), axis=2)
+      q_BTHD = dense((H, D), "query")(x_NC).reshape(B, T, H, D)
+      kv_M2HD = dense((2, H, D), "kv")(x_kv_BSC.reshape(B * S, C))
+      k_BSHD, v_BSHD = jnp.unstack(kv_M2HD.reshape(B, S, 2, H, D), axis=2)
 
     if decode:
       k_BSHD, v_BSHD, mask = self._update_cache(k_BSHD, v_BSHD)
@@ -71,10 +76,10 @@ class MultiHeadAttention(nn.Module):
       probs_BHTS = jax.nn.softmax(scores_BHTS, axis=-1)
       probs_BHTS = Dropout(self.dropout)(probs_BHTS, deterministic=not train)
       out_BTHD = jnp.einsum("bhts,bshd->bthd", probs_BHTS.astype(self.dtype), v_BSHD)
-    y_BTC = nn.DenseGeneral(C, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype,
-                            kernel_init=nn.initializers.normal(self.out_init_std),
-                            name="out")(out_BTHD)
-    return Dropout(self.dropout)(y_BTC, deterministic=not train)
+    y_NC = nn.DenseGeneral(C, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype,
+                           kernel_init=nn.initializers.normal(self.out_init_std),
+                           name="out")(out_BTHD.reshape(B * T, H, D))
+    return Dropout(self.dropout)(y_NC.reshape(B, T, C), deterministic=not train)
 
   def _update_cache(self, k_BTHD, v_BTHD):
     """Writes the new keys/values at `index`; returns all cached ones and the causal mask over them."""

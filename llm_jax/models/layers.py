@@ -4,14 +4,22 @@ Shape letters: B batch, T query length, S key/value length, C model width (n_emb
 """
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from llm_jax.models.attention import MultiHeadAttention
 from llm_jax.models.dropout import Dropout
 
-# GELU is the exact (erf) one, as PyTorch's default and nanoGPT's
-ACTIVATIONS = {"relu": nn.relu, "gelu": lambda x: nn.gelu(x, approximate=False)}
+
+
+def gelu(x):
+  """The exact GELU, x * Phi(x), as PyTorch's default and nanoGPT's. Written with erf: flax's
+  nn.gelu(approximate=False) uses erfc, the same function to 1e-6 but twice as slow on CPU."""
+  return 0.5 * x * (1.0 + jax.lax.erf(x * np.float32(1 / np.sqrt(2))).astype(x.dtype))
+
+
+ACTIVATIONS = {"relu": nn.relu, "gelu": gelu}
 # LayerNorm epsilon as PyTorch's default (flax's is 1e-6)
 LN_EPS = 1e-5
 
@@ -52,13 +60,14 @@ class FeedForward(nn.Module):
 
   @nn.compact
   def __call__(self, x_BTC, train: bool):
-    C = x_BTC.shape[-1]
-    h_BTF = nn.Dense(self.hidden, use_bias=self.use_bias, dtype=self.dtype,
-                     kernel_init=nn.initializers.normal(0.02), name="fc")(x_BTC)
-    h_BTF = ACTIVATIONS[self.activation](h_BTF)
-    y_BTC = nn.Dense(C, use_bias=self.use_bias, dtype=self.dtype,
-                     kernel_init=nn.initializers.normal(self.out_init_std), name="proj")(h_BTF)
-    return Dropout(self.dropout)(y_BTC, deterministic=not train)
+    B, T, C = x_BTC.shape
+    x_NC = x_BTC.reshape(B * T, C)
+    h_NF = nn.Dense(self.hidden, use_bias=self.use_bias, dtype=self.dtype,
+                    kernel_init=nn.initializers.normal(0.02), name="fc")(x_NC)
+    h_NF = ACTIVATIONS[self.activation](h_NF)
+    y_NC = nn.Dense(C, use_bias=self.use_bias, dtype=self.dtype,
+                    kernel_init=nn.initializers.normal(self.out_init_std), name="proj")(h_NF)
+    return Dropout(self.dropout)(y_NC.reshape(B, T, C), deterministic=not train)
 
 
 class Block(nn.Module):
