@@ -5,11 +5,15 @@ import tempfile
 
 import pytest
 
+# The tests check behaviour, not speed: LLVM at -O0 compiles their tiny programs about 40%
+# faster (the whole suite's time is mostly compilation). Subprocesses that set their own
+# XLA_FLAGS add this too.
+FAST_COMPILE = "--xla_backend_optimization_level=0"
 # 8 simulated CPU devices for the data-parallel tests; set before jax is imported. Other tests
 # run on one device (config.parallel='none'); subprocesses get the environment they ask for.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+                           f" --xla_force_host_platform_device_count=8 {FAST_COMPILE}").strip()
 # many tests compile the same tiny programs (in process and in subprocesses): JAX's persistent
 # compilation cache, fresh for each session, compiles each once
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import TOY_TEXT
+from conftest import FAST_COMPILE, TOY_TEXT
 
 ROOT = pathlib.Path(__file__).parent.parent
 TINY = ["--config.model.n_layer=1", "--config.model.n_head=2", "--config.model.n_embd=16",
@@ -19,7 +19,7 @@ TINY = ["--config.model.n_layer=1", "--config.model.n_head=2", "--config.model.n
 
 
 def llm_jax(*args, timeout=120):
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as a user has
+  env = {**os.environ, "XLA_FLAGS": FAST_COMPILE}  # the devices a user has
   return subprocess.run([sys.executable, "-m", "llm_jax", *map(str, args)], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=timeout)
 

@@ -10,11 +10,11 @@ import sys
 import jax
 import pytest
 
-from conftest import TOY_TEXT, tiny_config
+from conftest import FAST_COMPILE, TOY_TEXT, tiny_config
 from llm_jax.errors import UserError
 from llm_jax.training.loop import train_and_evaluate
 
-STEPS, HALF = 100, 50
+STEPS, HALF = 60, 30
 
 
 def run(corpus, workdir, parallel, max_steps=STEPS):
@@ -40,7 +40,7 @@ def assert_close(a: dict, b: dict, rtol=1e-5):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-  """100 steps on 1 device and on 8 devices, the same global batch of 16."""
+  """STEPS steps on 1 device and on 8 devices, the same global batch of 16."""
   tmp = tmp_path_factory.mktemp("parallel")
   (tmp / "toy.txt").write_text(TOY_TEXT)
   assert jax.device_count() == 8
@@ -63,7 +63,7 @@ def test_a_run_resumes_on_another_device_count(runs, tmp_path, first, then):
   end = HALF + 10  # the schedule is set by lr_decay_steps, so these are the reference's steps
   train, evals = run(tmp / "toy.txt", tmp_path / "run", then, max_steps=end)
   assert_close(train, {s: l for s, l in r["none"][0].items() if s <= end})
-  assert_close({s: e for s, e in evals.items() if s <= HALF},  # the reference evaluates at 0, 50
+  assert_close({s: e for s, e in evals.items() if s <= HALF},  # the reference evaluates at 0, 30
                {s: e for s, e in r["none"][1].items() if s <= HALF})
 
 
@@ -84,7 +84,7 @@ def test_two_processes_give_the_losses_of_one(runs, tmp_path):
   """2 processes x 2 simulated devices, through jax.distributed (gloo) on 127.0.0.1."""
   tmp, r = runs
   port, steps = free_port(), 20
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count=2 {FAST_COMPILE}"}
   args = [sys.executable, "-m", "llm_jax", "train", "--config=configs/gpt_char.py",
           f"--workdir={tmp_path / 'run'}", "--config.data.corpus=text_file",
           f"--config.data.path={tmp / 'toy.txt'}", "--config.parallel=pmap",
@@ -111,7 +111,7 @@ def test_two_processes_give_the_losses_of_one(runs, tmp_path):
   assert "llm-jax" not in outs[1][0] and "step" not in outs[1][0]  # only process 0 prints
   train, evals = read_metrics(tmp_path / "run")
   assert_close(train, {s: l for s, l in r["none"][0].items() if s <= steps})
-  assert_close({0: evals[0]}, {0: r["none"][1][0]})  # the reference evaluates at 0, 50, 100
+  assert_close({0: evals[0]}, {0: r["none"][1][0]})  # the reference evaluates at 0, 30, 60
   assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["10", "20"]
 
 
@@ -122,7 +122,7 @@ def test_cpu_devices_one_per_core_when_the_batch_divides(batch_size, cpu_devices
           "from llm_jax.training.parallel import set_cpu_devices; c = default_config(); "
           f"c.train.batch_size = {batch_size}; c.cpu_devices = {cpu_devices}; "
           f"c.parallel = {parallel!r}; set_cpu_devices(c); print(jax.device_count())")
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = {**os.environ, "XLA_FLAGS": FAST_COMPILE}
   out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                        check=True).stdout
   cores = os.cpu_count()
