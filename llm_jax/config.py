@@ -99,6 +99,10 @@ def default_config() -> ml_collections.ConfigDict:
   # gpt's attention: 'einsum' (the formula written out) | 'dot_product' (jax.nn.dot_product_attention,
   # a fused kernel where the backend has one; with dropout in training the einsum path runs)
   c.model.attention = "einsum"
+  # gpt: the blocks as one nn.scan (one block compiled, parameters stacked on a layer axis)
+  # instead of a Python loop: less host memory for the 10.7M model, no faster on 2 CPU devices,
+  # slower for the baby (experiments/perf). Checkpoints of one layout do not load into the other
+  c.model.scan_layers = False
 
   c.train = ml_collections.ConfigDict()
   # examples per micro-batch, global across devices; one update sees batch_size * grad_accum_steps

@@ -22,10 +22,11 @@ def make(**model):
 
 VARIANTS = [dict(norm=n, pos=p) for n, p in itertools.product(["pre", "post"],
                                                              ["learned", "sinusoidal"])]
-VARIANTS += [dict(name="bigram")]
+VARIANTS += [dict(norm="pre", pos="learned", scan_layers=True), dict(name="bigram")]
 
 
-@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(v.values()))
+@pytest.mark.parametrize("variant", VARIANTS,
+                         ids=lambda v: "-".join("scan" if x is True else x for x in v.values()))
 def test_cached_logits_equal_the_full_forward(variant):
   m, params = make(**variant)
   idx = jax.random.randint(jax.random.key(1), (2, L), 0, V)
@@ -45,7 +46,8 @@ def test_cached_logits_equal_the_full_forward(variant):
 
 @pytest.mark.parametrize("variant,prompt_len", [
     (dict(norm="pre", pos="learned"), 1), (dict(norm="post", pos="sinusoidal"), L + 3),
-    (dict(name="bigram"), 5)], ids=["pre-learned", "post-sinusoidal-long-prompt", "bigram"])
+    (dict(norm="pre", pos="learned", scan_layers=True), L + 3), (dict(name="bigram"), 5)],
+    ids=["pre-learned", "post-sinusoidal-long-prompt", "scan-long-prompt", "bigram"])
 def test_greedy_with_cache_equals_without_past_block_size(variant, prompt_len):
   m, params = make(**variant)
   prompt = jax.random.randint(jax.random.key(2), (2, prompt_len), 0, V)

@@ -93,3 +93,18 @@ def test_scale_embeddings_multiplies_the_token_embeddings_by_sqrt_width():
   np.testing.assert_allclose(scaled.apply({"params": params}, idx),
                              plain.apply({"params": params_x}, idx), rtol=1e-5, atol=1e-5)
   assert not np.allclose(scaled.apply({"params": params}, idx), plain.apply({"params": params}, idx))
+
+
+def test_scanned_layers_equal_the_loop_with_the_same_parameters():
+  loop, params = make()
+  scan, scan_params = make(scan_layers=True)
+  blocks = [params[f"h_{i}"] for i in range(2)]
+  stacked = {k: v for k, v in params.items() if not k.startswith("h_")}
+  stacked["h"] = {"block": jax.tree.map(lambda *layers: jnp.stack(layers), *blocks)}  # (L, ...)
+  assert jax.tree.structure(stacked) == jax.tree.structure(scan_params)
+  idx = jax.random.randint(jax.random.key(1), (2, T), 0, V)
+  np.testing.assert_allclose(scan.apply({"params": stacked}, idx),
+                             loop.apply({"params": params}, idx), rtol=1e-5, atol=1e-6)
+  # and each layer its own parameters, not one layer repeated
+  assert not np.allclose(stacked["h"]["block"]["ffn"]["fc"]["kernel"][0],
+                         stacked["h"]["block"]["ffn"]["fc"]["kernel"][1])

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 from conftest import tiny_config
 from llm_jax.config import default_config
@@ -91,9 +92,11 @@ def test_schedule_is_nanogpts():
   np.testing.assert_allclose(s(5000), 1e-4, rtol=1e-5)
 
 
-def test_weight_decay_skips_vectors():
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_weight_decay_skips_vectors(scan_layers):
   c = default_config()
-  c.model.update(n_layer=1, n_head=2, n_embd=16, block_size=8, use_bias=True)
+  c.model.update(n_layer=2, n_head=2, n_embd=16, block_size=8, use_bias=True,
+                 scan_layers=scan_layers)
   c.train.update(learning_rate=1e-2, weight_decay=0.5, warmup_steps=0, grad_clip=0.0)
   m = build_model(c.model, 11)
   params = m.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
@@ -106,4 +109,5 @@ def test_weight_decay_skips_vectors():
     for k in path:
       p = p[k.key]
     moved = bool(jnp.any(u != 0))
-    assert moved == (p.ndim >= 2 and bool(jnp.any(p != 0))), path
+    layer_axis = int(scan_layers and path[0].key == "h")  # stacked blocks: (n_layer, ...)
+    assert moved == (p.ndim - layer_axis >= 2 and bool(jnp.any(p != 0))), path

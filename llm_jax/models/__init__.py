@@ -22,4 +22,5 @@ def build_model(cfg, vocab_size: int):
       vocab_size=vocab_size, n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
       max_len=cfg.max_len or cfg.block_size, dropout=cfg.dropout, norm=cfg.norm, pos=cfg.pos,
       activation=cfg.activation, tie_embeddings=cfg.tie_embeddings, use_bias=cfg.use_bias,
-      dtype=cfg.dtype, attention=cfg.attention, scale_embeddings=cfg.scale_embeddings)
+      dtype=cfg.dtype, attention=cfg.attention, scale_embeddings=cfg.scale_embeddings,
+      scan_layers=cfg.scan_layers)

@@ -17,6 +17,17 @@ from llm_jax.models.dropout import Dropout
 from llm_jax.models.layers import LN_EPS, Block, PositionalEncoding
 
 
+class ScannedBlock(nn.Module):
+  """A Block as the body of nn.scan: (x, mask) -> (x, None), the mask broadcast to every layer."""
+  block: dict  # Block's fields
+  train: bool
+  decode: bool
+
+  @nn.compact
+  def __call__(self, x_BTC, mask):
+    return Block(**self.block, name="block")(x_BTC, mask, self.train, decode=self.decode), None
+
+
 class GPT(nn.Module):
   vocab_size: int
   n_layer: int
@@ -34,6 +45,9 @@ class GPT(nn.Module):
   attention: str = "einsum"
   # token embeddings x sqrt(n_embd) before the positions are added (Vaswani et al. 3.4)
   scale_embeddings: bool = False
+  # the blocks as one nn.scan: one block compiled once, parameters and KV cache stacked on a
+  # leading layer axis (params['h'] instead of params['h_0'] ... ['h_{n_layer-1}'])
+  scan_layers: bool = False
 
   @nn.compact
   def __call__(self, idx_BT, train: bool = False, decode: bool = False):
@@ -54,11 +68,18 @@ class GPT(nn.Module):
       x_BTC = x_BTC * math.sqrt(self.n_embd)
     x_BTC = PositionalEncoding(self.pos, self.max_len, name="wpe")(x_BTC, start + jnp.arange(T))
     x_BTC = Dropout(self.dropout)(x_BTC, deterministic=not train).astype(dtype)
-    for i in range(self.n_layer):
-      x_BTC = Block(n_head=self.n_head, dropout=self.dropout, norm=self.norm,
-                    activation=self.activation, use_bias=self.use_bias,
-                    out_init_std=0.02 / math.sqrt(2 * self.n_layer), dtype=dtype,
-                    attention=self.attention, name=f"h_{i}")(x_BTC, mask, train, decode=decode)
+    block = dict(n_head=self.n_head, dropout=self.dropout, norm=self.norm,
+                 activation=self.activation, use_bias=self.use_bias,
+                 out_init_std=0.02 / math.sqrt(2 * self.n_layer), dtype=dtype,
+                 attention=self.attention)
+    if self.scan_layers:  # each layer its own parameters, cache and dropout key
+      stack = nn.scan(ScannedBlock, variable_axes={"params": 0, "cache": 0},
+                      split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
+                      length=self.n_layer)
+      x_BTC, _ = stack(block, train, decode, name="h")(x_BTC, mask)
+    else:
+      for i in range(self.n_layer):
+        x_BTC = Block(**block, name=f"h_{i}")(x_BTC, mask, train, decode=decode)
     if self.norm == "pre":
       x_BTC = nn.LayerNorm(epsilon=LN_EPS, use_bias=self.use_bias, name="ln_f")(x_BTC)
     if self.tie_embeddings:

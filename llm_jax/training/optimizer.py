@@ -27,8 +27,11 @@ def lr_schedule(cfg):
 
 
 def decay_mask(params):
-  """Weight decay on tensors of rank >= 2 (matrices, embeddings); not on biases and norm scales."""
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
+  """Weight decay on nanoGPT's 'tensors of rank >= 2' (matrices, embeddings), not on biases and
+  norm scales; told apart by name, so that parameters stacked on a layer axis
+  (model.scan_layers) keep the rule."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, p: getattr(path[-1], "key", None) not in ("bias", "scale"), params)
 
 
 def make_optimizer(cfg) -> optax.GradientTransformation:
