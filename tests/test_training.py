@@ -93,21 +93,28 @@ def test_schedule_is_nanogpts():
 
 
 @pytest.mark.parametrize("scan_layers", [False, True])
-def test_weight_decay_skips_vectors(scan_layers):
+def test_weight_decay_on_matrices_and_embeddings_only(scan_layers):
+  """nanoGPT's rule: every matrix and embedding table decays; biases (even the fused QKV bias of
+  shape (3, H, D)) and LayerNorm scales do not, stacked on a layer axis or not."""
   c = default_config()
   c.model.update(n_layer=2, n_head=2, n_embd=16, block_size=8, use_bias=True,
                  scan_layers=scan_layers)
   c.train.update(learning_rate=1e-2, weight_decay=0.5, warmup_steps=0, grad_clip=0.0)
   m = build_model(c.model, 11)
   params = m.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+  params = jax.tree.map(lambda x: x + 0.5, params)  # nothing zero: decay would move anything
   tx = make_optimizer(c.train)
   zero_grads = jax.tree.map(jnp.zeros_like, params)
   updates, _ = tx.update(zero_grads, tx.init(params), params)
   # with zero gradients only the decay moves a parameter
+  seen = set()
   for path, u in jax.tree_util.tree_leaves_with_path(updates):
     p = params
     for k in path:
       p = p[k.key]
-    moved = bool(jnp.any(u != 0))
     layer_axis = int(scan_layers and path[0].key == "h")  # stacked blocks: (n_layer, ...)
-    assert moved == (p.ndim - layer_axis >= 2 and bool(jnp.any(p != 0))), path
+    name = path[-1].key
+    assert bool(jnp.any(u != 0)) == (name in ("kernel", "embedding", "table")), path
+    assert name in ("bias", "scale") or p.ndim - layer_axis >= 2, path
+    seen.add(name)
+  assert seen == {"kernel", "embedding", "table", "bias", "scale"}  # every kind was there
