@@ -12,7 +12,6 @@ from llm_jax.models.attention import MultiHeadAttention
 from llm_jax.models.dropout import Dropout
 
 
-
 def gelu(x):
   """The exact GELU, x * Phi(x), as PyTorch's default and nanoGPT's. Written with erf: flax's
   nn.gelu(approximate=False) uses erfc, the same function to 1e-6 but twice as slow on CPU."""
