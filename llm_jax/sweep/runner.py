@@ -60,7 +60,7 @@ def _child_env(jobs: int) -> dict:
   env = hostmem.with_hugepages(os.environ)
   if jobs > 1 and "XLA_FLAGS" not in env:
     # several processes share the cores: each XLA CPU client runs its ops on one thread
-    env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false"
   return env
 
 
