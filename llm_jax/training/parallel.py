@@ -35,6 +35,9 @@ def init_distributed(cfg) -> None:
   if not 0 <= pid < n:
     raise UserError(f"config.distributed.process_id={pid} is invalid: use 0..{n - 1}")
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  # no persistent compilation cache across processes: with it, 2 processes on one machine hung in
+  # a collective in 1 of 5 runs; none of 16 without it
+  jax.config.update("jax_enable_compilation_cache", False)
   jax.distributed.initialize(coordinator_address=address, num_processes=n, process_id=pid)
 
 
