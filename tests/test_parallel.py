@@ -3,9 +3,12 @@ and a real 2-process run through jax.distributed on 127.0.0.1."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 import jax
 import pytest
@@ -80,39 +83,118 @@ def free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_give_the_losses_of_one(runs, tmp_path):
-  """2 processes x 2 simulated devices, through jax.distributed (gloo) on 127.0.0.1."""
-  tmp, r = runs
-  port, steps = free_port(), 20
-  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count=2 {FAST_COMPILE}"}
-  args = [sys.executable, "-m", "llm_jax", "train", "--config=configs/gpt_char.py",
-          f"--workdir={tmp_path / 'run'}", "--config.data.corpus=text_file",
-          f"--config.data.path={tmp / 'toy.txt'}", "--config.parallel=pmap",
-          "--config.model.n_layer=2", "--config.model.n_head=2", "--config.model.n_embd=32",
-          "--config.model.block_size=16", "--config.train.batch_size=16",
-          f"--config.train.max_steps={steps}", f"--config.train.lr_decay_steps={STEPS}",
-          "--config.train.warmup_steps=2", "--config.train.eval_interval=10",
-          "--config.train.eval_iters=2", "--config.train.log_interval=1",
-          "--config.train.checkpoint_every=10", "--config.train.sample_tokens=0",
-          f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-          "--config.distributed.num_processes=2"]
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  procs = [subprocess.Popen(args + [f"--config.distributed.process_id={i}"], cwd=root, env=env,
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_processes(args, n, progress, stall_s=60, timeout_s=180):
+  """Runs `args + --config.distributed.process_id=i` for i < n; returns each one's (out, err).
+
+  A run that hangs fails the test with every process's Python stack: when `progress()` (any value
+  that changes as the run goes on) has not changed for `stall_s` seconds, or one process has
+  failed while another still runs (it would wait for the lost one forever), the live ones get
+  SIGABRT, which faulthandler turns into a dump of each thread's stack on stderr."""
+  env = {**os.environ, "PYTHONFAULTHANDLER": "1",
+         "XLA_FLAGS": f"--xla_force_host_platform_device_count=2 {FAST_COMPILE}"}
+  procs = [subprocess.Popen(args + [f"--config.distributed.process_id={i}"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
+           for i in range(n)]
+  # read the pipes as they fill, so that a chatty process never blocks on a full pipe
+  outs = [[[], []] for _ in procs]
+  readers = [threading.Thread(target=lambda f, buf: buf.extend(f), args=(f, buf), daemon=True)
+             for p, o in zip(procs, outs) for f, buf in ((p.stdout, o[0]), (p.stderr, o[1]))]
+  for t in readers:
+    t.start()
+  start = last_change = time.monotonic()
+  seen, why = progress(), None
   try:
-    outs = [p.communicate(timeout=240) for p in procs]
+    while any(p.poll() is None for p in procs):
+      time.sleep(0.5)
+      now, value = time.monotonic(), progress()
+      if value != seen:
+        seen, last_change = value, now
+      if any(p.returncode not in (None, 0) for p in procs):
+        why = "a process failed while another still ran"
+      elif now - last_change > stall_s:
+        why = f"no progress for {stall_s} s"
+      elif now - start > timeout_s:
+        why = f"not done after {timeout_s} s"
+      if why:
+        for p in procs:
+          if p.poll() is None:
+            p.send_signal(signal.SIGABRT)
+        break
   finally:
     for p in procs:
-      p.kill()
-  for p, (out, err) in zip(procs, outs):
-    assert p.returncode == 0, err[-3000:]
+      try:
+        p.wait(timeout=20)
+      except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+    for t in readers:
+      t.join(timeout=10)
+  results = [("".join(o), "".join(e)) for o, e in outs]
+  if why or any(p.returncode for p in procs):
+    report = "\n".join(f"--- process {i} (exit {p.returncode}) stderr:\n{err[-6000:]}"
+                        for i, (p, (_, err)) in enumerate(zip(procs, results)))
+    pytest.fail(f"{why or 'a process failed'}:\n{report}")
+  return results
+
+
+def two_process_args(corpus, workdir, max_steps, **train):
+  """The command of one of 2 processes x 2 simulated devices, through jax.distributed (gloo) on
+  127.0.0.1; the 1-device reference's model, batch and schedule."""
+  train = {"batch_size": 16, "max_steps": max_steps, "lr_decay_steps": STEPS, "warmup_steps": 2,
+           "eval_interval": 10, "eval_iters": 2, "log_interval": 1, "checkpoint_every": 10,
+           "sample_tokens": 0, **train}
+  return ([sys.executable, "-m", "llm_jax", "train", "--config=configs/gpt_char.py",
+           f"--workdir={workdir}", "--config.data.corpus=text_file",
+           f"--config.data.path={corpus}", "--config.parallel=pmap",
+           "--config.model.n_layer=2", "--config.model.n_head=2", "--config.model.n_embd=32",
+           "--config.model.block_size=16"] +
+          [f"--config.train.{k}={v}" for k, v in train.items()] +
+          [f"--config.distributed.coordinator_address=127.0.0.1:{free_port()}",
+           "--config.distributed.num_processes=2"])
+
+
+def metrics_size(workdir):
+  """How far a run has got: metrics.jsonl grows by a line at every step (log_interval=1)."""
+  path = workdir / "metrics.jsonl"
+  return lambda: path.stat().st_size if path.exists() else -1
+
+
+def test_two_processes_give_the_losses_of_one(runs, tmp_path):
+  tmp, r = runs
+  steps, workdir = 20, tmp_path / "run"
+  outs = run_processes(two_process_args(tmp / "toy.txt", workdir, steps), 2,
+                       metrics_size(workdir))
   assert "2 process(es), 4 device(s) (pmap)" in outs[0][0]
   assert "llm-jax" not in outs[1][0] and "step" not in outs[1][0]  # only process 0 prints
-  train, evals = read_metrics(tmp_path / "run")
+  train, evals = read_metrics(workdir)
   assert_close(train, {s: l for s, l in r["none"][0].items() if s <= steps})
   assert_close({0: evals[0]}, {0: r["none"][1][0]})  # the reference evaluates at 0, 30, 60
-  assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["10", "20"]
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "20"]
+
+
+def test_two_processes_evaluate_sample_save_and_resume_past_a_damaged_checkpoint(runs, tmp_path):
+  """What process 0 does alone (metrics, a sample of text at each evaluation) at the steps where
+  every process also evaluates and saves; then a resume past a damaged newest checkpoint, whose
+  step is saved again: each cross-process operation must come in the same order everywhere."""
+  tmp, r = runs
+  workdir = tmp_path / "run"
+  args = lambda steps: two_process_args(tmp / "toy.txt", workdir, steps, eval_interval=5,
+                                        checkpoint_every=5, sample_tokens=8, keep_checkpoints=3)
+  run_processes(args(10), 2, metrics_size(workdir))
+  for path in (workdir / "checkpoints" / "10" / "state").rglob("d/*"):
+    with open(path, "r+b") as f:
+      f.truncate(os.path.getsize(path) // 2)
+  outs = run_processes(args(15), 2, metrics_size(workdir))
+  assert f"checkpoint {workdir / 'checkpoints' / '10'} is damaged" in outs[0][1]
+  assert "resuming at step 5" in outs[0][0] and "--- sample ---" in outs[0][0]
+  train, evals = read_metrics(workdir)
+  assert_close(train, {s: l for s, l in r["none"][0].items() if s <= 15})
+  assert sorted(evals) == [0, 5, 10, 15]
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "15", "5"]
+  assert (workdir / "checkpoints_corrupt" / "10").is_dir()
 
 
 @pytest.mark.parametrize("batch_size, cpu_devices, parallel", [

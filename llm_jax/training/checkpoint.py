@@ -95,12 +95,23 @@ def restore_latest_good(manager: ocp.CheckpointManager, state_like, move_bad: bo
       print(f"llm-jax: warning: checkpoint {directory / str(step)} is damaged ({_describe(e)}); "
             f"trying an older one", file=sys.stderr, flush=True)
       continue
-    if bad and move_bad:
-      _move_aside(manager, bad)
+    _forget(manager, bad, move_bad)
     return out
   raise UserError(f"no checkpoint in {directory} restores (damaged: steps "
                   f"{', '.join(map(str, bad))}): start over in a fresh --workdir, or restore the "
                   f"checkpoints from a backup")
+
+
+def _forget(manager: ocp.CheckpointManager, bad, move_bad: bool) -> None:
+  """Every process calls this after its restore, with the same steps: once all have read, the
+  damaged steps are moved aside (by one process) and every manager forgets them, so that a later
+  save of the same step is not refused as existing on the processes that did not move them."""
+  ocp.multihost.sync_global_processes("llm_jax:restored")  # a no-op in a single process
+  if bad and move_bad:
+    _move_aside(manager, bad)
+  ocp.multihost.sync_global_processes("llm_jax:moved_aside")
+  if bad:
+    manager.reload()
 
 
 def _move_aside(manager: ocp.CheckpointManager, steps) -> None:
@@ -112,4 +123,3 @@ def _move_aside(manager: ocp.CheckpointManager, steps) -> None:
     shutil.move(os.path.join(manager.directory, str(step)), dest)
     print(f"llm-jax: warning: moved the damaged checkpoint of step {step} to {dest}",
           file=sys.stderr, flush=True)
-  manager.reload()

@@ -166,7 +166,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return losses
 
   def fetch(pending):  # the pending steps' metrics on the host (one device's copy under pmap)
-    return [parallel.first(p, mode) for p in jax.device_get(pending)]
+    return [parallel.first(p, mode) for p in pending]
 
   def check_finite(host, first_done):
     """'stop': the first non-finite loss or gradient norm among the fetched steps ends the run,
@@ -203,7 +203,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
           if skip:
             meta["skipped_updates"] += int(sum(h["skipped"] for h in host))
             m["skipped_updates"] = meta["skipped_updates"]
-          m["param_norm"] = float(param_norm(parallel.first(state.params, mode)))
+          m["param_norm"] = float(param_norm(parallel.local_replica(state.params, mode)))
           dt = (time.perf_counter() - t_last) / n_since
           ms_per_step.append(dt * 1e3)
           record = {"step": done, **m, "lr": float(schedule(step)), "ms_per_step": dt * 1e3,

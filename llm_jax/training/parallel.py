@@ -109,11 +109,24 @@ def place_state(state_host, mode: str):
   return jax.device_put(state_host)
 
 
+def local_replica(tree, mode: str):
+  """pmap: each leaf's copy on this process's first device, as a one-device array of shape
+  (1, ...), read without a collective; else the tree as it is.
+
+  A pmapped output is a global array over the devices of every process, and indexing it (`x[0]`)
+  is a computation over all of them: each process would have to run it at the same point, and
+  one that runs it where the others do not (under `if process_index() == 0`, or beside an
+  Orbax barrier) waits forever. The local shard is a plain read."""
+  if mode == "pmap":  # (a state not yet stepped is still place_state's numpy arrays)
+    return jax.tree.map(lambda x: x.addressable_shards[0].data if isinstance(x, jax.Array)
+                        else x[:1], tree)
+  return tree
+
+
 def host_state(state, mode: str):
   """The state as numpy arrays, one copy (what checkpoints hold, whatever the device count)."""
-  if mode == "pmap":
-    state = jax.tree.map(lambda x: x[0], state)
-  return jax.device_get(state)
+  state = jax.device_get(local_replica(state, mode))
+  return jax.tree.map(lambda x: x[0], state) if mode == "pmap" else state
 
 
 def shard_batch(batch: dict, mode: str, axis: int) -> dict:
@@ -136,5 +149,5 @@ def shard_batch(batch: dict, mode: str, axis: int) -> dict:
 
 
 def first(tree, mode: str):
-  """Metrics of a pmapped step (identical on every device after pmean) -> one copy."""
-  return jax.tree.map(lambda x: x[0], tree) if mode == "pmap" else tree
+  """Metrics of a pmapped step (identical on every device after pmean) -> one copy, on the host."""
+  return host_state(tree, mode)
