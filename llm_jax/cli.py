@@ -93,18 +93,19 @@ def _define_generate():
 def _generate(argv):
   from llm_jax.data.corpora import read_utf8
   from llm_jax.generate import generate_text
+  from llm_jax.tasks import task_kind
   from llm_jax.training import workdir as workdir_lib
   import pathlib
   prompt = read_utf8(pathlib.Path(FLAGS.prompt_file)) if FLAGS.prompt_file else FLAGS.prompt
   samples = generate_text(FLAGS.workdir, prompt, FLAGS.max_new_tokens, FLAGS.temperature,
                           FLAGS.top_k, FLAGS.top_p, FLAGS.greedy, FLAGS.num_samples, FLAGS.seed,
                           FLAGS.step)
-  # a language model continues the prompt; the transformer's output is the target alone
-  translates = workdir_lib.read_config(FLAGS.workdir).model.name == "transformer"
+  # a language model continues the prompt; a seq2seq model's output is the target alone
+  continues = task_kind(workdir_lib.read_config(FLAGS.workdir)).continues_prompt
   for i, text in enumerate(samples):
     if len(samples) > 1:
       print(f"--- sample {i + 1} ---")
-    print(text if translates else prompt + text, flush=True)
+    print(prompt + text if continues else text, flush=True)
 
 
 def _define_evaluate():

@@ -13,7 +13,7 @@ from llm_jax.data.corpora import CORPORA
 from llm_jax.data.seq2seq import SEQ2SEQ_TASKS
 from llm_jax.data.tokenizers import TIKTOKEN_ENCODINGS, bpe_path
 from llm_jax.errors import UserError
-from llm_jax.models import MODELS
+from llm_jax.models import FAMILIES
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -89,19 +89,21 @@ def default_config() -> ml_collections.ConfigDict:
   # transformer: one embedding table for source and target tokens (their vocabulary is one)
   c.model.share_embeddings = True
   # gpt: multiply the token embeddings by sqrt(n_embd) before positions are added, as Vaswani et
-  # al. (the transformer always does). With nanoGPT's 0.02 init, unit sinusoids swamp the tokens
-  # unless this is on (experiments/positions)
+  # al. (the transformer always does, and refuses True). With nanoGPT's 0.02 init, unit sinusoids
+  # swamp the tokens unless this is on (experiments/positions)
   c.model.scale_embeddings = False
   # biases in Dense and LayerNorm layers (nanoGPT's shakespeare_char config has none)
   c.model.use_bias = False
   # compute dtype of the matmuls: 'float32' | 'bfloat16' (parameters, softmax and loss stay float32)
   c.model.dtype = "float32"
-  # gpt's attention: 'einsum' (the formula written out) | 'dot_product' (jax.nn.dot_product_attention,
-  # a fused kernel where the backend has one; with dropout in training the einsum path runs)
+  # every attention's implementation: 'einsum' (the formula written out) | 'dot_product'
+  # (jax.nn.dot_product_attention, a fused kernel where the backend has one; with dropout in
+  # training the einsum path runs)
   c.model.attention = "einsum"
-  # gpt: the blocks as one nn.scan (one block compiled, parameters stacked on a layer axis)
-  # instead of a Python loop: less host memory for the 10.7M model, no faster on 2 CPU devices,
-  # slower for the baby (experiments/perf). Checkpoints of one layout do not load into the other
+  # the blocks of each stack as one nn.scan (one block compiled, parameters stacked on a layer
+  # axis) instead of a Python loop: less host memory for the 10.7M model, no faster on 2 CPU
+  # devices, slower for the baby (experiments/perf). Checkpoints of one layout do not load into
+  # the other
   c.model.scan_layers = False
 
   c.train = ml_collections.ConfigDict()
@@ -161,14 +163,15 @@ def _require(cond, field, value, fix):
 
 
 def _validate_task(d, m) -> None:
-  """The transformer learns a seq2seq data.task; the language models learn a corpus."""
+  """A model of the seq2seq kind learns a seq2seq data.task; the language models learn a corpus."""
   tasks = ", ".join(repr(t) for t in SEQ2SEQ_TASKS)
-  if m.name != "transformer":
+  if FAMILIES[m.name].task == "lm":
+    seq2seq = " or ".join(repr(n) for n, f in FAMILIES.items() if f.task == "seq2seq")
     _require(d.task == "", "data.task", d.task,
-             f"model.name={m.name!r} is a language model: use '' (or model.name='transformer')")
+             f"model.name={m.name!r} is a language model: use '' (or model.name={seq2seq})")
     return
   _require(d.task in SEQ2SEQ_TASKS, "data.task", d.task,
-           f"model 'transformer' learns a seq2seq task: use one of {tasks}")
+           f"model {m.name!r} learns a seq2seq task: use one of {tasks}")
   _require(d.tokenizer == "char", "data.tokenizer", d.tokenizer,
            "seq2seq tasks are character-level: use 'char'")
   _require(d.heldout_examples > 0, "data.heldout_examples", d.heldout_examples,
@@ -211,8 +214,12 @@ def validate(c) -> None:
                                           " (nor in the working directory)") +
              f": make one with `llm-jax bpe --corpus=<text files> --vocab_size=4096 "
              f"--out={path}`, or use bpe:train:4096")
-  _require(m.name in MODELS, "model.name", m.name, f"use one of {', '.join(MODELS)}")
+  _require(m.name in FAMILIES, "model.name", m.name, f"use one of {', '.join(FAMILIES)}")
   _validate_task(d, m)
+  defaults = default_config().model
+  for field, why in FAMILIES[m.name].unread.items():
+    _require(m[field] == defaults[field], f"model.{field}", m[field],
+             f"model {m.name!r} does not read it ({why}): leave it at {defaults[field]!r}")
   _require(m.block_size > 0, "model.block_size", m.block_size, "use a positive context length")
   for field in ("n_layer", "n_head", "n_embd"):
     _require(m[field] > 0, f"model.{field}", m[field], "use a positive size")

@@ -4,19 +4,17 @@
     llm-jax generate --workdir=runs/transformer_reverse --prompt=abcdefgh   # -> hgfedcba
 
 A language model continues the prompt; the transformer takes it as a source and decodes its target
-greedily.
+greedily (each task kind's `generate`, tasks.py).
 """
 
 import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from llm_jax import decoding
-from llm_jax.data.seq2seq import encode_sources
 from llm_jax.errors import UserError
-from llm_jax.models import build_model
+from llm_jax.models import build_model, init_params
+from llm_jax.tasks import task_kind
 from llm_jax.training import checkpoint, workdir as workdir_lib
 from llm_jax.training.optimizer import make_optimizer
 from llm_jax.training.steps import create_state
@@ -40,11 +38,8 @@ def load_run(workdir: str, step: int | None = None):
                     f"{', '.join(map(str, steps))}")
   model = build_model(config.model, tokenizer.vocab_size)
   tx = make_optimizer(config.train)
-  T = config.model.block_size
-  # the transformer takes a source and a decoder input, a language model its tokens
-  example = [jnp.zeros((1, T), jnp.int32)] * (2 if config.model.name == "transformer" else 1)
   state_like = jax.eval_shape(lambda: create_state(
-      model.init(jax.random.key(0), *example)["params"], tx))
+      init_params(model, config.model, jax.random.key(0)), tx))
   state_like = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), state_like)
   try:
     if step is None:  # the latest that restores: a damaged newest one is named and skipped
@@ -77,22 +72,14 @@ def check_sampling(max_new_tokens, temperature, top_k, top_p, num_samples, vocab
 
 def generate_text(workdir, prompt="\n", max_new_tokens=500, temperature=1.0, top_k=0, top_p=1.0,
                   greedy=False, num_samples=1, seed=0, step=None) -> list[str]:
-  """`num_samples` continuations of `prompt` (decoded in one batch), without the prompt. For the
-  transformer: the one greedy decoding of the source `prompt`, of at most max_new_tokens tokens
-  (and at most model.block_size)."""
+  """A language model: `num_samples` continuations of `prompt` (decoded in one batch), without
+  the prompt. A seq2seq model: the one greedy decoding of the source `prompt`, of at most
+  max_new_tokens tokens (and at most model.block_size)."""
   config, tokenizer, model, params, _ = load_run(workdir, step)
   check_sampling(max_new_tokens, temperature, top_k, top_p, num_samples, tokenizer.vocab_size)
   if not prompt:
     raise UserError("--prompt is empty: give at least one character (nanoGPT starts from '\\n')")
-  if config.model.name == "transformer":
-    inputs_1S = encode_sources(tokenizer, [prompt], config.model.block_size, name="--prompt")
-    out_1L = decoding.greedy_decode(model, params, jnp.asarray(inputs_1S),
-                                    max_len=min(max_new_tokens, config.model.block_size),
-                                    bos_id=tokenizer.BOS, eos_id=tokenizer.EOS)
-    return [tokenizer.decode(out_1L[0])]
-  prompt_ids = tokenizer.encode(prompt)
-  prompt_BP = jnp.asarray(np.tile(prompt_ids, (num_samples, 1)))
-  out_BN = decoding.generate(model, params, prompt_BP, jax.random.key(seed),
-                             max_new_tokens=max_new_tokens, block_size=config.model.block_size,
-                             temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
-  return [tokenizer.decode(row[len(prompt_ids):]) for row in np.asarray(out_BN)]
+  return task_kind(config).generate(
+      config, tokenizer, model, params, prompt, max_new_tokens=max_new_tokens,
+      temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, num_samples=num_samples,
+      seed=seed)

@@ -2,9 +2,13 @@
 
 The loop asks a task for: the model and the batch keys it takes (for the loss factory), the
 global batch of any step (a pure function of (seed, step)), fixed evaluation batches, extra
-evaluation metrics, and a sample to show at the end. `build_task(config)` picks the task by
-`config.model.name`: next-token prediction for the language models, a seq2seq task (source ->
-target, teacher forcing) for the encoder-decoder transformer.
+evaluation metrics, and a sample to show at the end.
+
+Each model family (models/__init__.py) names its task kind, and KINDS holds what a kind does:
+'lm', next-token prediction on a corpus (the language models: a prompt is continued by sampling,
+a run is scored by its val loss); 'seq2seq', source -> target with teacher forcing (the
+encoder-decoder: a prompt is a source to decode greedily, a run is scored by decoding a held-out
+split). `build_task(config)` builds the task of config.model's kind.
 """
 
 import math
@@ -18,7 +22,9 @@ from llm_jax import decoding
 from llm_jax.data import seq2seq as seq2seq_data
 from llm_jax.data.lm import EVAL_STREAM, get_batch, load_lm_data
 from llm_jax.errors import UserError
-from llm_jax.models import build_model
+from llm_jax.models import FAMILIES, build_model
+from llm_jax.training.losses import make_loss_fn
+from llm_jax.training.steps import TrainState, make_evaluate
 
 
 class Task(NamedTuple):
@@ -39,7 +45,7 @@ class Task(NamedTuple):
 
 
 def lm_task(config, tokenizer=None) -> Task:
-  """Next-token prediction on a text corpus (bigram, GPT)."""
+  """Next-token prediction on a text corpus."""
   tc, T = config.train, config.model.block_size
   data = load_lm_data(config.data, T, tokenizer)
   model = build_model(config.model, data.tokenizer.vocab_size)
@@ -76,10 +82,10 @@ SAMPLE_EXAMPLES = 8
 
 
 def seq2seq_task(config, tokenizer=None) -> Task:
-  """Source -> target with teacher forcing (the transformer): the decoder reads BOS + target and
-  is scored on target + EOS, padding weighted 0. Each evaluation also decodes a fixed subset of
-  the val split greedily (the distinct examples of the val batches) for token accuracy and exact
-  match."""
+  """Source -> target with teacher forcing (the encoder-decoder): the decoder reads BOS + target
+  and is scored on target + EOS, padding weighted 0. Each evaluation also decodes a fixed subset
+  of the val split greedily (the distinct examples of the val batches) for token accuracy and
+  exact match."""
   tc = config.train
   data = seq2seq_data.load_seq2seq_data(config.data, config.model.block_size, config.seed,
                                         tokenizer)
@@ -119,9 +125,84 @@ def seq2seq_task(config, tokenizer=None) -> Task:
       tokens_per_example=S + T)
 
 
-TASKS = {"bigram": lm_task, "gpt": lm_task, "transformer": seq2seq_task}
+def lm_generate(config, tokenizer, model, params, prompt, *, max_new_tokens, temperature, top_k,
+                top_p, greedy, num_samples, seed) -> list[str]:
+  """`num_samples` continuations of `prompt` (decoded in one batch), without the prompt."""
+  prompt_ids = tokenizer.encode(prompt)
+  prompt_BP = jnp.asarray(np.tile(prompt_ids, (num_samples, 1)))
+  out_BN = decoding.generate(model, params, prompt_BP, jax.random.key(seed),
+                             max_new_tokens=max_new_tokens, block_size=config.model.block_size,
+                             temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
+  return [tokenizer.decode(row[len(prompt_ids):]) for row in np.asarray(out_BN)]
+
+
+def seq2seq_generate(config, tokenizer, model, params, prompt, *, max_new_tokens,
+                     **sampling) -> list[str]:
+  """The one greedy decoding of the source `prompt`, of at most max_new_tokens tokens (and at
+  most model.block_size)."""
+  del sampling  # greedy: nothing is drawn
+  inputs_1S = seq2seq_data.encode_sources(tokenizer, [prompt], config.model.block_size,
+                                          name="--prompt")
+  out_1L = decoding.greedy_decode(model, params, jnp.asarray(inputs_1S),
+                                  max_len=min(max_new_tokens, config.model.block_size),
+                                  bos_id=tokenizer.BOS, eos_id=tokenizer.EOS)
+  return [tokenizer.decode(out_1L[0])]
+
+
+def lm_evaluate(config, tokenizer, model, params, *, split, beam_size, alpha) -> dict:
+  """The mean loss over the task's fixed val batches, and its bits per byte."""
+  del alpha  # beam search only
+  if split != "val":
+    raise UserError(f"--split={split}: a language model's corpus has a train and a val split "
+                    f"only: use --split=val")
+  if beam_size != 1:
+    raise UserError(f"--beam_size={beam_size}: beam search is for seq2seq models; a language "
+                    f"model is scored by its loss: leave --beam_size out")
+  task = lm_task(config, tokenizer)
+  loss_fn = make_loss_fn(model, task.input_keys)
+  state = TrainState(step=None, params=params, opt_state=None)  # evaluation reads params only
+  loss = float(jax.jit(make_evaluate(loss_fn))(state, task.eval_batches["val"]))
+  return {"loss": loss, "bpb": task.eval_metrics(params, {"val": loss})["val_bpb"]}
+
+
+# sources decoded per call (times the beam size: rows of the decoder)
+DECODE_BATCH = 256
+
+
+def seq2seq_evaluate(config, tokenizer, model, params, *, split, beam_size, alpha) -> dict:
+  """Every source of the split decoded (greedily or by beam search) against its target: token
+  accuracy and exact match."""
+  data = seq2seq_data.load_seq2seq_data(config.data, config.model.block_size, config.seed,
+                                        tokenizer)
+  arrays = data.arrays[split]
+  predicted = decoding.decode_sources(
+      model, params, arrays["inputs"], max_len=arrays["targets"].shape[1], bos_id=tokenizer.BOS,
+      eos_id=tokenizer.EOS, beam_size=beam_size, alpha=alpha, batch_size=DECODE_BATCH)
+  scores = decoding.match_scores(predicted, arrays["targets"], arrays["weights"])
+  return {"task": config.data.task, "examples": len(predicted), "beam_size": beam_size,
+          "alpha": alpha, **scores}
+
+
+class TaskKind(NamedTuple):
+  build: Callable[..., Task]  # (config, tokenizer or None) -> the Task the loop trains
+  # (config, tokenizer, model, params, prompt, **sampling) -> texts (`llm-jax generate`)
+  generate: Callable[..., list]
+  # (config, tokenizer, model, params, split=, beam_size=, alpha=) -> scores (`llm-jax evaluate`)
+  evaluate: Callable[..., dict]
+  # the generated text continues the prompt (a language model), rather than answer it
+  continues_prompt: bool
+
+
+KINDS = {"lm": TaskKind(lm_task, lm_generate, lm_evaluate, continues_prompt=True),
+         "seq2seq": TaskKind(seq2seq_task, seq2seq_generate, seq2seq_evaluate,
+                             continues_prompt=False)}
+
+
+def task_kind(config) -> TaskKind:
+  """What config.model's family trains on, and how it generates and evaluates."""
+  return KINDS[FAMILIES[config.model.name].task]
 
 
 def build_task(config, tokenizer=None) -> Task:
-  """The task of config.model.name. `tokenizer`: the one saved with a run being resumed."""
-  return TASKS[config.model.name](config, tokenizer)
+  """The task of config.model's kind. `tokenizer`: the one saved with a run being resumed."""
+  return task_kind(config).build(config, tokenizer)

@@ -6,18 +6,18 @@ import jax.numpy as jnp
 from llm_jax.bench import peak
 from llm_jax.bench import train as bench_train
 from llm_jax.config import default_config
-from llm_jax.models import build_model, flops
+from llm_jax.models import build_model, flops, flops_per_token
 
 
 def test_flops_per_token_is_6n_plus_attention():
   c = default_config()
   c.model.update(n_layer=4, n_head=4, n_embd=128, block_size=64)
   # nanoGPT's baby config: N = 804,096 parameters less the 64 x 128 position table (its estimate_mfu)
-  assert flops.flops_per_token(c.model, 795_904) == 5_168_640
+  assert flops_per_token(c.model, 795_904) == 5_168_640
   c.model.update(n_layer=2, block_size=16, n_embd=32)
-  assert flops.flops_per_token(c.model, 1000) == 6 * 1000 + 12 * 2 * 16 * 32
+  assert flops_per_token(c.model, 1000) == 6 * 1000 + 12 * 2 * 16 * 32
   c.model.name = "bigram"
-  assert flops.flops_per_token(c.model, 1000) == 6 * 1000
+  assert flops_per_token(c.model, 1000) == 6 * 1000
 
 
 def test_count_params_leaves_out_the_position_table():
@@ -48,7 +48,7 @@ def test_run_reports_every_field():
     assert key in r, key
   assert set(r["train_ms_per_step"]) == {"median", "p10", "p90", "min"}
   assert r["tokens_per_step"] == 4 * 8
-  assert r["flops_per_token"] == flops.flops_per_token(c.model, r["params_for_flops"])
+  assert r["flops_per_token"] == flops_per_token(c.model, r["params_for_flops"])
   assert r["mfu"] > 0 and r["peak_gflops"]["float32"] > 0
   assert r["decode"]["new_tokens"] == 3
   assert "MFU" in bench_train.table(r)

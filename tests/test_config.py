@@ -72,3 +72,14 @@ def test_with_defaults_fills_the_fields_an_older_config_lacks():
   filled = ml_collections.ConfigDict(with_defaults(old))
   validate(filled)
   assert (filled.model.attention, filled.cpu_devices, filled.model.n_layer) == ("einsum", 0, 7)
+
+
+def test_a_switch_the_transformer_does_not_read_is_refused():
+  c = default_config()
+  c.model.name, c.data.task = "transformer", "copy"
+  validate(c)
+  c.model.scale_embeddings = True  # it always scales its embeddings
+  with pytest.raises(UserError) as e:
+    validate(c)
+  assert str(e.value).startswith("config.model.scale_embeddings=True is invalid: model "
+                                 "'transformer' does not read it") and "\n" not in str(e.value)

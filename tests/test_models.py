@@ -108,3 +108,35 @@ def test_scanned_layers_equal_the_loop_with_the_same_parameters():
   # and each layer its own parameters, not one layer repeated
   assert not np.allclose(stacked["h"]["block"]["ffn"]["fc"]["kernel"][0],
                          stacked["h"]["block"]["ffn"]["fc"]["kernel"][1])
+
+
+def test_every_family_of_the_registry_builds_and_takes_its_example_inputs():
+  from llm_jax.models import FAMILIES, example_inputs, flops_per_token, init_params
+  from llm_jax.tasks import KINDS
+  for name, family in FAMILIES.items():
+    c = default_config().model
+    c.update(name=name, n_layer=1, n_head=2, n_embd=16, block_size=T)
+    m = build_model(c, V)
+    assert isinstance(m, family.module) and family.task in KINDS
+    params = jax.eval_shape(lambda: init_params(m, c, jax.random.key(0)))  # nothing compiled
+    logits = jax.eval_shape(lambda p: m.apply({"params": p}, *example_inputs(c)), params)
+    assert logits.shape == (1, T, V), name
+    n = flops_per_token(c, 1000)
+    assert n is None or n >= 6 * 1000, name
+
+
+def test_cross_attention_is_asked_for_not_guessed_from_its_inputs():
+  """Cross-attention of x to x itself (the same array) keeps its own query and key/value
+  projections; with the fused self-attention's weights split into them, it computes the same."""
+  from llm_jax.models.attention import MultiHeadAttention
+  m, _ = make()
+  attn = MultiHeadAttention(m.cfg, 0.02)
+  x = jax.random.normal(jax.random.key(1), (2, 5, 16))
+  self_params = attn.init(jax.random.key(0), x, None, False)["params"]
+  cross_params = attn.init(jax.random.key(0), x, None, False, memory_BSC=x)["params"]
+  assert set(self_params) == {"qkv", "out"} and set(cross_params) == {"query", "kv", "out"}
+  qkv = self_params["qkv"]["kernel"]  # (C, 3, H, D)
+  split = {"query": {"kernel": qkv[:, 0]}, "kv": {"kernel": qkv[:, 1:]}, "out": self_params["out"]}
+  np.testing.assert_allclose(attn.apply({"params": split}, x, None, False, memory_BSC=x),
+                             attn.apply({"params": self_params}, x, None, False),
+                             rtol=1e-5, atol=1e-6)

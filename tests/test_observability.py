@@ -8,7 +8,7 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from conftest import tiny_config
-from llm_jax.models.flops import flops_per_token
+from llm_jax.models import flops_per_token
 from llm_jax.training.loop import train_and_evaluate
 from test_bad_inputs import run_cli
 from test_faults import tree_digest

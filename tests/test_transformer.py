@@ -174,3 +174,24 @@ def test_a_beam_as_wide_as_all_prefixes_finds_the_best_sequence(model):
     got = [int(t) for t in np.asarray(best[b])]
     assert tuple(got[:ending(got)]) == want
     assert math.isclose(float(score[b]), candidates[want], rel_tol=1e-5)
+
+
+def test_scanned_stacks_and_the_fused_attention_compute_the_same():
+  """model.scan_layers and model.attention apply to the transformer too: with the loop's
+  parameters stacked on a layer axis, the scanned stacks with jax.nn.dot_product_attention
+  compute the loop's einsum forward pass (padding included), and decode with their cache."""
+  loop, params = make(**VARIANTS[1])
+  scan, _ = make(**VARIANTS[1], scan_layers=True, attention="dot_product")
+  stacked = dict(params)
+  for stack in ("encoder", "decoder"):
+    layers = [params[stack][f"layer_{i}"] for i in range(2)]
+    stacked[stack] = {k: v for k, v in params[stack].items() if not k.startswith("layer_")}
+    stacked[stack]["layer"] = {"block": jax.tree.map(lambda *x: jnp.stack(x), *layers)}
+  src, tgt = tokens(11, (2, S)), with_bos(tokens(12, (2, T)))
+  src[0, 3:], tgt[1, 5:] = PAD, PAD
+  full = jax.jit(scan.apply)({"params": stacked}, src, tgt)
+  np.testing.assert_allclose(full, jax.jit(loop.apply)({"params": params}, src, tgt),
+                             atol=1e-5, rtol=1e-5)
+  greedy = decoding.greedy_decode(scan, stacked, src, max_len=T, bos_id=BOS, eos_id=EOS)
+  np.testing.assert_array_equal(
+      greedy, decoding.greedy_decode(loop, params, src, max_len=T, bos_id=BOS, eos_id=EOS))

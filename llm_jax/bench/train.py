@@ -28,8 +28,8 @@ from llm_jax import decoding
 from llm_jax.bench import peak
 from llm_jax.config import validate
 from llm_jax.errors import UserError
-from llm_jax.models import build_model
-from llm_jax.models.flops import count_params, flops_per_token
+from llm_jax.models import FAMILIES, build_model, flops_per_token
+from llm_jax.models.flops import count_params
 from llm_jax.training import parallel
 from llm_jax.training.losses import make_loss_fn
 from llm_jax.training.optimizer import make_optimizer
@@ -66,8 +66,9 @@ def run(config, steps: int = 20, warmup: int = 3, vocab_size: int = 65, decode_t
   """Benchmarks config's language model; returns the figures (see the module docstring)."""
   validate(config)
   m, tc = config.model, config.train
-  if m.name == "transformer":
-    raise UserError("llm-jax bench measures the language models (gpt, bigram): use "
+  if FAMILIES[m.name].task != "lm":
+    lms = ", ".join(n for n, f in FAMILIES.items() if f.task == "lm")
+    raise UserError(f"llm-jax bench measures the language models ({lms}): use "
                     "--config.model.name=gpt or a GPT config")
   if steps < 1 or warmup < 0:
     raise UserError(f"--steps={steps} and --warmup={warmup}: use at least 1 step, 0 or more warm-up")

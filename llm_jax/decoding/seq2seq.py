@@ -30,14 +30,14 @@ def init_decoder_cache(model, batch_size: int, max_len: int, src_len: int):
   shapes = jax.eval_shape(
       partial(model.init, method="decode", decode=True), jax.random.key(0),
       jnp.zeros((batch_size, max_len), jnp.int32),
-      jnp.zeros((batch_size, src_len, model.n_embd), jnp.float32),
+      jnp.zeros((batch_size, src_len, model.cfg.n_embd), jnp.float32),
       jnp.ones((batch_size, src_len), bool))
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
 
 
 def _encode(model, params, inputs_BS):
   memory_BSC = model.apply({"params": params}, inputs_BS, method="encode")
-  return memory_BSC, inputs_BS != model.pad_id
+  return memory_BSC, inputs_BS != model.cfg.pad_id
 
 
 def _decoder_step(model, params, cache, tokens_B, memory_BSC, src_valid_BS, bos_id):
@@ -47,7 +47,7 @@ def _decoder_step(model, params, cache, tokens_B, memory_BSC, src_valid_BS, bos_
                                 src_valid_BS, decode=True, method="decode", mutable=["cache"])
   logprobs_BV = jax.nn.log_softmax(logits_B1V[:, 0].astype(jnp.float32))
   V = logprobs_BV.shape[-1]
-  never_V = (jnp.arange(V) == model.pad_id) | (jnp.arange(V) == bos_id)
+  never_V = (jnp.arange(V) == model.cfg.pad_id) | (jnp.arange(V) == bos_id)
   return jnp.where(never_V, -jnp.inf, logprobs_BV), out["cache"]
 
 
@@ -61,12 +61,12 @@ def greedy_decode(model, params, inputs_BS, *, max_len: int, bos_id: int, eos_id
     t, last_B, done_B, out_BL, cache = carry
     logprobs_BV, cache = _decoder_step(model, params, cache, last_B, memory_BSC, src_valid_BS,
                                        bos_id)
-    tok_B = jnp.where(done_B, model.pad_id, jnp.argmax(logprobs_BV, axis=-1).astype(jnp.int32))
+    tok_B = jnp.where(done_B, model.cfg.pad_id, jnp.argmax(logprobs_BV, axis=-1).astype(jnp.int32))
     out_BL = jax.lax.dynamic_update_slice_in_dim(out_BL, tok_B[:, None], t, axis=1)
     return t + 1, tok_B, done_B | (tok_B == eos_id), out_BL, cache
 
   carry = (jnp.int32(0), jnp.full((B,), bos_id, jnp.int32), jnp.zeros((B,), bool),
-           jnp.full((B, max_len), model.pad_id, jnp.int32),
+           jnp.full((B, max_len), model.cfg.pad_id, jnp.int32),
            init_decoder_cache(model, B, max_len, S))
   carry = jax.lax.while_loop(lambda c: (c[0] < max_len) & ~c[2].all(), body, carry)
   return carry[3]
@@ -96,7 +96,7 @@ def beam_search(model, params, inputs_BS, *, beam_size: int, max_len: int, alpha
     V = logprobs_NV.shape[-1]
     logprobs_BKV = logprobs_NV.reshape(B, K, V)
     # a live hypothesis extends by any token; a finished one only by PAD, keeping its score
-    stay_V = jnp.arange(V) == model.pad_id
+    stay_V = jnp.arange(V) == model.cfg.pad_id
     cand_logp_BKV = jnp.where(done_BK[..., None], jnp.where(stay_V, logp_BK[..., None], neg_inf),
                               logp_BK[..., None] + logprobs_BKV)
     cand_len_BK = jnp.where(done_BK, len_BK, t + 1)
@@ -116,7 +116,7 @@ def beam_search(model, params, inputs_BS, *, beam_size: int, max_len: int, alpha
   # at the start the K hypotheses are the same (BOS): only the first may extend
   logp_BK = jnp.broadcast_to(jnp.where(jnp.arange(K) == 0, 0.0, neg_inf), (B, K))
   carry = (jnp.int32(0), jnp.full((B, K), bos_id, jnp.int32), logp_BK, jnp.zeros((B, K), jnp.int32),
-           jnp.zeros((B, K), bool), jnp.full((B, K, max_len), model.pad_id, jnp.int32),
+           jnp.zeros((B, K), bool), jnp.full((B, K, max_len), model.cfg.pad_id, jnp.int32),
            init_decoder_cache(model, B * K, max_len, S))
   carry = jax.lax.while_loop(lambda c: (c[0] < max_len) & ~c[4].all(), body, carry)
   _, _, logp_BK, len_BK, _, out_BKL, _ = carry

@@ -1,26 +1,66 @@
-"""Model families. `build_model(model_config, vocab_size)` returns a flax.linen module."""
+"""The model families, one entry each: the flax module, the task kind that trains, samples and
+scores it, and its FLOPs per token. Code outside this package never tests a family's name: it
+looks the family up here.
 
+Every module is configured by one ModelConfig (model_config.py), built from `config.model`. A
+family of the 'lm' kind maps tokens (B, T) to logits (B, T, V); one of the 'seq2seq' kind maps
+(source (B, S), decoder input (B, T)) to logits (B, T, V), and has `encode` and `decode` methods
+for decoding (decoding/seq2seq.py). llm_jax/tasks.py holds what each kind trains on, and how it
+generates and evaluates. A new family is its model file and one entry in FAMILIES.
+"""
+
+from typing import Callable, NamedTuple
+
+import jax.numpy as jnp
+
+from llm_jax.models import flops
 from llm_jax.models.bigram import Bigram
 from llm_jax.models.gpt import GPT
+from llm_jax.models.model_config import ModelConfig
 from llm_jax.models.transformer import Transformer
 
-MODELS = {"bigram": Bigram, "gpt": GPT, "transformer": Transformer}
+# the token arrays a model of each task kind takes (tasks.py names them: 'inputs', and for
+# seq2seq 'decoder_inputs')
+INPUTS = {"lm": 1, "seq2seq": 2}
 
 
-def build_model(cfg, vocab_size: int):
-  """cfg: the `config.model` ConfigDict (validated). A language model maps tokens (B, T) to logits
-  (B, T, V); the transformer maps (source (B, S), decoder input (B, T)) to logits (B, T, V)."""
-  if cfg.name == "bigram":
-    return Bigram(vocab_size=vocab_size)
-  if cfg.name == "transformer":
-    return Transformer(
-        vocab_size=vocab_size, n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
-        max_len=cfg.max_len or cfg.block_size, dropout=cfg.dropout, norm=cfg.norm, pos=cfg.pos,
-        activation=cfg.activation, share_embeddings=cfg.share_embeddings,
-        tie_embeddings=cfg.tie_embeddings, use_bias=cfg.use_bias, dtype=cfg.dtype)
-  return GPT(
-      vocab_size=vocab_size, n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
-      max_len=cfg.max_len or cfg.block_size, dropout=cfg.dropout, norm=cfg.norm, pos=cfg.pos,
-      activation=cfg.activation, tie_embeddings=cfg.tie_embeddings, use_bias=cfg.use_bias,
-      dtype=cfg.dtype, attention=cfg.attention, scale_embeddings=cfg.scale_embeddings,
-      scan_layers=cfg.scan_layers)
+class Family(NamedTuple):
+  module: type  # the flax module, built as module(ModelConfig)
+  task: str  # its task kind: 'lm' | 'seq2seq' (tasks.py)
+  # (config.model, parameters less the position table) -> training FLOPs per token, or None
+  flops: Callable[..., int | None]
+  # config.model fields the family does not read, with why: config validation refuses a value
+  # other than the default, rather than ignore it
+  unread: dict = {}
+
+
+FAMILIES = {
+    "bigram": Family(Bigram, "lm", lambda m, n: flops.per_token(n)),
+    "gpt": Family(GPT, "lm", lambda m, n: flops.per_token(n, m.n_layer, m.block_size, m.n_embd)),
+    # a token passes through one of the two stacks: no one figure
+    "transformer": Family(Transformer, "seq2seq", lambda m, n: None, unread={
+        "scale_embeddings": "it always scales its embeddings by sqrt(n_embd), as Vaswani et al."}),
+}
+
+
+def build_model(model_config, vocab_size: int):
+  """model_config: the validated `config.model`. The family's flax module."""
+  family = FAMILIES[model_config.name]
+  return family.module(ModelConfig.from_config(model_config, vocab_size))
+
+
+def example_inputs(model_config) -> tuple:
+  """Token arrays of the shapes the family takes, for model.init (any length gives the same
+  parameters)."""
+  tokens = jnp.zeros((1, model_config.block_size), jnp.int32)
+  return (tokens,) * INPUTS[FAMILIES[model_config.name].task]
+
+
+def init_params(model, model_config, rng):
+  """The family's freshly initialized parameters."""
+  return model.init(rng, *example_inputs(model_config))["params"]
+
+
+def flops_per_token(model_config, n_params: int) -> int | None:
+  """model_config: config.model; n_params: flops.count_params(...)[1] (module docstring)."""
+  return FAMILIES[model_config.name].flops(model_config, n_params)

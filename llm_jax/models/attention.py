@@ -2,9 +2,10 @@
 
     Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V,   per head, heads concatenated, then projected.
 
-Self-attention passes the same array as queries and keys/values (one fused QKV projection);
-cross-attention passes the decoder states as queries and the encoder output as keys/values.
-`mask` is boolean, broadcastable to (B, H, T, S), True where a query may attend to a key.
+Self-attention (no `memory_BSC`) takes queries, keys and values from x (one fused QKV projection);
+cross-attention takes the queries from x (the decoder states) and the keys and values from
+`memory_BSC` (the encoder output). `mask` is boolean, broadcastable to (B, H, T, S), True where a
+query may attend to a key.
 
 With decode=True (self-attention only) keys and values are kept in the linen 'cache' collection:
 the call that creates the cache (model.init with decode=True) fixes its length from the input, and
@@ -16,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from llm_jax.models.dropout import Dropout, may_drop
+from llm_jax.models.model_config import ModelConfig
 
 
 def causal_mask(T: int, S: int | None = None, offset=0):
@@ -25,39 +27,36 @@ def causal_mask(T: int, S: int | None = None, offset=0):
   return (jnp.arange(S)[None, :] <= q_pos)[None, None]
 
 
-def padding_mask(q_valid_BT, kv_valid_BS):
-  """(B, 1, T, S) boolean from per-position validity (False at padding)."""
-  return q_valid_BT[:, None, :, None] & kv_valid_BS[:, None, None, :]
-
-
 class MultiHeadAttention(nn.Module):
-  n_head: int
-  dropout: float = 0.0
-  use_bias: bool = False
+  """Reads cfg's n_head, dropout, use_bias, dtype and `attention`, the implementation: 'einsum'
+  (the formula above written out) | 'dot_product' (jax.nn.dot_product_attention: XLA's fused
+  kernel where the backend has one, e.g. cuDNN on GPU)."""
+  cfg: ModelConfig
   # std of the output projection's init (it writes into the residual stream)
-  out_init_std: float = 0.02
-  dtype: jnp.dtype = jnp.float32
-  # 'einsum': the formula above written out | 'dot_product': jax.nn.dot_product_attention (XLA's
-  # fused kernel where the backend has one, e.g. cuDNN on GPU)
-  attention: str = "einsum"
+  out_init_std: float
 
   @nn.compact
-  def __call__(self, x_q_BTC, x_kv_BSC, mask, train: bool, decode: bool = False):
-    B, T, C = x_q_BTC.shape
-    H = self.n_head
+  def __call__(self, x_BTC, mask, train: bool, memory_BSC=None, decode: bool = False):
+    """Self-attention over x_BTC, or (memory_BSC given) cross-attention from x_BTC to it."""
+    cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
+    B, T, C = x_BTC.shape
+    H = cfg.n_head
     D = C // H
     dense = lambda shape, name: nn.DenseGeneral(
-        shape, use_bias=self.use_bias, dtype=self.dtype,
-        kernel_init=nn.initializers.normal(0.02), name=name)
-    S = x_kv_BSC.shape[1]
+        shape, use_bias=cfg.use_bias, dtype=dtype, kernel_init=nn.initializers.normal(0.02),
+        name=name)
     # the projections see (rows, C): XLA's CPU backend lays out their gradients far better in 2-D
-    x_NC = x_q_BTC.reshape(B * T, C)
-    if x_kv_BSC is x_q_BTC:
+    x_NC = x_BTC.reshape(B * T, C)
+    if memory_BSC is None:
       qkv_N3HD = dense((3, H, D), "qkv")(x_NC)
       q_BTHD, k_BSHD, v_BSHD = jnp.unstack(qkv_N3HD.reshape(B, T, 3, H, D), axis=2)
     else:
+      if decode:
+        raise ValueError("decode=True keeps a self-attention's keys and values; cross-attention "
+                         "recomputes them from the memory")
+      S = memory_BSC.shape[1]
       q_BTHD = dense((H, D), "query")(x_NC).reshape(B, T, H, D)
-      kv_M2HD = dense((2, H, D), "kv")(x_kv_BSC.reshape(B * S, C))
+      kv_M2HD = dense((2, H, D), "kv")(memory_BSC.reshape(B * S, C))
       k_BSHD, v_BSHD = jnp.unstack(kv_M2HD.reshape(B, S, 2, H, D), axis=2)
 
     if decode:
@@ -65,21 +64,21 @@ class MultiHeadAttention(nn.Module):
 
     # jax.nn.dot_product_attention has no dropout on the weights: with dropout while training the
     # einsum path runs whatever was asked
-    fused = self.attention == "dot_product" and not (train and may_drop(self.dropout))
+    fused = cfg.attention == "dot_product" and not (train and may_drop(cfg.dropout))
     if fused:
       out_BTHD = jax.nn.dot_product_attention(q_BTHD, k_BSHD, v_BSHD, mask=mask)
     else:
-      scores_BHTS = jnp.einsum("bthd,bshd->bhts", q_BTHD, k_BSHD) / jnp.sqrt(D).astype(self.dtype)
+      scores_BHTS = jnp.einsum("bthd,bshd->bhts", q_BTHD, k_BSHD) / jnp.sqrt(D).astype(dtype)
       scores_BHTS = scores_BHTS.astype(jnp.float32)
       if mask is not None:
         scores_BHTS = jnp.where(mask, scores_BHTS, jnp.finfo(jnp.float32).min)
       probs_BHTS = jax.nn.softmax(scores_BHTS, axis=-1)
-      probs_BHTS = Dropout(self.dropout)(probs_BHTS, deterministic=not train)
-      out_BTHD = jnp.einsum("bhts,bshd->bthd", probs_BHTS.astype(self.dtype), v_BSHD)
-    y_NC = nn.DenseGeneral(C, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype,
+      probs_BHTS = Dropout(cfg.dropout)(probs_BHTS, deterministic=not train)
+      out_BTHD = jnp.einsum("bhts,bshd->bthd", probs_BHTS.astype(dtype), v_BSHD)
+    y_NC = nn.DenseGeneral(C, axis=(-2, -1), use_bias=cfg.use_bias, dtype=dtype,
                            kernel_init=nn.initializers.normal(self.out_init_std),
                            name="out")(out_BTHD.reshape(B * T, H, D))
-    return Dropout(self.dropout)(y_NC.reshape(B, T, C), deterministic=not train)
+    return Dropout(cfg.dropout)(y_NC.reshape(B, T, C), deterministic=not train)
 
   def _update_cache(self, k_BTHD, v_BTHD):
     """Writes the new keys/values at `index`; returns all cached ones and the causal mask over them."""

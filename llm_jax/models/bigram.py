@@ -2,13 +2,15 @@
 
 import flax.linen as nn
 
+from llm_jax.models.model_config import ModelConfig
+
 
 class Bigram(nn.Module):
-  vocab_size: int
+  cfg: ModelConfig  # only vocab_size matters
 
   @nn.compact
   def __call__(self, idx_BT, train: bool = False, decode: bool = False):
     del train, decode  # no dropout; no context, so decoding needs no cache
-    table = nn.Embed(self.vocab_size, self.vocab_size, embedding_init=nn.initializers.normal(0.02),
-                     name="table")
+    V = self.cfg.vocab_size
+    table = nn.Embed(V, V, embedding_init=nn.initializers.normal(0.02), name="table")
     return table(idx_BT)  # (B, T, V)

@@ -4,8 +4,9 @@
                         as the head's matmul); L layers, T context, d width (= heads x head size)
 
 6N counts each weight's multiply-add in the forward (2N) and backward (4N) pass; 12 L T d the
-attention's two (T x T) matmuls per layer, forward and backward. The training loop prints it at
-start; the benchmark turns it into achieved FLOP/s and MFU.
+attention's two (T x T) matmuls per layer, forward and backward. Each model family names its
+figure in the registry (models/__init__.py); the training loop prints it at start, the benchmark
+turns it into achieved FLOP/s and MFU.
 """
 
 import jax
@@ -21,12 +22,6 @@ def count_params(params) -> tuple[int, int]:
   return total, total - positions
 
 
-def flops_per_token(model_config, n_params: int) -> int | None:
-  """model_config: config.model; n_params: count_params(...)[1]. The bigram has no attention;
-  None for the encoder-decoder (a token passes through one of its two stacks)."""
-  m = model_config
-  if m.name == "bigram":
-    return 6 * n_params
-  if m.name == "gpt":
-    return 6 * n_params + 12 * m.n_layer * m.block_size * m.n_embd
-  return None
+def per_token(n_params: int, n_layer: int = 0, context: int = 0, width: int = 0) -> int:
+  """6 N + 12 L T d; n_params: count_params(...)[1]. A model without attention: 6 N."""
+  return 6 * n_params + 12 * n_layer * context * width

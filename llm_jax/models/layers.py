@@ -1,4 +1,5 @@
-"""Building blocks shared by every model: positions, the feed-forward net, and the transformer block.
+"""What every model is built from: positions, the feed-forward net, the transformer Block, and the
+Stack of Blocks (GPT's body; each of the transformer's encoder and decoder).
 
 Shape letters: B batch, T query length, S key/value length, C model width (n_embd), V vocabulary.
 """
@@ -10,6 +11,7 @@ import numpy as np
 
 from llm_jax.models.attention import MultiHeadAttention
 from llm_jax.models.dropout import Dropout
+from llm_jax.models.model_config import ModelConfig
 
 
 def gelu(x):
@@ -50,23 +52,21 @@ class PositionalEncoding(nn.Module):
 
 class FeedForward(nn.Module):
   """Position-wise FFN: Dense(4C) -> activation -> Dense(C) -> dropout."""
-  hidden: int
-  activation: str
-  dropout: float
-  use_bias: bool
+  cfg: ModelConfig
+  # std of the init of the output projection (it writes into the residual stream)
   out_init_std: float
-  dtype: jnp.dtype
 
   @nn.compact
   def __call__(self, x_BTC, train: bool):
+    cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
     B, T, C = x_BTC.shape
     x_NC = x_BTC.reshape(B * T, C)
-    h_NF = nn.Dense(self.hidden, use_bias=self.use_bias, dtype=self.dtype,
+    h_NF = nn.Dense(4 * C, use_bias=cfg.use_bias, dtype=dtype,
                     kernel_init=nn.initializers.normal(0.02), name="fc")(x_NC)
-    h_NF = ACTIVATIONS[self.activation](h_NF)
-    y_NC = nn.Dense(C, use_bias=self.use_bias, dtype=self.dtype,
+    h_NF = ACTIVATIONS[cfg.activation](h_NF)
+    y_NC = nn.Dense(C, use_bias=cfg.use_bias, dtype=dtype,
                     kernel_init=nn.initializers.normal(self.out_init_std), name="proj")(h_NF)
-    return Dropout(self.dropout)(y_NC.reshape(B, T, C), deterministic=not train)
+    return Dropout(cfg.dropout)(y_NC.reshape(B, T, C), deterministic=not train)
 
 
 class Block(nn.Module):
@@ -76,35 +76,89 @@ class Block(nn.Module):
   norm='post': x = LN(x + Dropout(f(x)))   (the original Transformer)
   The GPT block, the encoder layer and the decoder layer (cross=True) are all this module.
   """
-  n_head: int
-  dropout: float
-  norm: str
-  activation: str
-  use_bias: bool
+  cfg: ModelConfig
   # std of the init of the projections that write into the residual stream (GPT-2: 0.02/sqrt(2L))
-  out_init_std: float = 0.02
+  out_init_std: float
   cross: bool = False
-  dtype: jnp.dtype = jnp.float32
-  # self-attention's implementation: 'einsum' | 'dot_product' (see MultiHeadAttention)
-  attention: str = "einsum"
 
   def _sublayer(self, x, f, name):
-    ln = nn.LayerNorm(epsilon=LN_EPS, use_bias=self.use_bias, name=f"ln_{name}")
-    if self.norm == "pre":
+    ln = nn.LayerNorm(epsilon=LN_EPS, use_bias=self.cfg.use_bias, name=f"ln_{name}")
+    if self.cfg.norm == "pre":
       return x + f(ln(x))
     return ln(x + f(x))
 
   @nn.compact
   def __call__(self, x_BTC, mask, train: bool, memory_BSC=None, memory_mask=None, decode=False):
-    attn = lambda name, **kw: MultiHeadAttention(
-        n_head=self.n_head, dropout=self.dropout, use_bias=self.use_bias,
-        out_init_std=self.out_init_std, dtype=self.dtype, name=name, **kw)
-    x_BTC = self._sublayer(
-        x_BTC, lambda h: attn("attn", attention=self.attention)(h, h, mask, train, decode=decode),
-        "attn")
+    attn = lambda name: MultiHeadAttention(self.cfg, self.out_init_std, name=name)
+    x_BTC = self._sublayer(x_BTC, lambda h: attn("attn")(h, mask, train, decode=decode), "attn")
     if self.cross:
       x_BTC = self._sublayer(
-          x_BTC, lambda h: attn("cross_attn")(h, memory_BSC, memory_mask, train), "cross")
-    ffn = FeedForward(4 * x_BTC.shape[-1], self.activation, self.dropout, self.use_bias,
-                      self.out_init_std, self.dtype, name="ffn")
+          x_BTC, lambda h: attn("cross_attn")(h, memory_mask, train, memory_BSC=memory_BSC),
+          "cross")
+    ffn = FeedForward(self.cfg, self.out_init_std, name="ffn")
     return self._sublayer(x_BTC, lambda h: ffn(h, train), "ffn")
+
+
+class ScannedBlock(nn.Module):
+  """A Block as the body of nn.scan: (x, broadcast inputs) -> (x, None)."""
+  cfg: ModelConfig
+  out_init_std: float
+  cross: bool
+  train: bool
+  decode: bool
+
+  @nn.compact
+  def __call__(self, x_BTC, mask, memory_BSC, memory_mask):
+    block = Block(self.cfg, self.out_init_std, self.cross, name="block")
+    return block(x_BTC, mask, self.train, memory_BSC, memory_mask, decode=self.decode), None
+
+
+class Stack(nn.Module):
+  """tokens (B, T) -> embedding x embed_scale + positions -> dropout -> n_layer Blocks -> final
+  LayerNorm -> (B, T, C): GPT's body, and each of the transformer's encoder and decoder (cross).
+
+  With norm='post' every sub-layer already ends in a LayerNorm, so the final one is applied only
+  with norm='pre' (as GPT-2). With decode=True the positions continue from the cache's `index`
+  (the attention keeps the keys and values). With cfg.scan_layers the Blocks are one nn.scan: one
+  block compiled once, parameters and KV cache stacked on a leading layer axis (params[block_name]
+  instead of [f'{block_name}_0'] ... [f'{block_name}_{n_layer-1}']).
+  """
+  cfg: ModelConfig
+  embed: nn.Module  # the token embedding, owned by the model (it may be shared, or be the head)
+  embed_scale: float  # the token embeddings are multiplied by this before the positions are added
+  out_init_std: float  # Block's
+  cross: bool = False
+  # how the families' checkpoints name the positional table and the blocks
+  pos_name: str = "pos"
+  block_name: str = "layer"
+
+  @nn.compact
+  def __call__(self, tokens_BT, mask, train: bool, memory_BSC=None, memory_mask=None,
+               decode: bool = False):
+    cfg = self.cfg
+    T = tokens_BT.shape[1]
+    if decode:  # positions continue from what the cache already holds
+      index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+      start = index.value
+      index.value = start + T
+    else:
+      start = 0
+    x_BTC = self.embed(tokens_BT)  # (B, T, C)
+    if self.embed_scale != 1.0:
+      x_BTC = x_BTC * self.embed_scale
+    x_BTC = PositionalEncoding(cfg.pos, cfg.max_len, name=self.pos_name)(
+        x_BTC, start + jnp.arange(T))
+    x_BTC = Dropout(cfg.dropout)(x_BTC, deterministic=not train).astype(jnp.dtype(cfg.dtype))
+    if cfg.scan_layers:  # each layer its own parameters, cache and dropout key
+      stack = nn.scan(ScannedBlock, variable_axes={"params": 0, "cache": 0},
+                      split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
+                      length=cfg.n_layer)
+      x_BTC, _ = stack(cfg, self.out_init_std, self.cross, train, decode, name=self.block_name)(
+          x_BTC, mask, memory_BSC, memory_mask)
+    else:
+      for i in range(cfg.n_layer):
+        x_BTC = Block(cfg, self.out_init_std, self.cross, name=f"{self.block_name}_{i}")(
+            x_BTC, mask, train, memory_BSC, memory_mask, decode=decode)
+    if cfg.norm == "pre":
+      x_BTC = nn.LayerNorm(epsilon=LN_EPS, use_bias=cfg.use_bias, name="ln_f")(x_BTC)
+    return x_BTC

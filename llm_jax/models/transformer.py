@@ -4,9 +4,10 @@
     decoder input (B, T) -> embed * sqrt(C) + positions -> n_layer decoder Blocks (attending to
         the memory) -> linear -> logits (B, T, V)
 
-An encoder Block is bidirectional self-attention + FFN; a decoder Block is causal self-attention,
-cross-attention (queries from the decoder, keys and values from the memory) + FFN. Both are the
-shared `Block` (layers.py), so every switch of GPT applies here too (norm, pos, activation, ...).
+Each stack is the `Stack` of GPT (layers.py): an encoder Block is bidirectional self-attention +
+FFN; a decoder Block is causal self-attention, cross-attention (queries from the decoder, keys and
+values from the memory) + FFN. So every switch of GPT applies here too (norm, pos, activation,
+attention, scan_layers, ...), but scale_embeddings: the embeddings are always scaled (below).
 
 Token id `pad_id` is padding in both sequences: no query ever attends to a padded key (source
 padding in the encoder and in cross-attention, target padding in the decoder), so padding changes
@@ -32,85 +33,32 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from llm_jax.models.attention import causal_mask
-from llm_jax.models.dropout import Dropout
-from llm_jax.models.layers import LN_EPS, Block, PositionalEncoding
-
-
-class Stack(nn.Module):
-  """Embedded tokens + positions through n_layer Blocks: the encoder, or the decoder (cross)."""
-  embed: nn.Module  # the token embedding, owned by the Transformer (it may be shared)
-  cross: bool
-  n_layer: int
-  n_head: int
-  max_len: int
-  dropout: float
-  norm: str
-  pos: str
-  activation: str
-  use_bias: bool
-  dtype: str
-
-  @nn.compact
-  def __call__(self, tokens_BT, mask, train: bool, memory_BSC=None, memory_mask=None,
-               decode: bool = False):
-    T = tokens_BT.shape[1]
-    dtype = jnp.dtype(self.dtype)
-    if decode:  # positions continue from what the cache already holds
-      index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
-      start = index.value
-      index.value = start + T
-    else:
-      start = 0
-    x_BTC = self.embed(tokens_BT) * math.sqrt(self.embed.features)
-    x_BTC = PositionalEncoding(self.pos, self.max_len, name="pos")(x_BTC, start + jnp.arange(T))
-    x_BTC = Dropout(self.dropout)(x_BTC, deterministic=not train).astype(dtype)
-    for i in range(self.n_layer):
-      x_BTC = Block(n_head=self.n_head, dropout=self.dropout, norm=self.norm,
-                    activation=self.activation, use_bias=self.use_bias,
-                    out_init_std=self.embed.features ** -0.5, cross=self.cross,
-                    dtype=dtype, name=f"layer_{i}")(
-                        x_BTC, mask, train, memory_BSC, memory_mask, decode=decode)
-    if self.norm == "pre":  # post-norm sub-layers already end in a LayerNorm
-      x_BTC = nn.LayerNorm(epsilon=LN_EPS, use_bias=self.use_bias, name="ln_f")(x_BTC)
-    return x_BTC
+from llm_jax.models.layers import Stack
+from llm_jax.models.model_config import ModelConfig
 
 
 class Transformer(nn.Module):
-  vocab_size: int
-  n_layer: int  # layers of each stack
-  n_head: int
-  n_embd: int
-  # size of the positional tables: the longest source, and the longest decoder input
-  max_len: int
-  dropout: float = 0.0
-  norm: str = "post"
-  pos: str = "sinusoidal"
-  activation: str = "relu"
-  share_embeddings: bool = True
-  tie_embeddings: bool = True
-  use_bias: bool = True
-  dtype: str = "float32"
-  # the token id of padding (the seq2seq tokenizer's PAD)
-  pad_id: int = 0
+  # n_layer is the layers of each stack; max_len the size of the positional tables (the longest
+  # source, and the longest decoder input); pad_id the token id of padding in both sequences
+  cfg: ModelConfig
 
   def setup(self):
-    embed = lambda: nn.Embed(self.vocab_size, self.n_embd,
-                             embedding_init=nn.initializers.normal(self.n_embd ** -0.5))
+    cfg = self.cfg
+    embed = lambda: nn.Embed(cfg.vocab_size, cfg.n_embd,
+                             embedding_init=nn.initializers.normal(cfg.n_embd ** -0.5))
     self.src_embed = embed()
-    self.tgt_embed = self.src_embed if self.share_embeddings else embed()
-    stack = lambda embed, cross: Stack(
-        embed=embed, cross=cross, n_layer=self.n_layer, n_head=self.n_head, max_len=self.max_len,
-        dropout=self.dropout, norm=self.norm, pos=self.pos, activation=self.activation,
-        use_bias=self.use_bias, dtype=self.dtype)
+    self.tgt_embed = self.src_embed if cfg.share_embeddings else embed()
+    stack = lambda embed, cross: Stack(cfg, embed, math.sqrt(cfg.n_embd),
+                                       out_init_std=cfg.n_embd ** -0.5, cross=cross)
     self.encoder = stack(self.src_embed, cross=False)
     self.decoder = stack(self.tgt_embed, cross=True)
-    if not self.tie_embeddings:
-      self.head = nn.Dense(self.vocab_size, use_bias=False,
+    if not cfg.tie_embeddings:
+      self.head = nn.Dense(cfg.vocab_size, use_bias=False,
                            kernel_init=nn.initializers.normal(0.02))
 
   def encode(self, inputs_BS, train: bool = False):
     """(B, S) source tokens -> memory (B, S, C). Every position attends to every real one."""
-    mask_B11S = (inputs_BS != self.pad_id)[:, None, None, :]
+    mask_B11S = (inputs_BS != self.cfg.pad_id)[:, None, None, :]
     return self.encoder(inputs_BS, mask_B11S, train)
 
   def decode(self, decoder_inputs_BT, memory_BSC, src_valid_BS, train: bool = False,
@@ -122,15 +70,15 @@ class Transformer(nn.Module):
     """
     T = decoder_inputs_BT.shape[1]
     mask_B1TT = None if decode else (
-        causal_mask(T) & (decoder_inputs_BT != self.pad_id)[:, None, None, :])
+        causal_mask(T) & (decoder_inputs_BT != self.cfg.pad_id)[:, None, None, :])
     x_BTC = self.decoder(decoder_inputs_BT, mask_B1TT, train, memory_BSC,
                          src_valid_BS[:, None, None, :], decode=decode)
     x_BTC = x_BTC.astype(jnp.float32)
-    if self.tie_embeddings:
+    if self.cfg.tie_embeddings:
       return self.tgt_embed.attend(x_BTC)
     return self.head(x_BTC)
 
   def __call__(self, inputs_BS, decoder_inputs_BT, train: bool = False):
     """Teacher forcing: logits (B, T, V) for every decoder position at once."""
     memory_BSC = self.encode(inputs_BS, train)
-    return self.decode(decoder_inputs_BT, memory_BSC, inputs_BS != self.pad_id, train)
+    return self.decode(decoder_inputs_BT, memory_BSC, inputs_BS != self.cfg.pad_id, train)

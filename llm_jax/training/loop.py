@@ -22,7 +22,8 @@ import optax
 from tqdm import tqdm
 
 from llm_jax.config import validate
-from llm_jax.models.flops import count_params, flops_per_token
+from llm_jax.models import flops_per_token
+from llm_jax.models.flops import count_params
 from llm_jax.tasks import build_task
 from llm_jax.errors import UserError
 from llm_jax.training import checkpoint, guards, parallel, signals, workdir as workdir_lib

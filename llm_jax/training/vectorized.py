@@ -11,6 +11,7 @@ and a sweep's report reads both alike.
 On one device only (jit); `config.parallel` is not used here.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -90,10 +91,9 @@ def train_vectorized(configs, workdirs) -> list[dict]:
     workdir_lib.write_run_files(w, c, t.tokenizer)
 
   task, input_keys = tasks[0], tasks[0].input_keys
-  has_dropout = "dropout" in getattr(task.model, "__dataclass_fields__", {})
 
   def model_and_tx(knobs):  # this run's model and optimizer, from its traced knobs
-    model = task.model.clone(dropout=knobs["dropout"]) if has_dropout else task.model
+    model = task.model.clone(cfg=dataclasses.replace(task.model.cfg, dropout=knobs["dropout"]))
     train_cfg = types.SimpleNamespace(**{**tc.to_dict(), **{k: knobs[k] for k in KNOBS[:3]}})
     return model, make_optimizer(train_cfg)
 
