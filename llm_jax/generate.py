@@ -4,20 +4,19 @@
     llm-jax generate --workdir=runs/transformer_reverse --prompt=abcdefgh   # -> hgfedcba
 
 A language model continues the prompt; the transformer takes it as a source and decodes its target
-greedily (each task kind's `generate`, tasks.py).
+greedily (each task kind's `generate`, tasks.py). Only the parameters are read from the checkpoint
+(no optimizer is built).
 """
 
 import os
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 
 from llm_jax.errors import UserError
 from llm_jax.models import build_model, init_params
 from llm_jax.tasks import task_kind
 from llm_jax.training import checkpoint, workdir as workdir_lib
-from llm_jax.training.optimizer import make_optimizer
-from llm_jax.training.steps import create_state
 
 
 def load_run(workdir: str, step: int | None = None):
@@ -37,15 +36,15 @@ def load_run(workdir: str, step: int | None = None):
     raise UserError(f"--step={step} was not saved in {workdir}: saved steps are "
                     f"{', '.join(map(str, steps))}")
   model = build_model(config.model, tokenizer.vocab_size)
-  tx = make_optimizer(config.train)
-  state_like = jax.eval_shape(lambda: create_state(
-      init_params(model, config.model, jax.random.key(0)), tx))
-  state_like = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), state_like)
+  shapes = jax.eval_shape(lambda: init_params(model, config.model, jax.random.key(0)))
+  # the step and the parameters alone: a partial restore, which needs no optimizer state
+  like = {"step": np.zeros((), np.int32),
+          "params": jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)}
   try:
     if step is None:  # the latest that restores: a damaged newest one is named and skipped
-      state, _ = checkpoint.restore_latest_good(manager, state_like, move_bad=False)
+      restored, _ = checkpoint.restore_latest_good(manager, like, move_bad=False)
     else:
-      state, _ = checkpoint.restore(manager, state_like, step)
+      restored, _ = checkpoint.restore(manager, like, step)
   except UserError:
     raise
   except Exception as e:  # noqa: BLE001 -- Orbax and TensorStore raise many kinds
@@ -54,7 +53,7 @@ def load_run(workdir: str, step: int | None = None):
                     f"latest good one") from None
   finally:
     manager.close()
-  return config, tokenizer, model, state.params, int(state.step)
+  return config, tokenizer, model, restored["params"], int(restored["step"])
 
 
 def check_sampling(max_new_tokens, temperature, top_k, top_p, num_samples, vocab_size):

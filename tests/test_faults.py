@@ -30,7 +30,7 @@ def tree_digest(workdir, step=None):
   """{leaf path: array} of a checkpoint's train state (default: the latest), read by Orbax."""
   manager = checkpoint.make_manager(workdir, 100, create=False)
   step = manager.latest_step() if step is None else step
-  out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore()))
   manager.close()
   return step, {jax.tree_util.keystr(p): np.asarray(x)
                 for p, x in jax.tree_util.tree_flatten_with_path(out.state)[0]}

@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 
 from conftest import TOY_TEXT, tiny_config
@@ -62,3 +64,25 @@ def test_the_command_prints_samples_and_exits_2_on_bad_input(run):
   r = subprocess.run(cmd + ["--top_p=2"], capture_output=True, text=True, timeout=120)
   assert r.returncode == 2 and "--top_p=2.0 is invalid" in r.stderr
   assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_generation_and_evaluation_read_the_saved_parameters_without_an_optimizer(run,
+                                                                                monkeypatch):
+  import optax
+  import orbax.checkpoint as ocp
+  from llm_jax.evaluate import evaluate_run
+  from llm_jax.generate import load_run
+
+  def no_optimizer(*args, **kwargs):
+    raise AssertionError("an optimizer was built")
+
+  monkeypatch.setattr(optax, "adamw", no_optimizer)
+  _, _, _, params, step = load_run(run)
+  manager = ocp.CheckpointManager(str(run / "checkpoints"))
+  saved = manager.restore(step)["state"]["params"]  # the whole state, as Orbax reads it
+  manager.close()
+  assert jax.tree.structure(params) == jax.tree.structure(saved)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(saved)):
+    np.testing.assert_array_equal(a, b)
+  assert len(generate_text(run, "the ", max_new_tokens=5)[0]) == 5
+  assert evaluate_run(run)["loss"] > 0

@@ -8,6 +8,7 @@ import pytest
 
 from conftest import tiny_config
 from llm_jax.config import default_config
+from llm_jax.errors import UserError
 from llm_jax.models import build_model
 from llm_jax.training import checkpoint
 from llm_jax.training.losses import make_loss_fn
@@ -118,3 +119,35 @@ def test_weight_decay_on_matrices_and_embeddings_only(scan_layers):
     assert name in ("bias", "scale") or p.ndim - layer_axis >= 2, path
     seen.add(name)
   assert seen == {"kernel", "embedding", "table", "bias", "scale"}  # every kind was there
+
+
+def test_a_checkpoint_of_the_standard_handler_restores_whole_and_its_params_alone(tmp_path):
+  """Checkpoints written before the state's handler became the PyTree one (by Orbax's
+  StandardCheckpointHandler, which wraps it) restore as they did, and their step and parameters
+  read alone, without the optimizer's state."""
+  c = default_config()
+  c.model.update(n_layer=1, n_head=2, n_embd=16, block_size=8)
+  m = build_model(c.model, 11)
+  params = m.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+  state = jax.device_get(create_state(params, make_optimizer(c.train)).replace(step=jnp.int32(7)))
+  old = ocp.CheckpointManager(str(tmp_path / "checkpoints"), item_handlers={
+      "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+  old.save(7, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                      meta=ocp.args.JsonSave({"best_val_loss": 1.5})))
+  old.wait_until_finished()
+  old.close()
+  manager = checkpoint.make_manager(tmp_path, 2, create=False)
+  zeros = lambda tree: jax.tree.map(np.zeros_like, tree)
+  whole, meta = checkpoint.restore(manager, zeros(state))
+  assert meta == {"best_val_loss": 1.5}
+  for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(state)):
+    np.testing.assert_array_equal(a, b)
+  alone, _ = checkpoint.restore(manager, {"step": np.zeros((), np.int32), "params": zeros(params)})
+  assert set(alone) == {"step", "params"} and int(alone["step"]) == 7
+  for a, b in zip(jax.tree.leaves(alone["params"]), jax.tree.leaves(state.params)):
+    np.testing.assert_array_equal(a, b)
+  other = {"step": np.zeros((), np.int32),
+           "params": {**zeros(params), "wte": {"embedding": np.zeros((12, 16), np.float32)}}}
+  with pytest.raises(UserError, match=r"holds another model \(params.wte.embedding is \(11, 16\)"):
+    checkpoint.restore(manager, other)
+  manager.close()

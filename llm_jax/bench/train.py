@@ -33,7 +33,7 @@ from llm_jax.models.flops import count_params
 from llm_jax.training import parallel
 from llm_jax.training.losses import make_loss_fn
 from llm_jax.training.optimizer import make_optimizer
-from llm_jax.training.steps import create_state, make_evaluate, make_train_step
+from llm_jax.training.steps import init_state, make_evaluate, make_train_step
 
 
 def _percentiles_ms(seconds) -> dict:
@@ -80,8 +80,7 @@ def run(config, steps: int = 20, warmup: int = 3, vocab_size: int = 65, decode_t
   model = build_model(m, vocab_size)
   loss_fn = make_loss_fn(model)
   tx = make_optimizer(tc)
-  state = jax.jit(lambda r: create_state(
-      model.init(r, jnp.zeros((1, T), jnp.int32))["params"], tx))(jax.random.key(config.seed))
+  state = jax.jit(lambda r: init_state(model, m, tx, r))(jax.random.key(config.seed))
   state = jax.device_get(state)
   n_params, n_params_flops = count_params(state.params)
   state = parallel.place_state(state, mode)

@@ -9,6 +9,9 @@ step that is complete by name but damaged (a truncated or missing file) fails to
 `restore_latest_good` then warns and tries the next older step; the damaged ones are moved aside
 to <workdir>/checkpoints_corrupt/ once a good one is found. A checkpoint of another model (other
 shapes, read from its metadata before any array) is a UserError, not a fallback.
+
+Part of the state restores alone (Orbax's partial restore): `generate` and `evaluate` read the
+step and the parameters without building an optimizer for the rest.
 """
 
 import os
@@ -29,15 +32,17 @@ def make_manager(workdir: str, keep: int, create: bool = True) -> ocp.Checkpoint
   # a killed save leaves `<step>.orbax-checkpoint-tmp-*`: never a step, deleted on start
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
                                          cleanup_tmp_directories=create)
-  # handlers named up front: a step's metadata (its arrays' shapes) reads before any restore
-  handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+  # handlers named up front: a step's metadata (its arrays' shapes) reads before any restore.
+  # The state's is the PyTree handler (what StandardCheckpointHandler wraps, so the steps it wrote
+  # read alike), whose restore can be partial
+  handlers = {"state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
   return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
 def save(manager: ocp.CheckpointManager, state, meta: dict) -> None:
   """state: numpy arrays (one host copy); every process calls this (Orbax syncs them)."""
   step = int(state.step)
-  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+  manager.save(step, args=ocp.args.Composite(state=ocp.args.PyTreeSave(state),
                                              meta=ocp.args.JsonSave(meta)), force=True)
 
 
@@ -46,12 +51,14 @@ def _name(path) -> str:
   return ".".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
-def check_shapes(manager: ocp.CheckpointManager, step: int, state_like) -> None:
+def check_shapes(manager: ocp.CheckpointManager, step: int, like) -> None:
   """A checkpoint of another model has other shapes: refused from its metadata, naming an array,
-  before Orbax reads (and rejects) the arrays themselves."""
+  before Orbax reads (and rejects) the arrays themselves. `like`: as restore's."""
   on_disk = {_name(p): tuple(m.shape) for p, m in
              jax.tree_util.tree_flatten_with_path(manager.item_metadata(step)["state"])[0]}
-  wanted = {_name(p): np.shape(x) for p, x in jax.tree_util.tree_flatten_with_path(state_like)[0]}
+  wanted = {_name(p): np.shape(x) for p, x in jax.tree_util.tree_flatten_with_path(like)[0]}
+  if _is_partial(like):  # the fields asked for are compared, the others are not read
+    on_disk = {n: s for n, s in on_disk.items() if n.split(".")[0] in like}
   where = f"checkpoint {manager.directory / str(step)}"
   fix = "use a fresh --workdir, or the config of the run that wrote it (its config.json)"
   for name in sorted(on_disk.keys() & wanted.keys(), key=lambda n: (not n.startswith("params"), n)):
@@ -64,12 +71,19 @@ def check_shapes(manager: ocp.CheckpointManager, step: int, state_like) -> None:
                     f"checkpoint and this config): {fix}")
 
 
-def restore(manager: ocp.CheckpointManager, state_like, step: int | None = None):
-  """(state, meta) from `step` (default: the latest), as numpy arrays shaped like `state_like`."""
+def _is_partial(like) -> bool:
+  """A dict of some of the state's fields ({'step': ..., 'params': ...}), not the state itself."""
+  return isinstance(like, dict)
+
+
+def restore(manager: ocp.CheckpointManager, like, step: int | None = None):
+  """(state, meta) from `step` (default: the latest), as numpy arrays shaped like `like`: the
+  whole train state, or a dict of some of its fields (those alone are read, as a dict)."""
   step = manager.latest_step() if step is None else step
-  check_shapes(manager, step, state_like)
-  out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(state_like),
-                                                      meta=ocp.args.JsonRestore()))
+  check_shapes(manager, step, like)
+  state = ocp.args.PyTreeRestore(item=like, partial_restore=_is_partial(like),
+                                 restore_args=ocp.checkpoint_utils.construct_restore_args(like))
+  out = manager.restore(step, args=ocp.args.Composite(state=state, meta=ocp.args.JsonRestore()))
   return out.state, out.meta
 
 
@@ -78,16 +92,16 @@ def _describe(e: BaseException) -> str:
   return f"{type(e).__name__}: {text[:200]}" + ("..." if len(text) > 200 else "")
 
 
-def restore_latest_good(manager: ocp.CheckpointManager, state_like, move_bad: bool = True):
-  """(state, meta) of the newest step that restores, newest first; each damaged step is named in
-  a warning. Once a good step is found, the damaged newer ones are (move_bad) moved to
-  <workdir>/checkpoints_corrupt/<step>, so that the run can save those steps again. No good step:
-  a UserError, and nothing is moved."""
+def restore_latest_good(manager: ocp.CheckpointManager, like, move_bad: bool = True):
+  """(state, meta) of the newest step that restores (`like`: as restore's), newest first; each
+  damaged step is named in a warning. Once a good step is found, the damaged newer ones are
+  (move_bad) moved to <workdir>/checkpoints_corrupt/<step>, so that the run can save those steps
+  again. No good step: a UserError, and nothing is moved."""
   directory = manager.directory
   bad = []
   for step in sorted(manager.all_steps(), reverse=True):
     try:
-      out = restore(manager, state_like, step)
+      out = restore(manager, like, step)
     except UserError:
       raise
     except Exception as e:  # noqa: BLE001 -- Orbax and TensorStore raise many kinds

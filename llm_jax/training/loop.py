@@ -16,7 +16,6 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from tqdm import tqdm
@@ -30,7 +29,7 @@ from llm_jax.training import checkpoint, guards, parallel, signals, workdir as w
 from llm_jax.training.events import EventWriter
 from llm_jax.training.losses import make_loss_fn
 from llm_jax.training.optimizer import lr_schedule, make_optimizer
-from llm_jax.training.steps import create_state, make_evaluate, make_train_step
+from llm_jax.training.steps import init_state, make_evaluate, make_train_step
 
 
 class MetricsLog:
@@ -112,9 +111,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   loss_fn = make_loss_fn(task.model, task.input_keys)
   tx = make_optimizer(tc)
   init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
-  example = [jnp.asarray(v[0, :1]) for k, v in task.eval_batches["val"].items()
-             if k in task.input_keys]
-  state = jax.jit(lambda r: create_state(task.model.init(r, *example)["params"], tx))(init_rng)
+  state = jax.jit(lambda r: init_state(task.model, config.model, tx, r))(init_rng)
   state = jax.device_get(state)  # the host copy: what checkpoints hold, for any device count
   workdir_lib.check_free_space(workdir, sum(np.asarray(x).nbytes for x in jax.tree.leaves(state)))
   axis = parallel.AXIS if mode == "pmap" else None

@@ -16,6 +16,8 @@ import jax.flatten_util
 import jax.numpy as jnp
 import optax
 
+from llm_jax.models import init_params
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -26,6 +28,13 @@ class TrainState:
 
 def create_state(params, tx) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def init_state(model, model_config, tx, rng) -> TrainState:
+  """The state before the first update: the model's parameters drawn from rng, the optimizer's
+  initial state, step 0. Pure: the training loop and the benchmark jit it, the vectorized runs
+  vmap it."""
+  return create_state(init_params(model, model_config, rng), tx)
 
 
 def make_train_step(loss_fn, tx, axis_name=None):

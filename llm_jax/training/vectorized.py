@@ -30,7 +30,7 @@ from llm_jax.training import checkpoint, signals, workdir as workdir_lib
 from llm_jax.training.loop import MetricsLog
 from llm_jax.training.losses import make_loss_fn
 from llm_jax.training.optimizer import lr_schedule, make_optimizer
-from llm_jax.training.steps import create_state, make_evaluate, make_train_step
+from llm_jax.training.steps import init_state, make_evaluate, make_train_step
 
 # the fields that may differ between the K runs: none of them changes a shape
 VMAPPABLE = ("seed", "train.learning_rate", "train.min_lr", "train.weight_decay", "model.dropout")
@@ -99,7 +99,7 @@ def train_vectorized(configs, workdirs) -> list[dict]:
 
   def init(rng, knobs):
     model, tx = model_and_tx(knobs)
-    return create_state(model.init(rng, *example)["params"], tx)
+    return init_state(model, configs[0].model, tx, rng)
 
   def train_step(state, batch, rng, knobs):
     model, tx = model_and_tx(knobs)
@@ -112,7 +112,6 @@ def train_vectorized(configs, workdirs) -> list[dict]:
   knobs = _knobs(configs)
   keys = [jax.random.split(jax.random.key(c.seed)) for c in configs]  # (init, dropout) per run
   init_rngs, dropout_rngs = jnp.stack([k[0] for k in keys]), jnp.stack([k[1] for k in keys])
-  example = [jnp.asarray(v[0, :1]) for k, v in task.eval_batches["val"].items() if k in input_keys]
   state = jax.device_get(jax.jit(jax.vmap(init))(init_rngs, knobs))  # (K, ...) host copy
   train_step = jax.jit(jax.vmap(train_step), donate_argnums=0)
   evaluate = jax.jit(jax.vmap(evaluate))
