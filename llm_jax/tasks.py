@@ -40,7 +40,7 @@ class Task(NamedTuple):
   # (params, n_tokens, seed) -> text showing what the model learned
   sample: Callable[[Any, int, int], str]
   # one line on the data, for the start-of-run summary
-  describe: str
+  summary_line: str
   tokens_per_example: int
 
 
@@ -72,8 +72,8 @@ def lm_task(config, tokenizer=None) -> Task:
       eval_batches={name: get_batch(tokens, T, eval_shape, config.seed, i, stream=EVAL_STREAM)
                     for i, (name, tokens) in enumerate((("train", data.train), ("val", data.val)))},
       eval_metrics=eval_metrics, sample=sample,
-      describe=f"vocab {data.tokenizer.vocab_size}, {len(data.train):,} train / "
-               f"{len(data.val):,} val tokens",
+      summary_line=f"vocab {data.tokenizer.vocab_size}, {len(data.train):,} train / "
+                   f"{len(data.val):,} val tokens",
       tokens_per_example=T)
 
 
@@ -119,9 +119,9 @@ def seq2seq_task(config, tokenizer=None) -> Task:
       train_batch=lambda step: seq2seq_data.get_batch(
           data.arrays["train"], (tc.grad_accum_steps, tc.batch_size), config.seed, step),
       eval_batches=eval_batches, eval_metrics=eval_metrics, sample=sample,
-      describe=f"task {config.data.task}: vocab {tok.vocab_size}, {n['train']:,} train / "
-               f"{n['val']:,} val / {n['test']:,} test examples, sources of <= {S} and targets "
-               f"of <= {T - 1} characters",
+      summary_line=f"task {config.data.task}: vocab {tok.vocab_size}, {n['train']:,} train / "
+                   f"{n['val']:,} val / {n['test']:,} test examples, sources of <= {S} and "
+                   f"targets of <= {T - 1} characters",
       tokens_per_example=S + T)
 
 

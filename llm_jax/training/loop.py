@@ -99,7 +99,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   parallel.init_distributed(config.distributed)
   mode = parallel.resolve(config.parallel)
   parallel.check_batch(config.train.batch_size, mode)
-  lead = jax.process_index() == 0  # only process 0 prints and writes files beside checkpoints
+  is_main_process = jax.process_index() == 0  # only it prints and writes files beside checkpoints
   workdir = os.path.abspath(workdir)
   workdir_lib.check_writable(workdir)
   saved = workdir_lib.read_config(workdir)
@@ -126,34 +126,35 @@ def train_and_evaluate(config, workdir: str) -> dict:
   manager = checkpoint.make_manager(workdir, tc.keep_checkpoints)
   meta = {"best_val_loss": math.inf, "skipped_updates": 0}
   if manager.all_steps():
-    state, restored_meta = checkpoint.restore_latest_good(manager, state, move_bad=lead)
+    state, restored_meta = checkpoint.restore_latest_good(manager, state, move_bad=is_main_process)
     meta.update(restored_meta)
-  if lead:  # after the restore: a workdir refused above keeps its files as they were
+  if is_main_process:  # after the restore: a workdir refused above keeps its files as they were
     workdir_lib.write_run_files(workdir, config, task.tokenizer)
   start = int(state.step)
   last_saved = start if start else None
   n_params, n_params_flops = count_params(state.params)
   state = parallel.place_state(state, mode)
-  log = MetricsLog(workdir, start) if lead else None
-  events = EventWriter(workdir, start) if lead else None
+  log = MetricsLog(workdir, start) if is_main_process else None
+  events = EventWriter(workdir, start) if is_main_process else None
   schedule = lr_schedule(tc)
   tokens_per_step = tc.batch_size * tc.grad_accum_steps * task.tokens_per_example
-  say = print if lead else (lambda *a, **k: None)
-  say(f"llm-jax: {config.model.name}, {task.describe}, " +
-      (f"resuming at step {start}" if start else "starting") + f" in {workdir}", flush=True)
+  print_main = print if is_main_process else (lambda *a, **k: None)
+  print_main(f"llm-jax: {config.model.name}, {task.summary_line}, " +
+             (f"resuming at step {start}" if start else "starting") + f" in {workdir}", flush=True)
   n_dev = parallel.n_devices(mode)
   flops = flops_per_token(config.model, n_params_flops)
-  say(f"llm-jax: {n_params / 1e6:.2f}M parameters, "
-      f"{_si(flops) + 'FLOPs' if flops else 'n/a FLOPs'}/token, {jax.process_count()} "
-      f"process(es), {n_dev} device(s) ({mode}), global batch {tc.batch_size * tc.grad_accum_steps}"
-      f" ({tc.batch_size // n_dev} examples per device x {tc.grad_accum_steps} accumulation "
-      f"steps), {tokens_per_step:,} tokens/step", flush=True)
+  print_main(f"llm-jax: {n_params / 1e6:.2f}M parameters, "
+             f"{_si(flops) + 'FLOPs' if flops else 'n/a FLOPs'}/token, {jax.process_count()} "
+             f"process(es), {n_dev} device(s) ({mode}), global batch "
+             f"{tc.batch_size * tc.grad_accum_steps} ({tc.batch_size // n_dev} examples per "
+             f"device x {tc.grad_accum_steps} accumulation steps), {tokens_per_step:,} tokens/step",
+             flush=True)
 
   def run_eval(step):
-    losses = {name: float(parallel.first(evaluate_split(state, b), mode))
+    losses = {name: float(parallel.host_metrics(evaluate_split(state, b), mode))
               for name, b in eval_batches.items()}
     meta["best_val_loss"] = min(meta["best_val_loss"], losses["val"])
-    if lead:
+    if is_main_process:
       params = parallel.host_state(state, mode).params
       extra = task.eval_metrics(params, losses)
       log.write({"step": step, "train_loss": losses["train"], "val_loss": losses["val"], **extra})
@@ -163,8 +164,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                  "".join(f", {k} {v:.4f}" for k, v in extra.items()))
     return losses
 
-  def fetch(pending):  # the pending steps' metrics on the host (one device's copy under pmap)
-    return [parallel.first(p, mode) for p in pending]
+  def metrics_to_host(pending):  # the pending steps' metrics (one device's copy under pmap)
+    return [parallel.host_metrics(p, mode) for p in pending]
 
   def check_finite(host, first_done):
     """'stop': the first non-finite loss or gradient norm among the fetched steps ends the run,
@@ -184,7 +185,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   losses = run_eval(start) if start == 0 else {}
   pending, ms_per_step = [], []
   t_last, n_since, t_start = time.perf_counter(), 0, time.perf_counter()
-  bar = tqdm(total=tc.max_steps, initial=start, disable=None if lead else True,
+  bar = tqdm(total=tc.max_steps, initial=start, disable=None if is_main_process else True,
              dynamic_ncols=True, unit="step")
   try:
     with signals.StopRequest() as stop:
@@ -193,10 +194,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
         state, metrics = train_step(state, batch, dropout_rng)
         pending.append(metrics)
         n_since += 1
-        done = step + 1
-        if done % tc.log_interval == 0 or done == tc.max_steps:
-          host = fetch(pending)
-          check_finite(host, done - n_since + 1)
+        steps_done = step + 1
+        if steps_done % tc.log_interval == 0 or steps_done == tc.max_steps:
+          host = metrics_to_host(pending)
+          check_finite(host, steps_done - n_since + 1)
           m = {k: guards.finite_mean([h[k] for h in host]) for k in host[0] if k != "skipped"}
           if skip:
             meta["skipped_updates"] += int(sum(h["skipped"] for h in host))
@@ -204,9 +205,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
           m["param_norm"] = float(param_norm(parallel.local_replica(state.params, mode)))
           dt = (time.perf_counter() - t_last) / n_since
           ms_per_step.append(dt * 1e3)
-          record = {"step": done, **m, "lr": float(schedule(step)), "ms_per_step": dt * 1e3,
+          record = {"step": steps_done, **m, "lr": float(schedule(step)), "ms_per_step": dt * 1e3,
                     "tokens_per_s": tokens_per_step / dt}
-          if lead:
+          if is_main_process:
             log.write(record)
             events.train(record)
           bar.update(n_since)
@@ -214,15 +215,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
                           tok_s=f"{record['tokens_per_s']:.0f}")
           pending, n_since = [], 0
           t_last = time.perf_counter()
-        if done % tc.eval_interval == 0 or done == tc.max_steps:
-          losses = run_eval(done)
-        if done % tc.checkpoint_every == 0 or done == tc.max_steps or stop.signum:
-          check_finite(fetch(pending), done - n_since + 1)  # never save a state past a NaN
+        if steps_done % tc.eval_interval == 0 or steps_done == tc.max_steps:
+          losses = run_eval(steps_done)
+        if steps_done % tc.checkpoint_every == 0 or steps_done == tc.max_steps or stop.signum:
+          # never save a state past a NaN
+          check_finite(metrics_to_host(pending), steps_done - n_since + 1)
           _save(manager, parallel.host_state(state, mode), meta, last_saved)
-          last_saved = done
+          last_saved = steps_done
         if stop.signum:
-          _wait(manager, done, last_saved)
-          raise signals.Interrupted(stop.signum, done, workdir)
+          _wait(manager, steps_done, last_saved)
+          raise signals.Interrupted(stop.signum, steps_done, workdir)
         t_last = time.perf_counter() if n_since == 0 else t_last
   finally:
     bar.close()
@@ -242,11 +244,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
              "skipped_updates": meta["skipped_updates"],
              "median_ms_per_step": float(np.median(steady)) if steady else None,
              "tokens_per_s": tokens_per_step / np.median(steady) * 1e3 if steady else None}
-  say(f"llm-jax: done at step {summary['step']}: {summary['tokens']:,} tokens in all "
-      f"({(summary['step'] - start) * tokens_per_step:,} in {wall_s:.1f}s of wall time), best val "
-      f"loss {summary['best_val_loss']:.4f}" +
-      (f", {meta['skipped_updates']} non-finite updates skipped" if skip else ""), flush=True)
-  if not lead:
+  print_main(f"llm-jax: done at step {summary['step']}: {summary['tokens']:,} tokens in all "
+             f"({(summary['step'] - start) * tokens_per_step:,} in {wall_s:.1f}s of wall time), "
+             f"best val loss {summary['best_val_loss']:.4f}" +
+             (f", {meta['skipped_updates']} non-finite updates skipped" if skip else ""),
+             flush=True)
+  if not is_main_process:
     return summary
   if tc.sample_tokens:
     summary["sample"] = task.sample(final.params, tc.sample_tokens, config.seed)

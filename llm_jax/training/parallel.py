@@ -74,11 +74,16 @@ def set_cpu_devices(config) -> int | None:
   return n
 
 
-def resolve(mode: str) -> str:
-  """'auto' -> 'pmap' when there are several devices, else 'none'."""
-  if mode == "auto":
-    return "pmap" if jax.device_count() > 1 else "none"
-  return mode
+# how the steps run, from config.parallel: 'jit' (on one device; config.parallel='none') or 'pmap'
+# (a replica on every device)
+MODES = {"none": "jit", "pmap": "pmap"}
+
+
+def resolve(parallel: str) -> str:
+  """config.parallel -> the mode: 'auto' is 'pmap' when there are several devices, else 'jit'."""
+  if parallel == "auto":
+    return "pmap" if jax.device_count() > 1 else "jit"
+  return MODES[parallel]
 
 
 def n_devices(mode: str) -> int:
@@ -148,6 +153,6 @@ def shard_batch(batch: dict, mode: str, axis: int) -> dict:
   return {k: shard(v) for k, v in batch.items()}
 
 
-def first(tree, mode: str):
+def host_metrics(tree, mode: str):
   """Metrics of a pmapped step (identical on every device after pmean) -> one copy, on the host."""
   return host_state(tree, mode)

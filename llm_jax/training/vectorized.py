@@ -34,8 +34,9 @@ from llm_jax.training.steps import init_state, make_evaluate, make_train_step
 
 # the fields that may differ between the K runs: none of them changes a shape
 VMAPPABLE = ("seed", "train.learning_rate", "train.min_lr", "train.weight_decay", "model.dropout")
-# of those, the ones fed to the traced step (the seed acts through the keys and batches)
-KNOBS = ("learning_rate", "min_lr", "weight_decay", "dropout")
+# of those, the config.train fields fed to the traced step's optimizer (the seed acts through the
+# keys and batches; the dropout rate through the model)
+OPTIMIZER_KNOBS = ("learning_rate", "min_lr", "weight_decay")
 
 
 def _flat(config) -> dict:
@@ -94,7 +95,8 @@ def train_vectorized(configs, workdirs) -> list[dict]:
 
   def model_and_tx(knobs):  # this run's model and optimizer, from its traced knobs
     model = task.model.clone(cfg=dataclasses.replace(task.model.cfg, dropout=knobs["dropout"]))
-    train_cfg = types.SimpleNamespace(**{**tc.to_dict(), **{k: knobs[k] for k in KNOBS[:3]}})
+    train_cfg = types.SimpleNamespace(**{**tc.to_dict(),
+                                         **{k: knobs[k] for k in OPTIMIZER_KNOBS}})
     return model, make_optimizer(train_cfg)
 
   def init(rng, knobs):
