@@ -129,8 +129,9 @@ def test_cross_attention_is_asked_for_not_guessed_from_its_inputs():
   """Cross-attention of x to x itself (the same array) keeps its own query and key/value
   projections; with the fused self-attention's weights split into them, it computes the same."""
   from llm_jax.models.attention import MultiHeadAttention
-  m, _ = make()
-  attn = MultiHeadAttention(m.cfg, 0.02)
+  c = default_config().model
+  c.update(n_head=2, n_embd=16, block_size=T)
+  attn = MultiHeadAttention(build_model(c, V).cfg, 0.02)
   x = jax.random.normal(jax.random.key(1), (2, 5, 16))
   self_params = attn.init(jax.random.key(0), x, None, False)["params"]
   cross_params = attn.init(jax.random.key(0), x, None, False, memory_BSC=x)["params"]

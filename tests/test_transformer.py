@@ -179,7 +179,8 @@ def test_a_beam_as_wide_as_all_prefixes_finds_the_best_sequence(model):
 def test_scanned_stacks_and_the_fused_attention_compute_the_same():
   """model.scan_layers and model.attention apply to the transformer too: with the loop's
   parameters stacked on a layer axis, the scanned stacks with jax.nn.dot_product_attention
-  compute the loop's einsum forward pass (padding included), and decode with their cache."""
+  compute the loop's einsum forward pass (padding included), and greedy decoding with their cache
+  is the argmax of that forward pass over its own output."""
   loop, params = make(**VARIANTS[1])
   scan, _ = make(**VARIANTS[1], scan_layers=True, attention="dot_product")
   stacked = dict(params)
@@ -189,9 +190,12 @@ def test_scanned_stacks_and_the_fused_attention_compute_the_same():
     stacked[stack]["layer"] = {"block": jax.tree.map(lambda *x: jnp.stack(x), *layers)}
   src, tgt = tokens(11, (2, S)), with_bos(tokens(12, (2, T)))
   src[0, 3:], tgt[1, 5:] = PAD, PAD
-  full = jax.jit(scan.apply)({"params": stacked}, src, tgt)
-  np.testing.assert_allclose(full, jax.jit(loop.apply)({"params": params}, src, tgt),
+  f = jax.jit(lambda x, y: scan.apply({"params": stacked}, x, y))
+  np.testing.assert_allclose(f(src, tgt), jax.jit(loop.apply)({"params": params}, src, tgt),
                              atol=1e-5, rtol=1e-5)
-  greedy = decoding.greedy_decode(scan, stacked, src, max_len=T, bos_id=BOS, eos_id=EOS)
-  np.testing.assert_array_equal(
-      greedy, decoding.greedy_decode(loop, params, src, max_len=T, bos_id=BOS, eos_id=EOS))
+  greedy = np.asarray(decoding.greedy_decode(scan, stacked, src, max_len=T, bos_id=BOS,
+                                             eos_id=EOS))
+  logits = np.array(f(src, np.concatenate([np.full((2, 1), BOS, np.int32), greedy[:, :-1]], 1)))
+  logits[..., [PAD, BOS]] = -np.inf  # never emitted
+  after_eos = np.cumsum(greedy == EOS, axis=1) - (greedy == EOS) > 0
+  np.testing.assert_array_equal(greedy, np.where(after_eos, PAD, np.argmax(logits, axis=-1)))
