@@ -35,9 +35,12 @@ def states(directory):
 
 def test_a_job_stopped_by_sigterm_is_requeued_and_ends_as_an_uninterrupted_run(tmp_path,
                                                                                toy_corpus):
-  steps = 400
-  d = write_experiment(tmp_path / "exp", toy_corpus,
-                       [{}, {"train.learning_rate": 1e30, "train.min_lr": 1e30}],
+  """And a run of two processes (one job of two tasks) that fails for a user error is not."""
+  steps = 300
+  # 2 processes x 8 devices (conftest's XLA_FLAGS), one example each
+  two_tasks = {"train.learning_rate": 1e30, "train.min_lr": 1e30, "slurm.tasks_per_node": 2,
+               "parallel": "pmap", "train.batch_size": 16}
+  d = write_experiment(tmp_path / "exp", toy_corpus, [{}, two_tasks],
                        overrides={"train.max_steps": steps, "train.lr_decay_steps": steps,
                                   "train.log_interval": 1, "train.eval_interval": steps,
                                   "train.checkpoint_every": steps})
@@ -46,6 +49,9 @@ def test_a_job_stopped_by_sigterm_is_requeued_and_ends_as_an_uninterrupted_run(t
   metrics = os.path.join(run.workdir, "metrics.jsonl")
   wait_until(lambda: os.path.exists(metrics) and '"loss"' in open(metrics).read())
   assert states(d)["base/seed0"][0] == "running"
+  report.write_report(spec.load_experiment(d))  # the report, while it runs
+  with open(os.path.join(d, "results.csv")) as f:
+    assert next(csv.DictReader(f))["status"] == "partial"
   # as SLURM signals a job's processes: the local controller passes SIGTERM on to its task
   os.kill(int(jobs[0].job_id), signal.SIGTERM)
   assert jobs[0].result()["step"] == steps
@@ -64,10 +70,11 @@ def test_a_job_stopped_by_sigterm_is_requeued_and_ends_as_an_uninterrupted_run(t
 
   # a user error is not requeued: one attempt, and --status shows its last error line
   out, err = (open(p).read() for p in (jobs[1].paths.stdout, jobs[1].paths.stderr))
+  assert "2 process(es), 16 device(s) (pmap)" in out  # the job's two tasks trained as one run
   assert out.count("starting in") == 1 and "resuming" not in out and "Requeued" not in err
   s = states(d)
   assert s["base/seed0"] == ("finished", "")
-  state, detail = s["learning_rate=1e+30,min_lr=1e+30/seed0"]
+  state, detail = s[f"{bad.point}/seed0"]
   assert state == "failed" and re.match(r"UserError: the training (loss|grad_norm) is nan at "
                                         r"step 2: no checkpoint was written", detail), detail
 
