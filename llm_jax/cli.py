@@ -25,6 +25,7 @@ commands:
   bpe       train a byte-level BPE:      llm-jax bpe --corpus=a.txt --vocab_size=4096 --out=a.tiktoken
   evaluate  score on held-out data:      llm-jax evaluate --workdir=runs/t --split=test --beam_size=4
   sweep     run an experiment's grid:    llm-jax sweep experiments/norm --jobs=2 [--vectorize]
+            or submit it to SLURM:       llm-jax sweep experiments/norm --launcher=submitit
   plot      draw runs' loss curves:      llm-jax plot runs/a runs/b --out=curves.png
   bench     speed, MFU and memory:       llm-jax bench --config=configs/gpt_char_baby.py --steps=20
 
@@ -131,15 +132,55 @@ def _define_sweep():
                     "weight decay or dropout together, in one vmapped program")
   flags.DEFINE_bool("report", False, "only write the report (results.csv/.md, plots) from the "
                     "runs so far")
+  flags.DEFINE_bool("status", False, "only show each run's state: finished, running, pending, "
+                    "failed (with its last error line) or not submitted")
+  flags.DEFINE_enum("launcher", "local", ["local", "submitit"], "local: a pool of processes here "
+                    "(--jobs); submitit: one job per run, submitted, then the command returns")
+  flags.DEFINE_enum("submitit_cluster", "slurm", ["slurm", "local", "debug"], "submitit's "
+                    "executor: slurm (sbatch), local (subprocesses here) or debug (this process)")
+  flags.DEFINE_string("slurm_partition", None, "SLURM partition of the jobs")
+  flags.DEFINE_integer("slurm_time", 60, "time limit of each job, in minutes (a job stopped by "
+                       "it saves, is requeued and resumes)")
+  flags.DEFINE_integer("slurm_gpus_per_task", None, "GPUs of each task (process)")
+  flags.DEFINE_integer("slurm_cpus_per_task", None, "CPU cores of each task (process)")
+  flags.DEFINE_string("slurm_mem", None, "memory of each node, as sbatch --mem takes it: 64G")
+  flags.DEFINE_string("slurm_additional", "", "more sbatch options: key=value,key=value "
+                      "(qos=high,constraint=a100)")
+
+
+SUBMITIT_FLAGS = ("submitit_cluster", "slurm_partition", "slurm_time", "slurm_gpus_per_task",
+                  "slurm_cpus_per_task", "slurm_mem", "slurm_additional")
+
+
+def _cluster():
+  try:
+    from llm_jax.sweep import cluster
+  except ImportError as e:
+    if e.name != "submitit":
+      raise
+    raise UserError("submitit is not installed: pip install -e '.[slurm]'") from None
+  return cluster
 
 
 def _sweep(argv):
   from llm_jax.sweep import report, runner, spec
   if len(argv) != 2:
     raise UserError("name one experiment folder: llm-jax sweep experiments/<name> [--jobs=2]")
-  if FLAGS.report:
+  if FLAGS.status:
+    _cluster().status(argv[1])
+  elif FLAGS.report:
     print(f"llm-jax sweep: wrote {', '.join(report.write_report(spec.load_experiment(argv[1])))}")
+  elif FLAGS.launcher == "submitit":
+    cluster = _cluster()
+    params = {"timeout_min": FLAGS.slurm_time, "slurm_partition": FLAGS.slurm_partition,
+              "slurm_gpus_per_task": FLAGS.slurm_gpus_per_task,
+              "slurm_cpus_per_task": FLAGS.slurm_cpus_per_task, "slurm_mem": FLAGS.slurm_mem,
+              "slurm_additional_parameters": cluster.parse_additional(FLAGS.slurm_additional)}
+    cluster.submit(argv[1], FLAGS.submitit_cluster, params)
   else:
+    given = [f"--{f}" for f in SUBMITIT_FLAGS if FLAGS[f].present]
+    if given:
+      raise UserError(f"{', '.join(given)}: for --launcher=submitit only (add it, or drop them)")
     runner.run_sweep(argv[1], FLAGS.jobs, FLAGS.vectorize)
 
 

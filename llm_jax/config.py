@@ -134,6 +134,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.eval_iters = 20
   # write metrics.jsonl and refresh the progress bar every this many steps
   c.train.log_interval = 10
+  # where stdout is not a terminal (a SLURM job's log, CI, a sweep's train.log; tqdm's bar draws
+  # nothing there): a plain progress line (step/total, loss, tokens/s, elapsed, ETA) at the first
+  # log step this many seconds after the previous line (0: at every log step)
+  c.train.log_seconds = 30.0
   # save a checkpoint every this many steps (and at the end)
   c.train.checkpoint_every = 500
   # checkpoints kept on disk (the newest ones)
@@ -238,6 +242,7 @@ def validate(c) -> None:
   for field in ("batch_size", "grad_accum_steps", "max_steps", "eval_interval", "eval_iters",
                 "log_interval", "checkpoint_every", "keep_checkpoints"):
     _require(t[field] > 0, f"train.{field}", t[field], "use a positive number")
+  _require(t.log_seconds >= 0, "train.log_seconds", t.log_seconds, "use 0 or more seconds")
   _require(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "use a positive rate")
   _require(0 <= t.min_lr <= t.learning_rate, "train.min_lr", t.min_lr,
            "use a rate in [0, train.learning_rate]")

@@ -24,6 +24,14 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 from llm_jax.config import default_config  # noqa: E402
 
+# submitit configures logging when first imported (logging.config.dictConfig, which closes every
+# handler there is): imported before pytest adds its own, a test that reaches it through the
+# command line cannot close them
+try:
+  import submitit  # noqa: E402,F401
+except ImportError:  # the [slurm] extra is not installed: tests/test_cluster.py fails to import
+  pass
+
 # a small text with a learnable structure, written to a file for corpus 'text_file'
 TOY_TEXT = ("the cat sat on the mat. the dog sat on the log. " * 40 +
             "a bird sang in the tree. a fish swam in the sea. " * 40)

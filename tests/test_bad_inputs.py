@@ -167,6 +167,9 @@ CASES = [
     # sweep
     (["sweep"], "experiment"),
     (["sweep", "{d}/nonexistent_experiment"], "nonexistent_experiment"),
+    (["sweep", "{d}/x", "--slurm_partition=gpu"], "--slurm_partition: for --launcher=submitit"),
+    (["sweep", "{d}/x", "--launcher=submitit", "--slurm_additional=qos"], "'qos' is not key=value"),
+    (["sweep", "{d}/x", "--launcher=submitit", "--slurm_time=0"], "--slurm_time=0 is invalid"),
     # plot
     (["plot", "{d}/nonexistent_run"], "nonexistent_run"),
     (["plot", "{d}/empty_dir"], "empty_dir has no metrics.jsonl"),

@@ -39,6 +39,7 @@ def test_default_and_shipped_configs_are_valid():
     ("train.lr_decay_steps", 50, "train.lr_decay_steps"),  # not past the 100 warmup steps
     ("train.beta2", 1.0, "train.beta2"),
     ("train.grad_clip", -1.0, "train.grad_clip"),
+    ("train.log_seconds", -1.0, "train.log_seconds"),
 ])
 def test_invalid_fields_are_refused_naming_the_field(field, value, named):
   c = default_config()

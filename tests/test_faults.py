@@ -103,6 +103,13 @@ def test_stop_request_sets_a_flag_then_a_second_signal_interrupts_at_once():
       os.kill(os.getpid(), signal.SIGINT)
       time.sleep(1)
   assert signal.getsignal(signal.SIGINT) is before
+  # SLURM's warning before the time limit, then its SIGTERM at the limit: the save goes on
+  with signals.StopRequest() as stop:
+    os.kill(os.getpid(), signal.SIGUSR2)
+    time.sleep(0.01)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.01)
+    assert stop.signum == signal.SIGUSR2
 
 
 def test_sigterm_finishes_the_step_saves_and_the_run_resumes(toy_corpus, tmp_path):

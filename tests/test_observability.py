@@ -2,6 +2,7 @@
 start and end summary lines."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -23,8 +24,9 @@ def run(tmp_path_factory):
   from conftest import TOY_TEXT
   (d / "toy.txt").write_text(TOY_TEXT)
   out = io.StringIO()
-  with contextlib.redirect_stdout(out):
-    summary = train_and_evaluate(tiny_config(d / "toy.txt", sample_tokens=8), str(d / "run"))
+  with contextlib.redirect_stdout(out):  # not a terminal, as a SLURM job's log
+    summary = train_and_evaluate(tiny_config(d / "toy.txt", sample_tokens=8, log_seconds=0),
+                                 str(d / "run"))
   return d / "run", summary, out.getvalue()
 
 
@@ -73,6 +75,17 @@ def test_start_and_end_summary_lines(run):
   assert summary["best_val_loss"] == min(
       json.loads(l)["val_loss"] for l in (workdir / "metrics.jsonl").read_text().splitlines()
       if "val_loss" in l)
+
+
+def test_a_log_that_is_not_a_terminal_gets_plain_progress_lines(run):
+  workdir, _, out = run
+  losses = {r["step"]: r["loss"] for r in map(json.loads, (workdir / "metrics.jsonl").open())
+            if "loss" in r}
+  lines = re.findall(r"^step (\d+)/20: loss (\d+\.\d{4}), [\d,]+ tokens/s, \d+m\d\ds elapsed, "
+                     r"ETA \d+m\d\ds$", out, re.M)
+  # log_seconds=0: one at each log step (log_interval=5), with that step's mean training loss
+  assert [int(s) for s, _ in lines] == [5, 10, 15, 20]
+  assert [float(l) for _, l in lines] == [round(losses[s], 4) for s in (5, 10, 15, 20)]
 
 
 def test_plot_draws_one_colour_per_run(run, tmp_path):

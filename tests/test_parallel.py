@@ -3,6 +3,7 @@ and a real 2-process run through jax.distributed on 127.0.0.1."""
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -77,17 +78,26 @@ def test_a_batch_that_does_not_divide_by_the_devices_is_refused(tmp_path, toy_co
     train_and_evaluate(c, str(tmp_path / "run"))
 
 
-def free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
+def free_port(candidates=(0,)):
+  """A port of `candidates` free on 127.0.0.1 (0: any)."""
+  for port in random.sample(list(candidates), min(len(candidates), 50)):
+    with socket.socket() as s:
+      try:
+        s.bind(("127.0.0.1", port))
+      except OSError:
+        continue
+      return s.getsockname()[1]
+  raise AssertionError("no free port")
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_processes(args, n, progress, stall_s=60, timeout_s=180):
-  """Runs `args + --config.distributed.process_id=i` for i < n; returns each one's (out, err).
+def run_processes(args, n, progress, stall_s=60, timeout_s=180, srun_job=None,
+                  poke=lambda procs: None, returncode=0):
+  """Runs `args + --config.distributed.process_id=i` for i < n, or with srun_job (a SLURM job id)
+  `args` in the environment srun gives task i of n on this machine; returns each one's (out, err).
+  poke(procs) runs at each poll; every process must exit with `returncode`.
 
   A run that hangs fails the test with every process's Python stack: when `progress()` (any value
   that changes as the run goes on) has not changed for `stall_s` seconds, or one process has
@@ -95,7 +105,10 @@ def run_processes(args, n, progress, stall_s=60, timeout_s=180):
   SIGABRT, which faulthandler turns into a dump of each thread's stack on stderr."""
   env = {**os.environ, "PYTHONFAULTHANDLER": "1",
          "XLA_FLAGS": f"--xla_force_host_platform_device_count=2 {FAST_COMPILE}"}
-  procs = [subprocess.Popen(args + [f"--config.distributed.process_id={i}"], cwd=ROOT, env=env,
+  srun = lambda i: {"SLURM_JOB_ID": str(srun_job), "SLURM_STEP_NODELIST": "127.0.0.1",
+                    "SLURM_NTASKS": str(n), "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)}
+  procs = [subprocess.Popen(args + ([] if srun_job else [f"--config.distributed.process_id={i}"]),
+                            cwd=ROOT, env={**env, **(srun(i) if srun_job else {})},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
            for i in range(n)]
   # read the pipes as they fill, so that a chatty process never blocks on a full pipe
@@ -109,10 +122,11 @@ def run_processes(args, n, progress, stall_s=60, timeout_s=180):
   try:
     while any(p.poll() is None for p in procs):
       time.sleep(0.5)
+      poke(procs)
       now, value = time.monotonic(), progress()
       if value != seen:
         seen, last_change = value, now
-      if any(p.returncode not in (None, 0) for p in procs):
+      if any(p.returncode not in (None, returncode) for p in procs):
         why = "a process failed while another still ran"
       elif now - last_change > stall_s:
         why = f"no progress for {stall_s} s"
@@ -133,7 +147,7 @@ def run_processes(args, n, progress, stall_s=60, timeout_s=180):
     for t in readers:
       t.join(timeout=10)
   results = [("".join(o), "".join(e)) for o, e in outs]
-  if why or any(p.returncode for p in procs):
+  if why or any(p.returncode != returncode for p in procs):
     report = "\n".join(f"--- process {i} (exit {p.returncode}) stderr:\n{err[-6000:]}"
                         for i, (p, (_, err)) in enumerate(zip(procs, results)))
     pytest.fail(f"{why or 'a process failed'}:\n{report}")
@@ -195,6 +209,34 @@ def test_two_processes_evaluate_sample_save_and_resume_past_a_damaged_checkpoint
   assert sorted(evals) == [0, 5, 10, 15]
   assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "15", "5"]
   assert (workdir / "checkpoints_corrupt" / "10").is_dir()
+
+
+def test_srun_tasks_join_and_a_signal_to_one_stops_both_at_the_same_step(runs, tmp_path):
+  """Two `llm-jax train` processes with only what srun gives each task: JAX's SLURM detection
+  joins them. SIGTERM reaches one of them only: both save the same step and stop (one that saved,
+  an Orbax barrier, while the other ran the next step, a collective, would hang both)."""
+  tmp, r = runs
+  workdir = tmp_path / "run"
+  port = free_port(range(65535 - 2 ** 12 + 1, 65536))  # JAX's: the SLURM job id's, mod 4096
+  args = two_process_args(tmp / "toy.txt", workdir, 1000, eval_interval=1000,
+                          checkpoint_every=1000)[:-2]  # no distributed flags
+  metrics = workdir / "metrics.jsonl"
+
+  def signal_one(procs):
+    if not signal_one.sent and metrics.exists() and metrics.read_text().count('"loss"') >= 3:
+      procs[1].send_signal(signal.SIGTERM)
+      signal_one.sent = True
+  signal_one.sent = False
+
+  outs = run_processes(args, 2, metrics_size(workdir), stall_s=30, srun_job=port + 4096 * 7,
+                       poke=signal_one, returncode=128 + signal.SIGTERM)
+  assert "2 process(es), 4 device(s) (pmap)" in outs[0][0]
+  assert "SIGTERM: saving" in outs[1][1] and "SIGTERM: saving" not in outs[0][1]
+  stopped = [int(e.strip().splitlines()[-1].split(" at step ")[1].split(";")[0]) for _, e in outs]
+  assert stopped[0] == stopped[1] and sorted(os.listdir(workdir / "checkpoints")) == [
+      str(stopped[0])]
+  train, _ = read_metrics(workdir)
+  assert_close(train, {s: l for s, l in r["none"][0].items() if s <= stopped[0]})
 
 
 @pytest.mark.parametrize("batch_size, cpu_devices, parallel", [

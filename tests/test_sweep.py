@@ -53,6 +53,10 @@ def test_experiment_expands_points_x_seeds_with_names_and_workdirs(tmp_path, toy
     ([{"model.norm": "mid"}], None, "config.model.norm='mid' is invalid"),
     ([{}], {"train.nope": 1}, "'train.nope' is not a config field"),
     ([{"model.norm": "pre"}, {"model.norm": "pre"}], None, "same overrides"),
+    ([{"slurm.gpus": 2}], None, "slurm.gpus=2 is invalid: use slurm.nodes or slurm.tasks_per_node"),
+    ([{}], {"slurm.nodes": 0}, "slurm.nodes=0 is invalid"),
+    ([{"slurm.tasks_per_node": 2}], None, "2 processes (slurm.nodes x slurm.tasks_per_node): use "
+                                          "--launcher=submitit"),
 ])
 def test_a_bad_override_fails_before_any_run_starts(tmp_path, toy_corpus, points, overrides,
                                                     message):

@@ -24,6 +24,7 @@ from llm_jax import hostmem
 from llm_jax.errors import UserError
 from llm_jax.sweep import report, worker
 from llm_jax.sweep.spec import is_finished, load_experiment
+from llm_jax.training.loop import duration
 from llm_jax.training.vectorized import shared_key
 
 LOG_FILE = "train.log"
@@ -64,9 +65,17 @@ def _child_env(jobs: int) -> dict:
   return env
 
 
-def _elapsed(seconds: float) -> str:
-  m, s = divmod(int(seconds), 60)
-  return f"{m // 60}h{m % 60:02d}m" if m >= 60 else f"{m}m{s:02d}s"
+def runs_to_train(exp) -> list:
+  """The experiment's unfinished runs, once those whose resolved config finished in a sibling
+  experiment are copied from there."""
+  todo = [r for r in exp.runs if not is_finished(r)]
+  for r in todo:
+    twin = None if os.path.exists(r.workdir) else find_twin(r, os.path.dirname(exp.directory))
+    if twin:  # the same config finished elsewhere: its workdir is this run's result
+      shutil.copytree(twin, r.workdir)
+      print(f"llm-jax sweep {exp.name}: copied {r.point}/seed{r.seed} from "
+            f"{os.path.relpath(twin, exp.directory)} (the same config, finished)", flush=True)
+  return [r for r in todo if not is_finished(r)]
 
 
 def run_sweep(directory: str, jobs: int = 1, vectorize: bool = False) -> list[str]:
@@ -75,17 +84,12 @@ def run_sweep(directory: str, jobs: int = 1, vectorize: bool = False) -> list[st
   if jobs < 1:
     raise UserError(f"--jobs={jobs} is invalid: use 1 or more processes")
   exp = load_experiment(directory)  # every run checked before any starts
-  todo = [r for r in exp.runs if not is_finished(r)]
-  copied = []
-  for r in todo:
-    twin = None if os.path.exists(r.workdir) else find_twin(r, os.path.dirname(exp.directory))
-    if twin:  # the same config finished elsewhere: its workdir is this run's result
-      shutil.copytree(twin, r.workdir)
-      copied.append(f"{r.point}/seed{r.seed} from {os.path.relpath(twin, exp.directory)}")
-  todo = [r for r in todo if not is_finished(r)]
+  for r in exp.runs:
+    if r.nodes * r.tasks_per_node > 1:
+      raise UserError(f"point {r.point} trains each run over {r.nodes * r.tasks_per_node} "
+                      "processes (slurm.nodes x slurm.tasks_per_node): use --launcher=submitit")
+  todo = runs_to_train(exp)
   skipped = len(exp.runs) - len(todo)
-  for line in copied:
-    print(f"llm-jax sweep {exp.name}: copied {line} (the same config, finished)", flush=True)
   units = make_units(todo, vectorize)
   total = len(exp.runs)
   print(f"llm-jax sweep {exp.name}: {total} runs ({len(exp.points)} points x "
@@ -108,7 +112,7 @@ def run_sweep(directory: str, jobs: int = 1, vectorize: bool = False) -> list[st
     print(f"llm-jax sweep {exp.name}: points {p_done}/{len(by_point)} done, {p_running} running, "
           f"{len(by_point) - p_done - p_running} left; runs {len(done)}/{total} done, "
           f"{len(active)} running, {left} left" + (f", {len(failed)} failed" if failed else "") +
-          f" [{_elapsed(time.perf_counter() - t0)}]", flush=True)
+          f" [{duration(time.perf_counter() - t0)}]", flush=True)
 
   try:
     while units or running:
@@ -143,8 +147,8 @@ def run_sweep(directory: str, jobs: int = 1, vectorize: bool = False) -> list[st
   children = resource.getrusage(resource.RUSAGE_CHILDREN)
   cpu_s = children.ru_utime + children.ru_stime - cpu0
   outputs = report.write_report(exp)
-  print(f"llm-jax sweep {exp.name}: {_elapsed(time.perf_counter() - t0)} of wall time, "
-        f"{_elapsed(cpu_s)} of CPU time in the training processes; report in "
+  print(f"llm-jax sweep {exp.name}: {duration(time.perf_counter() - t0)} of wall time, "
+        f"{duration(cpu_s)} of CPU time in the training processes; report in "
         f"{', '.join(outputs)}", flush=True)
   if failed:
     raise UserError(f"{len(failed)} of {total} runs failed (their train.log says why); rerun the "

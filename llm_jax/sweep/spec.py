@@ -14,6 +14,10 @@
           "seeds": [0, 1, 2],
       }
 
+A point (or the shared overrides) may also ask for the processes each of its runs trains on under
+`--launcher=submitit`: `"slurm.nodes": 2, "slurm.tasks_per_node": 4` (one run over 8 processes,
+one per GPU; see parallel.init_distributed).
+
 `load_experiment` expands and checks every run before any starts: an unknown field, a value of the
 wrong type or an invalid config is one error naming the point and the field.
 """
@@ -32,6 +36,8 @@ from llm_jax.errors import UserError
 
 EXPERIMENT_FILE = "experiment.py"
 KEYS = {"base", "overrides", "points", "seeds"}
+# the fields of a point that are not config fields: the processes of each of its runs
+RESOURCES = ("slurm.nodes", "slurm.tasks_per_node")
 
 
 class Run(NamedTuple):
@@ -40,6 +46,8 @@ class Run(NamedTuple):
   seed: int
   config: ml_collections.ConfigDict  # resolved: base + shared overrides + point + seed
   workdir: str
+  nodes: int = 1  # slurm.nodes: one run trains over nodes x tasks_per_node processes
+  tasks_per_node: int = 1  # slurm.tasks_per_node
 
 
 class Experiment(NamedTuple):
@@ -123,14 +131,21 @@ def load_experiment(directory: str) -> Experiment:
     for seed in seeds:
       where = f"{path}: point {name}, seed {seed}"
       config = base_module.get_config()
+      resources = {"nodes": 1, "tasks_per_node": 1}
       for field, value in {**spec.get("overrides", {}), **overrides, "seed": seed}.items():
-        set_field(config, field, value, where)
+        if field.startswith("slurm."):
+          if field not in RESOURCES or not isinstance(value, int) or value < 1:
+            raise UserError(f"{where}: {field}={value!r} is invalid: use "
+                            f"{' or '.join(RESOURCES)}, a positive integer")
+          resources[field.removeprefix("slurm.")] = value
+        else:
+          set_field(config, field, value, where)
       try:
         validate(config)
       except UserError as e:
         raise UserError(f"{where}: {e}") from None
       runs.append(Run(name, overrides, seed, config,
-                      os.path.join(directory, "runs", name, f"seed{seed}")))
+                      os.path.join(directory, "runs", name, f"seed{seed}"), **resources))
   return Experiment(os.path.basename(directory), directory, runs, list(zip(names, points)))
 
 

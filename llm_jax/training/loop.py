@@ -6,13 +6,16 @@ The batch of step s is drawn from (seed, s) and the dropout key is folded with s
 from a checkpoint continues exactly as the uninterrupted run would (bitwise on CPU), whether it
 stopped on a signal (signals.py: the step finishes and a checkpoint is saved), was killed (the
 last complete checkpoint is used; a damaged one is skipped, checkpoint.py) or met a non-finite
-loss (guards.py: stop, or skip the update). Process 0 writes metrics.jsonl and TensorBoard events
-(events.py) in the workdir.
+loss (guards.py: stop, or skip the update). With several processes, every process stops at the
+same step: the signal one of them received is shared at each log step (parallel.first_stop_signal).
+Process 0 writes metrics.jsonl and TensorBoard events (events.py) in the workdir, and prints a
+plain progress line every train.log_seconds where the progress bar draws nothing (no terminal).
 """
 
 import json
 import math
 import os
+import sys
 import time
 
 import jax
@@ -58,6 +61,12 @@ def _si(x: float) -> str:
     if x >= scale:
       return f"{x / scale:.2f}{unit}"
   return f"{x:.0f}"
+
+
+def duration(seconds: float) -> str:
+  """'4m05s', '2h07m'."""
+  m, s = divmod(int(seconds), 60)
+  return f"{m // 60}h{m % 60:02d}m" if m >= 60 else f"{m}m{s:02d}s"
 
 
 def _save(manager, state, meta, last_saved):
@@ -187,6 +196,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   t_last, n_since, t_start = time.perf_counter(), 0, time.perf_counter()
   bar = tqdm(total=tc.max_steps, initial=start, disable=None if is_main_process else True,
              dynamic_ncols=True, unit="step")
+  # a SLURM log, CI, a sweep's train.log: tqdm draws nothing there, so a plain line instead
+  plain = is_main_process and (bar.disable or not sys.stdout.isatty())
+  t_line = t_start
+  one_process = jax.process_count() == 1
   try:
     with signals.StopRequest() as stop:
       for step in range(start, tc.max_steps):
@@ -195,7 +208,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
         pending.append(metrics)
         n_since += 1
         steps_done = step + 1
+        # one process stops at the next step; several, all at the next log step
+        stopping = stop.signum if one_process else None
         if steps_done % tc.log_interval == 0 or steps_done == tc.max_steps:
+          if not one_process:
+            stopping = parallel.first_stop_signal(stop.signum)
           host = metrics_to_host(pending)
           check_finite(host, steps_done - n_since + 1)
           m = {k: guards.finite_mean([h[k] for h in host]) for k in host[0] if k != "skipped"}
@@ -213,18 +230,24 @@ def train_and_evaluate(config, workdir: str) -> dict:
           bar.update(n_since)
           bar.set_postfix(loss=f"{m['loss']:.4f}", val=f"{losses.get('val', math.nan):.4f}",
                           tok_s=f"{record['tokens_per_s']:.0f}")
+          now = time.perf_counter()
+          if plain and now - t_line >= tc.log_seconds:
+            eta = (now - t_start) / (steps_done - start) * (tc.max_steps - steps_done)
+            print(f"step {steps_done}/{tc.max_steps}: loss {m['loss']:.4f}, "
+                  f"{record['tokens_per_s']:,.0f} tokens/s, {duration(now - t_start)} elapsed, "
+                  f"ETA {duration(eta)}", flush=True)
+            t_line = now
           pending, n_since = [], 0
           t_last = time.perf_counter()
         if steps_done % tc.eval_interval == 0 or steps_done == tc.max_steps:
           losses = run_eval(steps_done)
-        if steps_done % tc.checkpoint_every == 0 or steps_done == tc.max_steps or stop.signum:
-          # never save a state past a NaN
-          check_finite(metrics_to_host(pending), steps_done - n_since + 1)
+        if steps_done % tc.checkpoint_every == 0 or steps_done == tc.max_steps or stopping:
+          check_finite(metrics_to_host(pending), steps_done - n_since + 1)  # never save a state past a NaN
           _save(manager, parallel.host_state(state, mode), meta, last_saved)
           last_saved = steps_done
-        if stop.signum:
+        if stopping:
           _wait(manager, steps_done, last_saved)
-          raise signals.Interrupted(stop.signum, steps_done, workdir)
+          raise signals.Interrupted(stopping, steps_done, workdir)
         t_last = time.perf_counter() if n_since == 0 else t_last
   finally:
     bar.close()

@@ -8,8 +8,9 @@ splits that over its local devices. So 1 device and N devices compute the same m
 gradient, up to the order of float additions.
 
 Multi-host: `init_distributed` calls jax.distributed.initialize from config.distributed or the
-environment (LLM_JAX_COORDINATOR_ADDRESS, LLM_JAX_NUM_PROCESSES, LLM_JAX_PROCESS_ID), before JAX
-starts; on CPU the collectives go through gloo.
+environment (LLM_JAX_COORDINATOR_ADDRESS, LLM_JAX_NUM_PROCESSES, LLM_JAX_PROCESS_ID), or, inside
+`srun` with several tasks and none of those given, from SLURM's environment (JAX's own cluster
+detection), before JAX starts; on CPU the collectives go through gloo.
 """
 
 import os
@@ -22,23 +23,49 @@ from llm_jax.errors import UserError
 AXIS = "batch"
 
 
+# what srun sets in each task's environment, as JAX's SLURM detection reads it
+SLURM_TASK_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
+                   "SLURM_LOCALID")
+
+
 def init_distributed(cfg) -> None:
-  """cfg: config.distributed. Starts jax.distributed when more than one process is asked for."""
+  """cfg: config.distributed. Starts jax.distributed when more than one process is asked for,
+  explicitly or by srun (a job step of several tasks)."""
   address = os.environ.get("LLM_JAX_COORDINATOR_ADDRESS", cfg.coordinator_address)
   n = int(os.environ.get("LLM_JAX_NUM_PROCESSES", cfg.num_processes))
   pid = int(os.environ.get("LLM_JAX_PROCESS_ID", cfg.process_id))
-  if n <= 1:
+  srun = (n <= 1 and all(v in os.environ for v in SLURM_TASK_VARS)
+          and int(os.environ["SLURM_NTASKS"]) > 1)
+  if n <= 1 and not srun:
     return
-  if not address:
+  if not srun and not address:
     raise UserError(f"config.distributed.num_processes={n} needs a coordinator: pass "
                     f"--config.distributed.coordinator_address=host:port")
-  if not 0 <= pid < n:
+  if not srun and not 0 <= pid < n:
     raise UserError(f"config.distributed.process_id={pid} is invalid: use 0..{n - 1}")
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   # no persistent compilation cache across processes: with it, 2 processes on one machine hung in
   # a collective in 1 of 5 runs; none of 16 without it
   jax.config.update("jax_enable_compilation_cache", False)
-  jax.distributed.initialize(coordinator_address=address, num_processes=n, process_id=pid)
+  if srun:
+    # JAX reads the task count and index (SLURM_NTASKS, SLURM_PROCID) and the coordinator (the
+    # step's first node, a port from the job id). It assumes one task per GPU, each seeing every
+    # GPU of its node, and gives task i GPU SLURM_LOCALID; JAX_LOCAL_DEVICE_IDS sets another layout
+    jax.distributed.initialize()
+  else:
+    jax.distributed.initialize(coordinator_address=address, num_processes=n, process_id=pid)
+
+
+def first_stop_signal(signum: int | None) -> int | None:
+  """The stop signal that any process has received (None: none), the same answer on every
+  process. With several processes it is a collective, so each calls it at the same step: then
+  all stop and save at the same step (one that saved, an Orbax barrier, while another ran the
+  next step, a collective, would wait forever)."""
+  if jax.process_count() == 1:
+    return signum
+  from jax.experimental import multihost_utils
+  seen = multihost_utils.process_allgather(np.int32(signum or 0))  # (processes,)
+  return int(seen.max()) or None
 
 
 def enable_compilation_cache(path: str | None = None) -> str | None:

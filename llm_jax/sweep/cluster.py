@@ -1,0 +1,254 @@
+"""Sweeps on a cluster through submitit: `llm-jax sweep EXP --launcher=submitit`.
+
+Each run (point x seed) is one job of a job array (one array for each slurm.nodes x
+slurm.tasks_per_node that the points ask for); the command returns once they are submitted.
+<experiment>/submitit/ holds the jobs' logs and jobs.json, which job trains which run. A job calls
+TrainRun(workdir): train_and_evaluate on the run's workdir, resuming what it holds.
+
+Preemption and time limits: told to stop (SIGTERM, or SIGUSR2, which SLURM sends before the time
+limit as submitit asks it to), the loop finishes the step, saves and raises Interrupted. The job
+then calls the handler submitit installed for its preemption signal, as if the signal came now:
+it takes TrainRun.checkpoint() (the same run, submitted again), requeues the job (`scontrol
+requeue` on SLURM; exit code 144 on the local executor, whose controller starts the job again)
+and exits. The requeued job resumes from the checkpoint, exactly. A job that fails for a user
+error (UserError), or is stopped by SIGINT (a person, or the local executor's cancel), is not
+requeued: it ends with its error.
+
+`status` tells each run's state from its workdir (summary.json, metrics.jsonl) and from its job
+(submitit's result file, else the scheduler).
+"""
+
+import contextlib
+import json
+import os
+import re
+import signal
+import sys
+import zlib
+
+import submitit
+
+from llm_jax.errors import UserError
+from llm_jax.sweep import worker
+from llm_jax.sweep.report import read_jsonl
+from llm_jax.sweep.runner import runs_to_train
+from llm_jax.sweep.spec import is_finished, load_experiment
+from llm_jax.training.signals import Interrupted
+
+CLUSTERS = ("slurm", "local", "debug")
+JOBS_FILE = "jobs.json"
+# time-limit requeues before a job gives up (preemptions do not count): each resumes where the
+# last one stopped, so a run longer than its time limit goes on over several jobs
+MAX_TIMEOUTS = 20
+# SLURM job states (sacct) of a job that waits to run, and of one that runs
+SLURM_PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESIZING",
+                 "SUSPENDED", "UNKNOWN"}
+SLURM_RUNNING = {"RUNNING", "COMPLETING"}
+
+
+class TrainRun(submitit.helpers.Checkpointable):
+  """A job: trains the run in `workdir` (its sweep_run.json), resuming what is there. Being
+  Checkpointable, its checkpoint() gives the same call again, which resumes from the workdir."""
+
+  def __init__(self, workdir: str):
+    self.workdir = workdir
+
+  def __call__(self) -> dict:
+    job = submitit.JobEnvironment()
+    if job.num_tasks > 1:  # one run over every task of the job, through jax.distributed
+      host = "127.0.0.1" if job.num_nodes == 1 else job.hostnames[0]
+      port = 20000 + zlib.crc32(job.job_id.encode()) % 40000  # the same in every task
+      os.environ.update(LLM_JAX_NUM_PROCESSES=str(job.num_tasks),
+                        LLM_JAX_PROCESS_ID=str(job.global_rank),
+                        LLM_JAX_COORDINATOR_ADDRESS=f"{host}:{port}")
+    from llm_jax.training.loop import train_and_evaluate
+    from llm_jax.training.parallel import enable_compilation_cache
+    enable_compilation_cache()
+    try:
+      return train_and_evaluate(worker.read_run(self.workdir), self.workdir)
+    except Interrupted as e:
+      preempt = getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG)
+      handler = signal.getsignal(preempt)
+      if e.signum == signal.SIGINT or not callable(handler):  # not under submitit's job runner
+        raise
+      print(f"llm-jax sweep job: {e}; requeueing", file=sys.stderr, flush=True)
+      handler(preempt, None)  # submitit's: checkpoint(), requeue, exit (in task 0 alone)
+      sys.exit(0)  # another task: task 0's requeue ends every task
+
+
+def parse_additional(text: str) -> dict:
+  """--slurm_additional='qos=high,constraint=a100' -> {'qos': 'high', 'constraint': 'a100'}."""
+  out = {}
+  for item in filter(None, text.split(",")):
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+      raise UserError(f"--slurm_additional={text!r}: {item!r} is not key=value; use e.g. "
+                      "--slurm_additional=qos=high,constraint=a100")
+    out[key.strip()] = value.strip()
+  return out
+
+
+def make_executor(folder: str, cluster: str, params: dict, nodes: int = 1,
+                  tasks_per_node: int = 1):
+  """submitit's executor for `cluster`. params: name, timeout_min and slurm_* parameters (those
+  are used on SLURM only); nodes x tasks_per_node processes per job."""
+  if cluster not in CLUSTERS:
+    raise UserError(f"--submitit_cluster={cluster!r} is invalid: use one of {', '.join(CLUSTERS)}")
+  try:
+    ex = submitit.AutoExecutor(folder=folder, cluster=cluster, **(
+        {f"{cluster}_max_num_timeout": MAX_TIMEOUTS} if cluster != "debug" else {}))
+    ex.update_parameters(nodes=nodes, tasks_per_node=tasks_per_node, **params)
+  except RuntimeError as e:  # no srun: not a SLURM machine
+    raise UserError(f"--submitit_cluster={cluster}: {e}: submit from a SLURM login node, or "
+                    "try the sweep here with --submitit_cluster=local") from None
+  except ValueError as e:  # the local executor: one node
+    raise UserError(f"--submitit_cluster={cluster}: {e} (slurm.nodes={nodes})") from None
+  return ex
+
+
+@contextlib.contextmanager
+def _output_to_devnull():
+  """The local executor's job controllers outlive this command and would keep its stdout and
+  stderr open (their jobs write to log files): started with /dev/null there, a pipe that reads
+  this command ends when it does."""
+  sys.stdout.flush()
+  sys.stderr.flush()
+  saved, null = (os.dup(1), os.dup(2)), os.open(os.devnull, os.O_WRONLY)
+  try:
+    os.dup2(null, 1)
+    os.dup2(null, 2)
+    yield
+  finally:
+    os.dup2(saved[0], 1)
+    os.dup2(saved[1], 2)
+    for fd in (*saved, null):
+      os.close(fd)
+
+
+def read_jobs(exp) -> dict:
+  """{workdir: {'job_id', 'cluster', 'folder'}}: the latest job of each run, from jobs.json."""
+  try:
+    with open(os.path.join(exp.directory, "submitit", JOBS_FILE), encoding="utf-8") as f:
+      records = json.load(f)
+  except (OSError, ValueError):
+    return {}
+  return {os.path.join(exp.directory, k): v for k, v in records.items()}
+
+
+def _write_jobs(exp, jobs: dict) -> None:
+  path = os.path.join(exp.directory, "submitit", JOBS_FILE)
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    json.dump({os.path.relpath(k, exp.directory): v for k, v in jobs.items()}, f, indent=2)
+  os.replace(path + ".tmp", path)
+
+
+def _last_line(text: str) -> str:
+  """The last line that is not submitit's own log, an exception's module path dropped."""
+  lines = [l.strip() for l in text.splitlines() if l.strip() and not l.startswith("submitit ")]
+  return re.sub(r"^[\w.]+\.(\w+: )", r"\1", lines[-1]) if lines else ""
+
+
+def _read(path) -> str:
+  try:
+    with open(path, encoding="utf-8", errors="replace") as f:
+      return f.read()
+  except OSError:
+    return ""
+
+
+def run_state(run, record) -> tuple[str, str]:
+  """(state, detail): 'finished', 'running', 'pending', 'failed' (detail: its last error line)
+  or 'not submitted'."""
+  if is_finished(run):
+    return "finished", ""
+  steps = [r["step"] for r in read_jsonl(os.path.join(run.workdir, "metrics.jsonl"))]
+  at = f"step {max(steps, default=0)}/{run.config.train.max_steps}"
+  if record is None:
+    return "not submitted", at if steps else ""
+  job_class = submitit.SlurmJob if record["cluster"] == "slurm" else submitit.LocalJob
+  job = job_class(record["folder"], record["job_id"])
+  if job.paths.result_pickle.exists():  # the job has ended, with its function's outcome
+    outcome, value = submitit.core.utils.pickle_load(job.paths.result_pickle)
+    return "failed", _last_line(value) if outcome == "error" else f"ended at {at}"
+  if record["cluster"] == "slurm":
+    state = job.state.split()[0]  # sacct's, e.g. 'CANCELLED by 1000'
+    if state in SLURM_PENDING:
+      return "pending", "" if state == "PENDING" else state
+    if state in SLURM_RUNNING:
+      return "running", at if steps else ""
+    return "failed", f"{state}: {_last_line(_read(job.paths.stderr)) or 'no error line'}"
+  try:  # the local executor's job id is its controller's pid (a zombie's cmdline is empty)
+    with open(f"/proc/{record['job_id']}/cmdline", "rb") as f:
+      alive = b"submitit" in f.read()
+  except OSError:
+    alive = False
+  if alive:
+    return ("running", at if steps else "") if job.paths.stdout.exists() else ("pending", "")
+  return "failed", _last_line(_read(job.paths.stderr)) or "the job ended without a result"
+
+
+def submit(directory: str, cluster: str = "slurm", params: dict | None = None) -> list:
+  """Submits every unfinished run of the experiment in `directory` that no queued or running job
+  trains: one job each, one job array per process layout. params: see make_executor. Returns
+  the jobs; with cluster='debug' they have run in this process."""
+  params = params or {}
+  if params.get("timeout_min", 1) < 1:
+    raise UserError(f"--slurm_time={params['timeout_min']} is invalid: use 1 or more minutes")
+  exp = load_experiment(directory)  # every run checked before any is submitted
+  folder = os.path.join(exp.directory, "submitit")
+  records = read_jobs(exp)
+  todo = runs_to_train(exp)
+  busy = [r for r in todo if run_state(r, records.get(r.workdir))[0] in ("pending", "running")]
+  todo = [r for r in todo if r not in busy]
+  print(f"llm-jax sweep {exp.name}: {len(exp.runs)} runs ({len(exp.points)} points x "
+        f"{len(exp.runs) // len(exp.points)} seeds), "
+        f"{len(exp.runs) - len(todo) - len(busy)} finished already, {len(busy)} queued or "
+        f"running, {len(todo)} to submit to {cluster}", flush=True)
+  params = {"name": f"llm-jax-{exp.name}", **params}
+  layouts = {}
+  for r in todo:
+    layouts.setdefault((r.nodes, r.tasks_per_node), []).append(r)
+  jobs = []
+  for (nodes, tasks_per_node), runs in layouts.items():
+    ex = make_executor(folder, cluster, params, nodes, tasks_per_node)
+    for r in runs:
+      worker.write_run(r.workdir, r.config)
+    try:
+      with _output_to_devnull() if cluster == "local" else contextlib.nullcontext():
+        with ex.batch():  # one job array
+          array = [ex.submit(TrainRun(r.workdir)) for r in runs]
+    except (OSError, submitit.core.utils.FailedJobError,
+            submitit.core.utils.FailedSubmissionError) as e:  # sbatch refused, or is missing
+      raise UserError(f"submitting to {cluster} failed: {_last_line(str(e))}") from None
+    for r, job in zip(runs, array):
+      print(f"  {r.point}/seed{r.seed}: job {job.job_id} ({nodes * tasks_per_node} "
+            f"process(es))", flush=True)
+      if cluster != "debug":
+        records[r.workdir] = {"job_id": job.job_id, "cluster": cluster, "folder": folder}
+    jobs.extend(array)
+  if cluster == "debug":  # in this process, one after the other (pdb on an error)
+    for job in jobs:
+      job.result()
+  elif jobs:
+    _write_jobs(exp, records)
+    print(f"llm-jax sweep {exp.name}: logs in {folder}; `llm-jax sweep {directory} --status` "
+          f"shows each run's state, `--report` writes the results so far", flush=True)
+  return jobs
+
+
+def status(directory: str) -> list[tuple]:
+  """Prints each run's state (and a count of each); returns [(run, state, detail)]."""
+  exp = load_experiment(directory)
+  records = read_jobs(exp)
+  rows = [(r, *run_state(r, records.get(r.workdir))) for r in exp.runs]
+  width = max(len(f"{r.point}/seed{r.seed}") for r, *_ in rows)
+  for r, state, detail in rows:
+    job = records.get(r.workdir, {}).get("job_id", "-")
+    print(f"  {f'{r.point}/seed{r.seed}':<{width}}  job {job:<12}  {state}" +
+          (f": {detail}" if state == "failed" else f" ({detail})" if detail else ""))
+  counts = {}
+  for _, state, _ in rows:
+    counts[state] = counts.get(state, 0) + 1
+  print(f"llm-jax sweep {exp.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items()),
+        flush=True)
+  return rows
