@@ -91,7 +91,7 @@ def _define_generate():
 
 
 def _generate(argv):
-  from llm_jax.data.corpora import read_utf8
+  from llm_jax.fileio import read_utf8
   from llm_jax.generate import generate_text
   from llm_jax.training import workdir as workdir_lib
   import pathlib

@@ -9,9 +9,7 @@ memory map, so a second run starts at once and the ids never sit in memory as a 
 """
 
 import hashlib
-import os
 import pathlib
-import tempfile
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -19,6 +17,7 @@ import numpy as np
 from llm_jax.data.corpora import data_dir, load_text, split
 from llm_jax.data.tokenizers import CharTokenizer, make_tokenizer, tokenizer_id
 from llm_jax.errors import UserError
+from llm_jax.fileio import atomic_write
 
 # independent random streams of one seed: the training batches, and the fixed evaluation batches
 TRAIN_STREAM, EVAL_STREAM = 0, 1
@@ -64,25 +63,19 @@ def cached_tokens(tokenizer, text: str, data_dir_config: str = "") -> np.ndarray
   path = token_cache_path(tokenizer, text, data_dir_config)
   if not path.exists():
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp")
-    try:
-      def header(n):
-        return {"descr": dtype.str, "fortran_order": False, "shape": (n,)}
-      with os.fdopen(fd, "wb") as f:
-        np.lib.format.write_array_header_1_0(f, header(0))  # the length is known at the end
-        offset, n = f.tell(), 0
-        for ids in tokenizer.encode_chunks(text):
-          f.write(ids.astype(dtype).tobytes())
-          n += len(ids)
-        f.seek(0)
-        np.lib.format.write_array_header_1_0(f, header(n))  # padded: the same size as before
-        assert f.tell() == offset, "the .npy header changed size"
-      os.chmod(tmp, 0o644)  # mkstemp makes it private; the data dir is a shared cache
-      os.replace(tmp, path)
-    finally:
-      if os.path.exists(tmp):
-        os.remove(tmp)
+
+    def header(n):
+      return {"descr": dtype.str, "fortran_order": False, "shape": (n,)}
+
+    with atomic_write(path, "wb") as f:
+      np.lib.format.write_array_header_1_0(f, header(0))  # the length is known at the end
+      offset, n = f.tell(), 0
+      for ids in tokenizer.encode_chunks(text):
+        f.write(ids.astype(dtype).tobytes())
+        n += len(ids)
+      f.seek(0)
+      np.lib.format.write_array_header_1_0(f, header(n))  # padded: the same size as before
+      assert f.tell() == offset, "the .npy header changed size"
   return np.load(path, mmap_mode="r", allow_pickle=False)  # a user's file is never unpickled
 
 

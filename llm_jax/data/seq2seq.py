@@ -23,10 +23,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from llm_jax.data.corpora import read_utf8
 from llm_jax.data.lm import EVAL_STREAM, TRAIN_STREAM
 from llm_jax.data.tokenizers import Seq2SeqTokenizer
 from llm_jax.errors import UserError
+from llm_jax.fileio import read_utf8
 
 SEQ2SEQ_TASKS = ("copy", "reverse", "sort", "add", "pairs_file")
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
