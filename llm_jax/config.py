@@ -140,7 +140,8 @@ def default_config() -> ml_collections.ConfigDict:
   # writes a sample of at most 100 tokens to TensorBoard
   c.train.sample_tokens = 300
   # a NaN or inf loss or gradient norm: 'stop' (the run ends naming the step; the last good
-  # checkpoint is kept) | 'skip' (that update is dropped and counted, as skipped_updates)
+  # checkpoint is kept) | 'skip' (an update whose gradients are not all finite is dropped, by
+  # optax.apply_if_finite, and counted, as skipped_updates)
   c.train.nan_policy = "stop"
   return c
 

@@ -116,10 +116,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   state = jax.device_get(state)  # the host copy: what checkpoints hold, for any device count
   workdir_lib.check_free_space(workdir, sum(np.asarray(x).nbytes for x in jax.tree.leaves(state)))
   axis = parallel.AXIS if mode == "pmap" else None
-  step_fn = make_train_step(loss_fn, tx, axis)
   skip = tc.nan_policy == "skip"
-  if skip:
-    step_fn = guards.skip_nonfinite(step_fn)
+  step_fn = make_train_step(loss_fn, tx, axis, skip_nonfinite=skip)
   train_step, evaluate_split = parallel.wrap_steps(step_fn, make_evaluate(loss_fn, axis), mode)
   eval_batches = {k: parallel.shard_batch(b, mode, axis=1) for k, b in task.eval_batches.items()}
   param_norm = jax.jit(optax.tree.norm)
