@@ -19,7 +19,6 @@ def get_config():
   c.train.batch_size = 12
   # sized to finish in 2-5 minutes on 2 cores
   c.train.max_steps = 2000
-  c.train.lr_decay_steps = 2000
   c.train.eval_interval = 250
   c.train.checkpoint_every = 500
   return c

@@ -24,7 +24,6 @@ def get_config():
   c.train.batch_size = 8
   # 500 steps (7-8 minutes on 2 cores): each step costs mostly the 100k-way output layer
   c.train.max_steps = 500
-  c.train.lr_decay_steps = 500
   c.train.warmup_steps = 50
   c.train.eval_interval = 100
   c.train.checkpoint_every = 250

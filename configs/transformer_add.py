@@ -32,7 +32,6 @@ def get_config():
   # 64 sums a step; the carries take longer to learn than reversal: 8,000 steps
   c.train.batch_size = 64
   c.train.max_steps = 8000
-  c.train.lr_decay_steps = 8000
   c.train.warmup_steps = 200
   # no weight decay: the model is small and the data large
   c.train.weight_decay = 0.0

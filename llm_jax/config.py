@@ -117,9 +117,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.min_lr = 1e-4
   # linear warmup steps (nanoGPT: lr * (step + 1) / (warmup + 1))
   c.train.warmup_steps = 100
-  # step at which the cosine decay reaches min_lr
-  c.train.lr_decay_steps = 2000
-  # AdamW decoupled weight decay, applied to tensors of rank >= 2 only (matrices and embeddings)
+  # step at which the cosine decay reaches min_lr. By default train.max_steps, tied by an
+  # ml_collections FieldReference: setting max_steps (in a config file, on the command line, in a
+  # sweep) moves it too, unless lr_decay_steps is set itself
+  c.train.lr_decay_steps = c.train.get_ref("max_steps").identity()
+  # AdamW decoupled weight decay, on weights and embeddings, never on biases and norm scales
+  # (told apart by name, training/optimizer.py)
   c.train.weight_decay = 0.1
   # AdamW betas
   c.train.beta1 = 0.9

@@ -12,7 +12,7 @@ from conftest import FAST_COMPILE, TOY_TEXT
 ROOT = pathlib.Path(__file__).parent.parent
 TINY = ["--config.model.n_layer=1", "--config.model.n_head=2", "--config.model.n_embd=16",
         "--config.model.block_size=16", "--config.train.batch_size=4",
-        "--config.train.max_steps=6", "--config.train.lr_decay_steps=6",
+        "--config.train.max_steps=6",
         "--config.train.warmup_steps=1", "--config.train.eval_interval=3",
         "--config.train.eval_iters=1", "--config.train.log_interval=3",
         "--config.train.checkpoint_every=3", "--config.train.sample_tokens=20"]

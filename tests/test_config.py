@@ -72,3 +72,34 @@ def test_with_defaults_fills_the_fields_an_older_config_lacks():
   filled = ml_collections.ConfigDict(with_defaults(old))
   validate(filled)
   assert (filled.model.attention, filled.cpu_devices, filled.model.n_layer) == ("einsum", 0, 7)
+
+
+def test_lr_decay_steps_follows_max_steps_unless_set_itself(tmp_path):
+  import pathlib
+  from absl import flags
+  from ml_collections import config_flags
+  from llm_jax.fileio import write_json
+  from llm_jax.training import workdir as workdir_lib
+  root = pathlib.Path(__file__).parent.parent
+  c = default_config()
+  c.train.max_steps = 500
+  assert c.train.lr_decay_steps == 500
+  c.train.lr_decay_steps = 300  # set itself: no longer tied, and max_steps stays
+  c.train.max_steps = 700
+  assert (c.train.max_steps, c.train.lr_decay_steps) == (700, 300)
+  # a shipped config, overridden on the command line as `llm-jax train` parses it
+  for args, want in ((["--config.train.max_steps=40"], (40, 40)),
+                     (["--config.train.max_steps=400", "--config.train.lr_decay_steps=300"], (400, 300))):
+    argv = ["llm-jax", f"--config={root / 'configs' / 'gpt_char_baby.py'}", *args]
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True,
+                                    sys_argv=argv)
+    fv(argv)
+    got = fv.config
+    assert (got.train.max_steps, got.train.lr_decay_steps) == want
+  # the run's config.json holds the value, and reads back as the same run
+  write_json(tmp_path / workdir_lib.CONFIG_FILE, got.to_dict())
+  saved = workdir_lib.read_config(str(tmp_path))
+  assert (saved.train.max_steps, saved.train.lr_decay_steps) == (400, 300)
+  validate(saved)
+  workdir_lib.check_same_run(got, saved)

@@ -49,7 +49,8 @@ def write_lines(path, lines):
   return path
 
 
-GOOD = [json.dumps({"step": 0, "val_loss": 3.0}) + "\n", json.dumps({"step": 10, "loss": 2.0}) + "\n"]
+GOOD = [json.dumps({"step": 0, "val_loss": 3.0}) + "\n",
+        json.dumps({"step": 10, "loss": 2.0}) + "\n"]
 
 
 def test_metrics_a_torn_last_line_is_skipped_with_a_warning(tmp_path, capsys):
