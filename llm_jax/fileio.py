@@ -4,11 +4,14 @@
   concurrent writer never leaves half a file under the real name);
 - read_utf8 / read_text_files: a UTF-8 file, or the files a glob matches joined in sorted order,
   with a leading byte-order mark dropped (it is not text);
-- read_metrics: metrics.jsonl, whose last line may be torn by a run killed while writing it.
+- read_metrics: metrics.jsonl, whose last line may be torn by a run killed while writing it;
+- load_python_file: a user's Python file (a config, an experiment), its errors on one line.
 """
 
 import contextlib
 import glob
+import importlib.machinery
+import importlib.util
 import json
 import os
 import pathlib
@@ -99,3 +102,19 @@ def read_metrics(path) -> list[dict]:
                       f"delete that line") from None
     records.append(r)
   return records
+
+
+def load_python_file(path, label: str, fix: str):
+  """The module of a user's Python file. label names the file in errors (such as '--config=x.py');
+  fix: what to pass instead when the file is missing. An error raised by the file is one line."""
+  path = pathlib.Path(path).expanduser()
+  if not path.is_file():
+    raise UserError(f"{label} {'is not a file' if path.exists() else 'does not exist'}: {fix}")
+  name = f"_llm_jax_{path.stem}"
+  spec = importlib.util.spec_from_loader(name, importlib.machinery.SourceFileLoader(name, str(path)))
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+  except Exception as e:  # noqa: BLE001 -- a user's file: its own error, on one line
+    raise UserError(f"{label} failed to load: {type(e).__name__}: {e}") from None
+  return module

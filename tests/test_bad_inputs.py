@@ -95,6 +95,10 @@ CASES = [
     (T + ["--config.model.no_such_field=1"], "no_such_field"),
     (T + ["--config.train.no_such_field=1"], "no_such_field"),
     (T + ["--config.nosection.field=1"], "nosection"),
+    (T + ["--config.model.n_layrs=2"],
+     "--config.model.n_layrs=2: config.model has no field 'n_layrs'; did you mean "
+     "--config.model.n_layer?"),
+    (T + ["--config.seed.x=1"], "config.seed is a value, not a section"),
     (T + ["--config.train.batch_size=0"], "config.train.batch_size=0"),
     (T + ["--config.train.batch_size=-4"], "config.train.batch_size=-4"),
     (T + ["--config.train.eval_iters=0"], "config.train.eval_iters=0"),
@@ -119,6 +123,11 @@ CASES = [
     (T + ["--config.data.path={d}/empty_dir"], "empty_dir"),
     # the config file and the workdir
     (["train", "--config=/nonexistent/config.py", "--workdir={d}/fresh"], "/nonexistent/config.py"),
+    (["train", "--config={d}/missing.py", "--workdir={d}/fresh"],
+     "--config={d}/missing.py does not exist: pass a config file"),
+    (["train", "--config={d}/toy.txt", "--workdir={d}/fresh"], "--config={d}/toy.txt failed to load"),
+    (["bench", "--config={d}/empty_dir"], "--config={d}/empty_dir is not a file"),
+    (["train", "--config={d}/config.py", "--workdir={d}/a_file"], "a_file is a file, not a run"),
     (["train", "--config={d}/config.py"], "workdir"),
     (["train", "--config={d}/config.py", "--workdir={d}/a_file/run"], "a_file/run is not writable"),
     (ON_RUN + ["--config.model.n_embd=16", "--config.model.n_head=2"],
@@ -131,6 +140,8 @@ CASES = [
     # generate: the run, the prompt, sampling settings
     (["generate", "--workdir=/nonexistent/run"], "--workdir=/nonexistent/run does not exist"),
     (["generate", "--workdir={d}/empty_dir"], "holds no training run"),
+    (["generate", "--workdir={d}/a_file"], "a_file is a file, not a run directory"),
+    (GEN + ["ROMEO"], "unexpected arguments ['ROMEO']"),
     (["generate", "--workdir={d}/no_ckpt"], "has no checkpoint"),
     (["generate", "--workdir={d}/mismatch"], "holds another model"),
     (GEN + ["--prompt=\u20ac"], "not in the"),

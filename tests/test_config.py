@@ -77,7 +77,7 @@ def test_with_defaults_fills_the_fields_an_older_config_lacks():
 def test_lr_decay_steps_follows_max_steps_unless_set_itself(tmp_path):
   import pathlib
   from absl import flags
-  from ml_collections import config_flags
+  from llm_jax.cli import define_config_flag
   from llm_jax.fileio import write_json
   from llm_jax.training import workdir as workdir_lib
   root = pathlib.Path(__file__).parent.parent
@@ -92,8 +92,7 @@ def test_lr_decay_steps_follows_max_steps_unless_set_itself(tmp_path):
                      (["--config.train.max_steps=400", "--config.train.lr_decay_steps=300"], (400, 300))):
     argv = ["llm-jax", f"--config={root / 'configs' / 'gpt_char_baby.py'}", *args]
     fv = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True,
-                                    sys_argv=argv)
+    define_config_flag(argv, fv)
     fv(argv)
     got = fv.config
     assert (got.train.max_steps, got.train.lr_decay_steps) == want

@@ -62,6 +62,9 @@ def write_run_files(workdir, config, tokenizer) -> None:
 
 def check_writable(workdir) -> None:
   """Creates workdir if needed and writes a file there; any failure is a UserError naming it."""
+  if os.path.isfile(workdir):
+    raise UserError(f"--workdir={workdir} is a file, not a run directory: pick a directory (a new "
+                    f"one is made)")
   try:
     os.makedirs(workdir, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test."):
