@@ -296,3 +296,19 @@ def test_skip_nonfinite_is_optax_apply_if_finite_without_its_counters_in_the_sta
   assert all(not np.any(x) for x in jax.tree.leaves(updates))
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(opt_state)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_a_missing_array_index_is_damage_found_before_any_read(toy_corpus, tmp_path, monkeypatch):
+  """Without <step>/state/manifest.ocdbt, Orbax's failed reads used to leave TensorStore
+  completions aimed at a closed event loop ('Event loop is closed', unraisable)."""
+  import gc
+  unraisable = []
+  monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+  c = tiny_config(toy_corpus, max_steps=10, eval_interval=10)
+  train_and_evaluate(c, str(tmp_path / "run"))
+  os.remove(tmp_path / "run" / "checkpoints" / "10" / "state" / "manifest.ocdbt")
+  with pytest.raises(UserError, match="no checkpoint in .* restores"):
+    train_and_evaluate(c, str(tmp_path / "run"))
+  time.sleep(0.5)  # where TensorStore's late completions used to fail
+  gc.collect()
+  assert unraisable == []

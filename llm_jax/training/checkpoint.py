@@ -11,6 +11,7 @@ to <workdir>/checkpoints_corrupt/ once a good one is found. A checkpoint of anot
 shapes, read from its metadata before any array) is a UserError, not a fallback.
 """
 
+import errno
 import os
 import shutil
 import sys
@@ -64,9 +65,23 @@ def check_shapes(manager: ocp.CheckpointManager, step: int, state_like) -> None:
                     f"checkpoint and this config): {fix}")
 
 
+def check_index(manager: ocp.CheckpointManager, step: int) -> None:
+  """The arrays of a step are files under <step>/state/d/ indexed by <step>/state/manifest.ocdbt
+  (Orbax's OCDBT layout). Without the index every read fails at once, and Orbax closes its event
+  loop on the first failure while the other reads are in flight: their completions then raise
+  'Event loop is closed' in TensorStore's threads, long after the restore. Such a step is
+  refused here, before any read, as damaged like any other."""
+  state = manager.directory / str(step) / "state"
+  manifest = state / "manifest.ocdbt"
+  if (state / "d").is_dir() and not manifest.exists():
+    raise FileNotFoundError(errno.ENOENT, "the index of the checkpoint's arrays is missing",
+                            str(manifest))
+
+
 def restore(manager: ocp.CheckpointManager, state_like, step: int | None = None):
   """(state, meta) from `step` (default: the latest), as numpy arrays shaped like `state_like`."""
   step = manager.latest_step() if step is None else step
+  check_index(manager, step)
   check_shapes(manager, step, state_like)
   out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(state_like),
                                                       meta=ocp.args.JsonRestore()))
