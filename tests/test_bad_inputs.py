@@ -113,6 +113,7 @@ CASES = [
     (T + ["--config.data.task=reverse"], "config.data.task='reverse'"),
     (T + ["--config.data.corpus=wikipedia"], "config.data.corpus='wikipedia'"),
     (T + ["--config.data.tokenizer=sentencepiece"], "config.data.tokenizer='sentencepiece'"),
+    (T + ["--config.data.normalize=NFX"], "config.data.normalize='NFX'"),
     (T + ["--config.data.tokenizer=tiktoken:nope"], "config.data.tokenizer='tiktoken:nope'"),
     (T + ["--config.data.tokenizer=bpe:/nonexistent/r.tiktoken"], "/nonexistent/r.tiktoken"),
     # data files: missing, empty, not UTF-8, too short, a directory
@@ -133,6 +134,7 @@ CASES = [
     (ON_RUN + ["--config.model.n_embd=16", "--config.model.n_head=2"],
      "config.model.n_embd=16 differs"),
     (ON_RUN + ["--config.data.tokenizer=tiktoken:cl100k_base"], "config.data.tokenizer"),
+    (ON_RUN + ["--config.data.normalize=none"], "config.data.normalize='none' differs"),
     (["train", "--config={d}/config.py", "--workdir={d}/mismatch", "--config.model.n_embd=16"],
      "holds another model"),
     (ON_RUN + ["--config.data.path={d}/other_chars.txt", "--config.train.max_steps=6"],

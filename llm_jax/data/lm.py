@@ -15,7 +15,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from llm_jax.data.corpora import data_dir, load_text, split
-from llm_jax.data.tokenizers import CharTokenizer, make_tokenizer, tokenizer_id
+from llm_jax.data.tokenizers import (CharTokenizer, make_tokenizer, normalization_of,
+                                     normalize, tokenizer_id)
 from llm_jax.errors import UserError
 from llm_jax.fileio import atomic_write
 
@@ -80,13 +81,15 @@ def cached_tokens(tokenizer, text: str, data_dir_config: str = "") -> np.ndarray
 
 
 def load_lm_data(cfg, block_size: int, tokenizer=None) -> LMData:
-  """cfg: config.data. The corpus split 90/10 by characters and tokenized.
+  """cfg: config.data. The corpus, Unicode-normalized (data.normalize), split 90/10 by characters
+  and tokenized.
 
   `tokenizer`: the one saved with a run being resumed; None builds one (config.data.tokenizer).
   Character ids are computed in one vectorized pass; BPE ids come from the token cache.
   """
-  text = load_text(cfg)
-  tokenizer = tokenizer or make_tokenizer(cfg.tokenizer, text, cfg.data_dir)
+  form = tokenizer.normalization if tokenizer else normalization_of(cfg.normalize, cfg.tokenizer)
+  text = normalize(load_text(cfg), form)  # split and counted in bytes as the tokenizer sees it
+  tokenizer = tokenizer or make_tokenizer(cfg.tokenizer, text, cfg.data_dir, form)
   train_text, val_text = split(text)
   if isinstance(tokenizer, CharTokenizer):
     train, val = tokenizer.encode(train_text), tokenizer.encode(val_text)

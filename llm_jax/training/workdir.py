@@ -47,7 +47,7 @@ def read_tokenizer(workdir):
 def check_same_run(config, saved) -> None:
   """The parts of a config that checkpoints depend on must match the run saved in the workdir."""
   fields = [f"model.{k}" for k in sorted(set(config.model) | set(saved.model))]
-  for field in fields + ["data.corpus", "data.tokenizer", "data.task"]:
+  for field in fields + ["data.corpus", "data.tokenizer", "data.normalize", "data.task"]:
     section, key = field.split(".")
     new, old = config[section].get(key), saved[section].get(key)
     if new != old:
