@@ -319,7 +319,7 @@ def _parse_flags(argv):
     if missing:
       _fail(prog, f"--{missing[1]} is required ({FLAGS[missing[1]].help}); `{prog} --help` "
                   f"lists the flags")
-    _fail(prog, "; ".join(str(e).splitlines()) + f" ({prog} --help lists the flags)")
+    _fail(prog, "; ".join(str(e).splitlines()) + f" (`{prog} --help` lists the flags)")
   except Exception as e:  # noqa: BLE001 -- anything else ml_collections raises, on one line
     if debug:
       raise
@@ -340,7 +340,7 @@ def _run(command_main, takes_args=False, compiles=False):
   def main(argv):
     _quiet_logs()
     if len(argv) > 1 and not takes_args:
-      _fail(argv[0], f"unexpected arguments {argv[1:]}: flags are --name=value ({argv[0]} --help "
+      _fail(argv[0], f"unexpected arguments {argv[1:]}: flags are --name=value (`{argv[0]} --help` "
                      f"lists them)")
     try:
       if compiles:
