@@ -298,9 +298,10 @@ def test_skip_nonfinite_is_optax_apply_if_finite_without_its_counters_in_the_sta
     np.testing.assert_array_equal(a, b)
 
 
-def test_a_missing_array_index_is_damage_found_before_any_read(toy_corpus, tmp_path, monkeypatch):
-  """Without <step>/state/manifest.ocdbt, Orbax's failed reads used to leave TensorStore
-  completions aimed at a closed event loop ('Event loop is closed', unraisable)."""
+def test_a_failed_restore_leaves_no_read_in_flight(toy_corpus, tmp_path, monkeypatch):
+  """Without <step>/state/manifest.ocdbt every read fails at once: Orbax's restore used to end
+  with the other reads in flight, whose completions met a closed event loop ('Event loop is
+  closed', unraisable, in TensorStore's threads)."""
   import gc
   unraisable = []
   monkeypatch.setattr(sys, "unraisablehook", unraisable.append)

@@ -11,7 +11,8 @@ to <workdir>/checkpoints_corrupt/ once a good one is found. A checkpoint of anot
 shapes, read from its metadata before any array) is a UserError, not a fallback.
 """
 
-import errno
+import asyncio
+import contextlib
 import os
 import shutil
 import sys
@@ -65,26 +66,44 @@ def check_shapes(manager: ocp.CheckpointManager, step: int, state_like) -> None:
                     f"checkpoint and this config): {fix}")
 
 
-def check_index(manager: ocp.CheckpointManager, step: int) -> None:
-  """The arrays of a step are files under <step>/state/d/ indexed by <step>/state/manifest.ocdbt
-  (Orbax's OCDBT layout). Without the index every read fails at once, and Orbax closes its event
-  loop on the first failure while the other reads are in flight: their completions then raise
-  'Event loop is closed' in TensorStore's threads, long after the restore. Such a step is
-  refused here, before any read, as damaged like any other."""
-  state = manager.directory / str(step) / "state"
-  manifest = state / "manifest.ocdbt"
-  if (state / "d").is_dir() and not manifest.exists():
-    raise FileNotFoundError(errno.ENOENT, "the index of the checkpoint's arrays is missing",
-                            str(manifest))
+class _DrainingLoop(asyncio.SelectorEventLoop):
+  """An event loop that, closed while tasks are pending, first lets them finish. Orbax (0.12)
+  runs the reads of a restore (the arrays' metadata, then the arrays) in a fresh loop and closes
+  it as soon as one read fails, while the others are still in flight in TensorStore: their
+  completions then call the closed loop and raise 'Event loop is closed' in TensorStore's
+  threads, long after the restore. Drained, they end (a damaged checkpoint fails them as fast as
+  the first) before the loop closes."""
+
+  def close(self):
+    pending = [t for t in asyncio.all_tasks(self) if not t.done()]
+    if pending and not self.is_running() and not self.is_closed():
+      self.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    super().close()
+
+
+class _DrainingPolicy(asyncio.DefaultEventLoopPolicy):
+  def new_event_loop(self):
+    return _DrainingLoop()
+
+
+@contextlib.contextmanager
+def _draining_event_loops():
+  """The event loops made meanwhile (Orbax's, in this thread or another) are _DrainingLoops."""
+  old = asyncio.get_event_loop_policy()
+  asyncio.set_event_loop_policy(_DrainingPolicy())
+  try:
+    yield
+  finally:
+    asyncio.set_event_loop_policy(old)
 
 
 def restore(manager: ocp.CheckpointManager, state_like, step: int | None = None):
   """(state, meta) from `step` (default: the latest), as numpy arrays shaped like `state_like`."""
   step = manager.latest_step() if step is None else step
-  check_index(manager, step)
-  check_shapes(manager, step, state_like)
-  out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(state_like),
-                                                      meta=ocp.args.JsonRestore()))
+  with _draining_event_loops():  # the metadata's reads and the arrays'
+    check_shapes(manager, step, state_like)
+    out = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(state_like), meta=ocp.args.JsonRestore()))
   return out.state, out.meta
 
 
