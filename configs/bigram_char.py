@@ -16,7 +16,6 @@ def get_config():
   c.train.batch_size = 32
   # a table learns fast: 3000 steps at a high learning rate, short warmup
   c.train.max_steps = 3000
-  c.train.lr_decay_steps = 3000
   c.train.learning_rate = 1e-1
   c.train.min_lr = 1e-2
   c.train.warmup_steps = 50

@@ -2,7 +2,7 @@
 
   llm-jax train --config=configs/gpt_bpe.py --workdir=runs/gpt_bpe
 
-The first run trains the BPE on the training split (about 4 s, deterministic) and caches it in the
+The first run trains the BPE on the training split (deterministically) and caches it in the
 data dir (<data dir>/bpe/train-<text sha256>-4096.tiktoken); later runs reuse it. To use a BPE
 trained on other text instead, make a rank file and point the tokenizer at it:
 

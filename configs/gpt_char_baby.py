@@ -24,9 +24,9 @@ def get_config():
   # nanoGPT: batch_size=12, gradient_accumulation_steps=1
   c.train.batch_size = 12
   c.train.grad_accum_steps = 1
-  # nanoGPT: max_iters=2000, lr_decay_iters=2000, learning_rate=1e-3, min_lr=1e-4, warmup_iters=100
+  # nanoGPT: max_iters=2000, lr_decay_iters=2000 (lr_decay_steps follows max_steps),
+  # learning_rate=1e-3, min_lr=1e-4, warmup_iters=100
   c.train.max_steps = 2000
-  c.train.lr_decay_steps = 2000
   c.train.learning_rate = 1e-3
   c.train.min_lr = 1e-4
   c.train.warmup_steps = 100

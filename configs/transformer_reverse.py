@@ -1,5 +1,5 @@
-"""The original encoder-decoder Transformer reversing strings of 8-16 letters: about 2 minutes on 2
-CPU cores, 100% exact match on the 1,000 held-out test strings.
+"""The original encoder-decoder Transformer reversing strings of 8-16 letters, small enough to train
+on a CPU in minutes, to exact match on the 1,000 held-out test strings (README has the figures).
 
   llm-jax train --config=configs/transformer_reverse.py --workdir=runs/transformer_reverse
   llm-jax evaluate --workdir=runs/transformer_reverse --split=test
@@ -32,7 +32,6 @@ def get_config():
   # 64 pairs a step; 100% on val by step 900 in trials, so 2,000 steps leave a margin
   c.train.batch_size = 64
   c.train.max_steps = 2000
-  c.train.lr_decay_steps = 2000
   c.train.warmup_steps = 100
   # no weight decay: the model is small and the strings are random, so nothing to overfit
   c.train.weight_decay = 0.0

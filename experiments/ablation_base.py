@@ -18,7 +18,6 @@ def get_config():
   c = baby.get_config()
   # 600 updates (460k characters, about a tenth of an epoch): 100 of warmup, then cosine to min_lr
   c.train.max_steps = 600
-  c.train.lr_decay_steps = 600
   # val loss every 100 steps on 20 fixed batches (the curves in the plots)
   c.train.eval_interval = 100
   c.train.eval_iters = 20

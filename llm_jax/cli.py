@@ -3,12 +3,17 @@
     llm-jax train --config=configs/gpt_char.py --workdir=runs/x --config.model.n_layer=2
 
 Flags are absl flags; `--config` is an ml_collections config file whose fields are overridden as
-`--config.<section>.<field>=value`. A user mistake prints one line (`llm-jax <command>: error: ...`)
-and exits 2; `--debug` shows the traceback instead. absl and Orbax INFO logs stay off the terminal
-unless `--verbosity=0` (or higher) asks for them.
+`--config.<section>.<field>=value`. `llm-jax <command> --help` (or -h) lists the command's flags
+with their defaults. A user mistake prints one line (`llm-jax <command>: error: ...`) and exits 2;
+`--debug` shows the traceback instead. absl and Orbax INFO logs stay off the terminal unless
+`--verbosity=0` (or higher) asks for them.
 """
 
+import difflib
+import os
+import re
 import sys
+import textwrap
 
 from absl import app, flags, logging
 
@@ -17,31 +22,102 @@ from llm_jax.errors import UserError
 from llm_jax.training.signals import Interrupted
 
 FLAGS = flags.FLAGS
-USAGE = """usage: llm-jax <command> [--flags]
+# each command: what it does, its positional arguments, an example
+ABOUT = {
+    "train": ("train a model from a config", "",
+              "llm-jax train --config=configs/gpt_char.py --workdir=runs/gpt"),
+    "generate": ("sample from a trained run", "",
+                 'llm-jax generate --workdir=runs/gpt --prompt="ROMEO:"'),
+    "bpe": ("train a byte-level BPE", "",
+            "llm-jax bpe --corpus=a.txt --vocab_size=4096 --out=a.tiktoken"),
+    "evaluate": ("score on held-out data", "",
+                 "llm-jax evaluate --workdir=runs/t --split=test --beam_size=4"),
+    "sweep": ("run an experiment's grid", " <experiment folder>",
+              "llm-jax sweep experiments/norm --jobs=2 [--vectorize | --launcher=submitit]"),
+    "plot": ("draw runs' loss curves", " <workdir> [<workdir> ...]",
+             "llm-jax plot runs/a runs/b --out=curves.png"),
+    "bench": ("speed, MFU and memory", "",
+              "llm-jax bench --config=configs/gpt_char_baby.py --steps=20"),
+}
+USAGE = ("usage: llm-jax <command> [--flags]\n\ncommands:\n" +
+         "".join(f"  {name:<9} {what + ':':<26} {example}\n"
+                 for name, (what, _, example) in ABOUT.items()) +
+         "\n`llm-jax <command> --help` lists a command's flags and their defaults.")
+# the flags that ask for a command's help: its own flags (--helpfull: absl's too)
+HELP_FLAGS = {"-h", "-?", "--help", "--helpshort", "--helpfull"}
+REQUIRED = set()  # flags the command cannot run without
 
-commands:
-  train     train a model from a config: llm-jax train --config=configs/gpt_char.py --workdir=runs/gpt
-  generate  sample from a trained run:   llm-jax generate --workdir=runs/gpt --prompt="ROMEO:"
-  bpe       train a byte-level BPE:      llm-jax bpe --corpus=a.txt --vocab_size=4096 --out=a.tiktoken
-  evaluate  score on held-out data:      llm-jax evaluate --workdir=runs/t --split=test --beam_size=4
-  sweep     run an experiment's grid:    llm-jax sweep experiments/norm --jobs=2 [--vectorize]
-            or submit it to SLURM:       llm-jax sweep experiments/norm --launcher=submitit
-  plot      draw runs' loss curves:      llm-jax plot runs/a runs/b --out=curves.png
-  bench     speed, MFU and memory:       llm-jax bench --config=configs/gpt_char_baby.py --steps=20
 
-`llm-jax <command> --helpshort` lists a command's flags."""
+def _required(names):
+  flags.mark_flags_as_required(names)
+  REQUIRED.update(names)
 
 
-def _define_common():
+def _define_common(argv):
   flags.DEFINE_bool("debug", False, "show the full traceback of an error")
 
 
-def _define_train():
+class _ConfigFileParser(flags.ArgumentParser):
+  """--config=<file>[:<arg>]: the file's get_config(<arg>), loaded by fileio.load_python_file.
+  Every --config.<section>.<field> override in argv is checked here against the config, before
+  ml_collections applies it, so a field that does not exist is one line naming it."""
+
+  def __init__(self, argv):
+    self.overrides = [a for a in argv if re.match(r"--?(no)?config\.", a)]
+
+  def parse(self, value):
+    import ml_collections
+    from llm_jax.fileio import load_python_file
+    path, _, arg = value.partition(":")
+    module = load_python_file(path, f"--config={path}",
+                              "pass a config file such as configs/gpt_char.py")
+    if not callable(getattr(module, "get_config", None)):
+      raise UserError(f"--config={path} has no get_config(): define one returning the config "
+                      f"(see configs/gpt_char.py)")
+    try:
+      config = module.get_config(*([arg] if arg else []))
+    except Exception as e:  # noqa: BLE001 -- a user's file: its own error, on one line
+      raise UserError(f"--config={value}: get_config() failed: {type(e).__name__}: {e}") from None
+    if not isinstance(config, ml_collections.ConfigDict):
+      raise UserError(f"--config={value}: get_config() returned a {type(config).__name__}, not an "
+                      f"ml_collections.ConfigDict (start from llm_jax.config.default_config())")
+    for override in self.overrides:
+      _check_override(config, override)
+    config.lock()
+    return config
+
+  def flag_type(self):
+    return "config file"
+
+
+def _check_override(config, arg):
+  """--config.<a>.<b>=value must name a field of config: else a UserError saying which part."""
+  name = arg.split("=", 1)[0].lstrip("-").removeprefix("no")
+  node, where = config, "config"
+  for key in name.split(".")[1:]:
+    if not hasattr(node, "keys"):
+      raise UserError(f"{arg}: {where} is a value, not a section: set it as --{where}=value")
+    if key not in node:
+      close = difflib.get_close_matches(key, list(node.keys()), n=1)
+      hint = f"; did you mean --{where}.{close[0]}?" if close else ""
+      raise UserError(f"{arg}: {where} has no field {key!r}{hint} (every field is documented in "
+                      f"llm_jax/config.py)")
+    node, where = node[key], f"{where}.{key}"
+
+
+def define_config_flag(argv, flag_values=FLAGS):
+  """--config and its --config.<section>.<field>=value overrides (ml_collections' config flag),
+  the file read by _ConfigFileParser."""
   from ml_collections import config_flags
   config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py)",
-                                  lock_config=True)
+                                  flag_values=flag_values, lock_config=True, sys_argv=argv)
+  flag_values["config"].parser = _ConfigFileParser(argv)
+
+
+def _define_train(argv):
+  define_config_flag(argv)
   flags.DEFINE_string("workdir", None, "run directory: checkpoints, metrics; resumed if it exists")
-  flags.mark_flags_as_required(["config", "workdir"])
+  _required(["config", "workdir"])
 
 
 def _train(argv):
@@ -53,11 +129,11 @@ def _train(argv):
   train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
-def _define_bpe():
+def _define_bpe(argv):
   flags.DEFINE_string("corpus", None, "UTF-8 text to learn from: a file or a glob ('books/*.txt')")
   flags.DEFINE_integer("vocab_size", None, "tokens in all: 256 bytes + merges + 4 special tokens")
   flags.DEFINE_string("out", None, "the rank file to write (.tiktoken), beside it its <out>.json")
-  flags.mark_flags_as_required(["corpus", "vocab_size", "out"])
+  _required(["corpus", "vocab_size", "out"])
 
 
 def _bpe(argv):
@@ -76,7 +152,7 @@ def _bpe(argv):
         f"--config.data.tokenizer=bpe:{out.absolute()}", flush=True)
 
 
-def _define_generate():
+def _define_generate(argv):
   flags.DEFINE_string("workdir", None, "the training run to sample from")
   flags.DEFINE_string("prompt", "\n", "text to continue (default: a newline, as nanoGPT)")
   flags.DEFINE_string("prompt_file", None, "read the prompt from this UTF-8 file instead")
@@ -88,11 +164,11 @@ def _define_generate():
   flags.DEFINE_integer("num_samples", 1, "samples, decoded together in one batch")
   flags.DEFINE_integer("seed", 0, "sampling seed: the same seed gives the same samples")
   flags.DEFINE_integer("step", None, "checkpoint step to load (default: the latest)")
-  flags.mark_flags_as_required(["workdir"])
+  _required(["workdir"])
 
 
 def _generate(argv):
-  from llm_jax.data.corpora import read_utf8
+  from llm_jax.fileio import read_utf8
   from llm_jax.generate import generate_text
   from llm_jax.tasks import task_kind
   from llm_jax.training import workdir as workdir_lib
@@ -109,13 +185,13 @@ def _generate(argv):
     print(prompt + text if continues else text, flush=True)
 
 
-def _define_evaluate():
+def _define_evaluate(argv):
   flags.DEFINE_string("workdir", None, "the training run to evaluate")
   flags.DEFINE_enum("split", "val", ["val", "test"], "held-out split (test: seq2seq tasks only)")
   flags.DEFINE_integer("beam_size", 1, "transformer: beam search width (1: greedy decoding)")
   flags.DEFINE_float("alpha", 0.6, "transformer: beam length penalty ((5 + len) / 6) ** alpha")
   flags.DEFINE_integer("step", None, "checkpoint step to load (default: the latest)")
-  flags.mark_flags_as_required(["workdir"])
+  _required(["workdir"])
 
 
 def _evaluate(argv):
@@ -126,7 +202,7 @@ def _evaluate(argv):
   print(json.dumps(result), flush=True)
 
 
-def _define_sweep():
+def _define_sweep(argv):
   flags.DEFINE_integer("jobs", 1, "training processes at once (each takes a share of the cores)")
   flags.DEFINE_bool("vectorize", False, "train runs that differ only in seed, learning rate, "
                     "weight decay or dropout together, in one vmapped program")
@@ -190,7 +266,7 @@ COMMANDS["evaluate"] = (_define_evaluate, _evaluate)
 COMMANDS["sweep"] = (_define_sweep, _sweep)
 
 
-def _define_plot():
+def _define_plot(argv):
   flags.DEFINE_string("out", "curves.png", "the PNG file to write")
 
 
@@ -203,16 +279,14 @@ def _plot(argv):
 COMMANDS["plot"] = (_define_plot, _plot)
 
 
-def _define_bench():
-  from ml_collections import config_flags
-  config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py)",
-                                  lock_config=True)
+def _define_bench(argv):
+  define_config_flag(argv)
   flags.DEFINE_integer("steps", 20, "timed train steps (after the warm-up)")
   flags.DEFINE_integer("warmup", 3, "untimed train steps after the compiling one")
   flags.DEFINE_integer("vocab_size", 65, "vocabulary of the benchmarked model (65: Tiny Shakespeare's)")
   flags.DEFINE_integer("decode_tokens", 100, "tokens decoded (batch 1, KV cache) for the decode speed")
   flags.DEFINE_string("json_out", None, "also write the JSON figures to this file")
-  flags.mark_flags_as_required(["config"])
+  _required(["config"])
 
 
 def _bench(argv):
@@ -239,6 +313,32 @@ def _fail(prog, message):
   sys.exit(2)
 
 
+def _help(name, names, full=False) -> str:
+  """`llm-jax <name> --help`: what the command does, an example, and its flags `names` with
+  their defaults; full: absl's flags after them."""
+  what, args, example = ABOUT[name]
+  lines = [f"usage: llm-jax {name} [--flag=value ...]{args}", "", f"{what}, for example:",
+           f"  {example}", "", "flags:"]
+  for n in names:
+    f = FLAGS[n]
+    flag = f"--[no]{n}" if isinstance(f, flags.BooleanFlag) else f"--{n}"
+    default = ("required" if n in REQUIRED else "" if f.default is None and "default" in f.help else
+               "default: none" if f.default is None else
+               f"default: {f.default!r}" if isinstance(f.default, str) else
+               f"default: {str(f.default).lower() if isinstance(f.default, bool) else f.default}")
+    lines.append(textwrap.fill(f"{flag:<18} {f.help}" + (f" ({default})" if default else ""), 100,
+                               initial_indent="  ", subsequent_indent=" " * 21))
+  if "config" in names:
+    lines.append(textwrap.fill(f"{'--config.<section>.<field>=value'} override a field of the "
+                               f"config (every field and its default: llm_jax/config.py)", 100,
+                               initial_indent="  ", subsequent_indent=" " * 21))
+  if full:
+    lines += ["", "all flags, by module (absl's included):", FLAGS.get_help()]
+  else:
+    lines += ["", "--helpfull also lists absl's flags (logging and others)."]
+  return "\n".join(lines)
+
+
 def _parse_flags(argv):
   """absl's parser, with every mistake (unknown flag or config field, bad value, missing config
   file) reported on one line."""
@@ -249,20 +349,23 @@ def _parse_flags(argv):
     if "config" in FLAGS:
       FLAGS.config.to_dict()  # loads the file and applies the overrides now, not at first use
     return rest
+  except UserError as e:  # the config file: missing, failing, or an override of no field
+    if debug:
+      raise
+    _fail(prog, str(e))
   except flags.Error as e:
     if debug:
       raise
-    _fail(prog, "; ".join(str(e).splitlines()) + " (--helpshort lists the flags)")
-  except (AttributeError, KeyError) as e:  # ml_collections: an override of a field that does not exist
+    missing = re.search(r"Flag --(\w+) must have a value other than None", str(e))
+    if missing:
+      _fail(prog, f"--{missing[1]} is required ({FLAGS[missing[1]].help}); `{prog} --help` "
+                  f"lists the flags")
+    _fail(prog, "; ".join(str(e).splitlines()) + f" (`{prog} --help` lists the flags)")
+  except Exception as e:  # noqa: BLE001 -- anything else ml_collections raises, on one line
     if debug:
       raise
-    field = str(e).strip("\"'")
-    _fail(prog, f"config has no field {field!r} (from a --config.<section>.<field> override): "
-                f"see the config file for the fields")
-  except Exception as e:  # the config file is missing or failed to load
-    if debug:
-      raise
-    _fail(prog, "; ".join(l.strip() for l in str(e).splitlines() if l.strip()))
+    message = e.args[0] if len(e.args) == 1 and isinstance(e.args[0], BaseException) else e
+    _fail(prog, "; ".join(l.strip() for l in str(message).splitlines() if l.strip()))
 
 
 # commands that take positional arguments (paths) besides their flags
@@ -278,7 +381,8 @@ def _run(command_main, takes_args=False, compiles=False):
   def main(argv):
     _quiet_logs()
     if len(argv) > 1 and not takes_args:
-      raise app.UsageError(f"unexpected arguments {argv[1:]}: flags are --name=value")
+      _fail(argv[0], f"unexpected arguments {argv[1:]}: flags are --name=value (`{argv[0]} --help` "
+                     f"lists them)")
     try:
       if compiles:
         from llm_jax.training.parallel import enable_compilation_cache
@@ -310,7 +414,19 @@ def main(argv=None):
           file=sys.stderr)
     sys.exit(2)
   define, command_main = COMMANDS[name]
-  _define_common()
-  define()
-  app.run(_run(command_main, name in TAKES_ARGS, name in COMPILES),
-          argv=[f"llm-jax {name}"] + argv[2:], flags_parser=_parse_flags)
+  argv = [f"llm-jax {name}"] + argv[2:]
+  before = set(FLAGS)
+  REQUIRED.clear()
+  _define_common(argv)
+  define(argv)
+  args = argv[1:argv.index("--")] if "--" in argv else argv[1:]
+  asked = HELP_FLAGS.intersection(args)
+  if asked:
+    own = [n for n in FLAGS if n not in before and n != "debug"] + ["debug"]
+    try:
+      print(_help(name, own, full="--helpfull" in asked), flush=True)
+    except BrokenPipeError:  # `llm-jax train --help | head`: the rest is not wanted
+      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(0)
+  app.run(_run(command_main, name in TAKES_ARGS, name in COMPILES), argv=argv,
+          flags_parser=_parse_flags)

@@ -11,7 +11,7 @@ import ml_collections
 from llm_jax.data.bpe import MIN_VOCAB_SIZE
 from llm_jax.data.corpora import CORPORA
 from llm_jax.data.seq2seq import SEQ2SEQ_TASKS
-from llm_jax.data.tokenizers import TIKTOKEN_ENCODINGS, bpe_path
+from llm_jax.data.tokenizers import NORMALIZATIONS, TIKTOKEN_ENCODINGS, bpe_path
 from llm_jax.errors import UserError
 from llm_jax.models import FAMILIES
 
@@ -50,6 +50,12 @@ def default_config() -> ml_collections.ConfigDict:
   # 'bpe:<rank file>' (made by `llm-jax bpe`; relative: to the working dir, else the data dir) |
   # 'bpe:train:<vocab size>' (a BPE trained on the training split, cached in the data dir)
   c.data.tokenizer = "char"
+  # Unicode normalization of the corpus (and the seq2seq pairs file) and of prompts: 'NFC' (one
+  # code point for an 'é' however the text spells it) | 'NFKC' | 'NFD' | 'NFKD' | 'none' (the text
+  # as it is) | 'auto': NFC for the character tokenizers (a prompt spelling a character otherwise
+  # than the corpus is not refused), none for byte-level BPE (any text encodes; tiktoken's ids
+  # stay tiktoken's). The tokenizer saved with a run keeps it, so `generate` normalizes alike
+  c.data.normalize = "auto"
   # seq2seq task of model 'transformer' (character level; '' for language models): 'copy' |
   # 'reverse' (strings of a-z) | 'sort' (digits) | 'add' ('a+b' -> the sum's digits) |
   # 'pairs_file' (source<TAB>target lines of the UTF-8 file data.path)
@@ -119,9 +125,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.min_lr = 1e-4
   # linear warmup steps (nanoGPT: lr * (step + 1) / (warmup + 1))
   c.train.warmup_steps = 100
-  # step at which the cosine decay reaches min_lr
-  c.train.lr_decay_steps = 2000
-  # AdamW decoupled weight decay, applied to tensors of rank >= 2 only (matrices and embeddings)
+  # step at which the cosine decay reaches min_lr. By default train.max_steps, tied by an
+  # ml_collections FieldReference: setting max_steps (in a config file, on the command line, in a
+  # sweep) moves it too, unless lr_decay_steps is set itself
+  c.train.lr_decay_steps = c.train.get_ref("max_steps").identity()
+  # AdamW decoupled weight decay, on weights and embeddings, never on biases and norm scales
+  # (told apart by name, training/optimizer.py)
   c.train.weight_decay = 0.1
   # AdamW betas
   c.train.beta1 = 0.9
@@ -146,7 +155,8 @@ def default_config() -> ml_collections.ConfigDict:
   # writes a sample of at most 100 tokens to TensorBoard
   c.train.sample_tokens = 300
   # a NaN or inf loss or gradient norm: 'stop' (the run ends naming the step; the last good
-  # checkpoint is kept) | 'skip' (that update is dropped and counted, as skipped_updates)
+  # checkpoint is kept) | 'skip' (an update whose gradients are not all finite is dropped, by
+  # optax.apply_if_finite, and counted, as skipped_updates)
   c.train.nan_policy = "stop"
   return c
 
@@ -200,6 +210,8 @@ def validate(c) -> None:
   _require(c.distributed.num_processes >= 1, "distributed.num_processes",
            c.distributed.num_processes, "use 1 or more")
   _require(d.corpus in CORPORA, "data.corpus", d.corpus, f"use one of {', '.join(CORPORA)}")
+  _require(d.normalize in ("auto", "none") + NORMALIZATIONS, "data.normalize", d.normalize,
+           f"use 'auto', 'none' or one of {', '.join(NORMALIZATIONS)}")
   kind, _, arg = d.tokenizer.partition(":")
   _require(d.tokenizer == "char" or (kind in ("tiktoken", "bpe") and arg), "data.tokenizer",
            d.tokenizer, "use 'char', 'tiktoken:<encoding>', 'bpe:<rank file>' or "

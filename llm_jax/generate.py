@@ -22,6 +22,9 @@ from llm_jax.training import checkpoint, workdir as workdir_lib
 def load_run(workdir: str, step: int | None = None):
   """(config, tokenizer, model, params, step) of the run in workdir, at `step` (default: latest)."""
   workdir = os.path.abspath(workdir)
+  if os.path.isfile(workdir):
+    raise UserError(f"--workdir={workdir} is a file, not a run directory: pass the directory of a "
+                    f"training run (the --workdir it trained in)")
   if not os.path.isdir(workdir):
     raise UserError(f"--workdir={workdir} does not exist: pass the directory of a training run")
   config, tokenizer = workdir_lib.read_config(workdir), workdir_lib.read_tokenizer(workdir)

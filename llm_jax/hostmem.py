@@ -2,9 +2,9 @@
 
 XLA on CPU allocates each step's temporary buffers with malloc. glibc serves blocks over 32 MiB
 with a fresh mmap and unmaps them when freed, so every step of a large model touches its
-gigabytes of temporaries anew, one 4 KiB page fault at a time (10.7M-parameter GPT, B=64, T=256:
-8.3M faults in 4 steps, about a third of the step in the kernel). glibc's tunable
-`glibc.malloc.hugetlb=1` makes malloc ask for transparent huge pages (madvise), 512x fewer faults.
+gigabytes of temporaries anew, one 4 KiB page fault at a time, and a large share of the step is
+spent in the kernel (the profile is in experiments/perf). glibc's tunable `glibc.malloc.hugetlb=1`
+makes malloc ask for transparent huge pages (madvise): 2 MiB pages, 512 times fewer faults.
 glibc reads it at process start only, so the command line re-executes itself once with it set.
 LLM_JAX_HUGEPAGES=off leaves the environment alone.
 """

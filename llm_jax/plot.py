@@ -6,10 +6,10 @@ One colour per run, labelled by its workdir's name: the training loss at log ste
 the val loss at evaluations as a thicker line with markers. matplotlib draws off-screen (Agg).
 """
 
-import json
 import os
 
 from llm_jax.errors import UserError
+from llm_jax.fileio import read_metrics
 
 
 def read_curves(workdir: str) -> dict:
@@ -18,20 +18,11 @@ def read_curves(workdir: str) -> dict:
   if not os.path.isfile(path):
     raise UserError(f"{workdir} has no metrics.jsonl: pass the --workdir of a training run")
   curves = {"train": ([], []), "val": ([], [])}
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        r = json.loads(line)
-        step = int(r["step"])
-      except (ValueError, KeyError, TypeError):
-        raise UserError(f"{path} line {lineno} is not a metrics record: the file is damaged; "
-                        f"delete that line") from None
-      for name, key in (("train", "loss"), ("val", "val_loss")):
-        if key in r:
-          curves[name][0].append(step)
-          curves[name][1].append(float(r[key]))
+  for r in read_metrics(path):
+    for name, key in (("train", "loss"), ("val", "val_loss")):
+      if key in r:
+        curves[name][0].append(r["step"])
+        curves[name][1].append(float(r[key]))
   if not curves["train"][0] and not curves["val"][0]:
     raise UserError(f"{path} holds no loss yet: train the run for a few steps first")
   return curves

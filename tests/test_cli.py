@@ -12,8 +12,7 @@ from conftest import FAST_COMPILE, TOY_TEXT
 ROOT = pathlib.Path(__file__).parent.parent
 TINY = ["--config.model.n_layer=1", "--config.model.n_head=2", "--config.model.n_embd=16",
         "--config.model.block_size=16", "--config.train.batch_size=4",
-        "--config.train.max_steps=6", "--config.train.lr_decay_steps=6",
-        "--config.train.warmup_steps=1", "--config.train.eval_interval=3",
+        "--config.train.max_steps=6", "--config.train.warmup_steps=1", "--config.train.eval_interval=3",
         "--config.train.eval_iters=1", "--config.train.log_interval=3",
         "--config.train.checkpoint_every=3", "--config.train.sample_tokens=20"]
 
@@ -81,6 +80,41 @@ def test_flag_mistakes_exit_nonzero_without_traceback(tmp_path):
                ["fly"]):
     r = llm_jax(*args)
     assert r.returncode != 0 and "Traceback" not in r.stderr, (args, r.stderr)
+
+
+# a few of each command's own flags, as --help lists them
+OWN_FLAGS = {"train": ["--config", "--workdir"], "generate": ["--workdir", "--prompt", "--top_k"],
+             "bpe": ["--corpus", "--vocab_size", "--out"], "evaluate": ["--split", "--beam_size"],
+             "sweep": ["--jobs", "--[no]vectorize"], "plot": ["--out"],
+             "bench": ["--config", "--steps"]}
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h", "--helpshort"])
+def test_help_on_a_command_lists_its_own_flags_with_defaults_and_exits_0(flag):
+  from test_bad_inputs import run_cli
+  for name, own in OWN_FLAGS.items():
+    code, out, err = run_cli(name, flag)
+    assert code == 0 and err == "", (name, err)
+    assert out.startswith(f"usage: llm-jax {name} "), out
+    for f in own + ["--[no]debug"]:
+      assert f"\n  {f} " in out, (name, f, out)
+    assert "only_check_args" not in out  # absl's own flags only with --helpfull
+  code, out, _ = run_cli("generate", "--workdir=runs/x", "--top_k=3", flag)  # help wins
+  assert code == 0
+  lines = {l.split()[0]: l for l in out.splitlines() if l.startswith("  --")}
+  assert lines["--workdir"].endswith("(required)")
+  assert lines["--max_new_tokens"].endswith("(default: 500)")
+  assert lines["--prompt"].endswith("(default: '\\n')")
+  assert lines["--top_p"].endswith("(default: 1.0)")
+  assert lines["--[no]greedy"].endswith("(default: false)")
+
+
+def test_help_as_a_program_names_the_command_and_helpfull_adds_absls_flags():
+  r = llm_jax("evaluate", "-h")
+  assert r.returncode == 0 and r.stdout.startswith("usage: llm-jax evaluate "), r.stdout
+  assert "__main__" not in r.stdout + r.stderr
+  r = llm_jax("plot", "--helpfull")
+  assert r.returncode == 0 and "--out" in r.stdout and "only_check_args" in r.stdout
 
 
 def test_the_command_line_reexecutes_itself_once_with_huge_pages(monkeypatch):

@@ -84,3 +84,33 @@ def test_a_switch_the_transformer_does_not_read_is_refused():
     validate(c)
   assert str(e.value).startswith("config.model.scale_embeddings=True is invalid: model "
                                  "'transformer' does not read it") and "\n" not in str(e.value)
+
+
+def test_lr_decay_steps_follows_max_steps_unless_set_itself(tmp_path):
+  import pathlib
+  from absl import flags
+  from llm_jax.cli import define_config_flag
+  from llm_jax.fileio import write_json
+  from llm_jax.training import workdir as workdir_lib
+  root = pathlib.Path(__file__).parent.parent
+  c = default_config()
+  c.train.max_steps = 500
+  assert c.train.lr_decay_steps == 500
+  c.train.lr_decay_steps = 300  # set itself: no longer tied, and max_steps stays
+  c.train.max_steps = 700
+  assert (c.train.max_steps, c.train.lr_decay_steps) == (700, 300)
+  # a shipped config, overridden on the command line as `llm-jax train` parses it
+  for args, want in ((["--config.train.max_steps=40"], (40, 40)),
+                     (["--config.train.max_steps=400", "--config.train.lr_decay_steps=300"], (400, 300))):
+    argv = ["llm-jax", f"--config={root / 'configs' / 'gpt_char_baby.py'}", *args]
+    fv = flags.FlagValues()
+    define_config_flag(argv, fv)
+    fv(argv)
+    got = fv.config
+    assert (got.train.max_steps, got.train.lr_decay_steps) == want
+  # the run's config.json holds the value, and reads back as the same run
+  write_json(tmp_path / workdir_lib.CONFIG_FILE, got.to_dict())
+  saved = workdir_lib.read_config(str(tmp_path))
+  assert (saved.train.max_steps, saved.train.lr_decay_steps) == (400, 300)
+  validate(saved)
+  workdir_lib.check_same_run(got, saved)

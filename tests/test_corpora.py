@@ -84,3 +84,11 @@ def test_text_file_glob_and_errors(tmp_path):
     cfg.path = str(path)
     with pytest.raises(UserError, match=words):
       corpora.load_text(cfg)
+
+
+def test_a_byte_order_mark_at_the_start_of_a_corpus_is_dropped(tmp_path):
+  from llm_jax.config import default_config
+  (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfROMEO:\nBut soft!\n")
+  cfg = default_config().data
+  cfg.corpus, cfg.path = "text_file", str(tmp_path / "bom.txt")
+  assert corpora.load_text(cfg) == "ROMEO:\nBut soft!\n"

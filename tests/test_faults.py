@@ -278,3 +278,45 @@ def test_a_full_disk_is_an_error_and_the_last_checkpoint_stays(toy_corpus, tmp_p
   monkeypatch.setattr("shutil.disk_usage", lambda p: type("U", (), {"free": 1000})())
   with pytest.raises(UserError, match=r"MiB free, less than two checkpoints"):
     train_and_evaluate(tiny_config(toy_corpus, max_steps=20), str(tmp_path / "other"))
+
+
+def test_skip_nonfinite_is_optax_apply_if_finite_without_its_counters_in_the_state():
+  """A finite update is tx's own; a NaN gradient changes nothing and is reported as skipped; the
+  optimizer state keeps tx's tree (a checkpoint does not depend on nan_policy)."""
+  import jax.numpy as jnp
+  import optax
+  from llm_jax.training import guards
+  tx = optax.adamw(1e-2)
+  params = {"w": jnp.ones((2, 3)), "b": jnp.zeros(3)}
+  opt_state = tx.init(params)
+  update = jax.jit(guards.skip_nonfinite(tx))
+  grads = {"w": jnp.full((2, 3), 0.5), "b": jnp.ones(3)}
+  updates, state, skipped = update(grads, opt_state, params)
+  want_updates, want_state = tx.update(grads, opt_state, params)
+  assert float(skipped) == 0.0
+  assert jax.tree.structure(state) == jax.tree.structure(opt_state)
+  for a, b in zip(jax.tree.leaves((updates, state)), jax.tree.leaves((want_updates, want_state))):
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+  grads["b"] = grads["b"].at[1].set(jnp.nan)
+  updates, state, skipped = update(grads, opt_state, params)
+  assert float(skipped) == 1.0
+  assert all(not np.any(x) for x in jax.tree.leaves(updates))
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(opt_state)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_failed_restore_leaves_no_read_in_flight(toy_corpus, tmp_path, monkeypatch):
+  """Without <step>/state/manifest.ocdbt every read fails at once: Orbax's restore used to end
+  with the other reads in flight, whose completions met a closed event loop ('Event loop is
+  closed', unraisable, in TensorStore's threads)."""
+  import gc
+  unraisable = []
+  monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+  c = tiny_config(toy_corpus, max_steps=10, eval_interval=10)
+  train_and_evaluate(c, str(tmp_path / "run"))
+  os.remove(tmp_path / "run" / "checkpoints" / "10" / "state" / "manifest.ocdbt")
+  with pytest.raises(UserError, match="no checkpoint in .* restores"):
+    train_and_evaluate(c, str(tmp_path / "run"))
+  time.sleep(0.5)  # where TensorStore's late completions used to fail
+  gc.collect()
+  assert unraisable == []

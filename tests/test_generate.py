@@ -86,3 +86,20 @@ def test_generation_and_evaluation_read_the_saved_parameters_without_an_optimize
     np.testing.assert_array_equal(a, b)
   assert len(generate_text(run, "the ", max_new_tokens=5)[0]) == 5
   assert evaluate_run(run)["loss"] > 0
+
+
+def test_a_prompt_is_normalized_as_the_corpus_was(tmp_path):
+  """A corpus that starts with a byte-order mark and spells 'é' as e + a combining accent: the
+  mark is no character of the vocabulary, the run's tokenizer is NFC (data.normalize='auto'), and
+  a prompt spelling 'é' either way gives the same samples."""
+  import json
+  decomposed, precomposed = "cafe\u0301", "caf\u00e9"
+  (tmp_path / "toy.txt").write_text("\ufeff" + TOY_TEXT.replace("cat", decomposed),
+                                    encoding="utf-8")
+  c = tiny_config(tmp_path / "toy.txt", max_steps=2, eval_interval=2, checkpoint_every=2)
+  train_and_evaluate(c, str(tmp_path / "run"))
+  saved = json.loads((tmp_path / "run" / "tokenizer.json").read_text())
+  assert saved["normalize"] == "NFC" and "\u00e9" in saved["chars"]
+  assert "\ufeff" not in saved["chars"] and "\u0301" not in saved["chars"]
+  a = generate_text(tmp_path / "run", f"the {precomposed}", max_new_tokens=8, seed=3)
+  assert generate_text(tmp_path / "run", f"the {decomposed}", max_new_tokens=8, seed=3) == a

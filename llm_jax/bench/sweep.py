@@ -20,6 +20,7 @@ import time
 
 from absl import app, flags
 
+from llm_jax.fileio import read_metrics
 from llm_jax.sweep import runner, spec
 
 flags.DEFINE_string("config", "experiments/ablation_base.py", "base config of the K runs")
@@ -33,17 +34,16 @@ MODES = {"sequential": dict(jobs=1), "jobs2": dict(jobs=2),
 
 def write_experiment(folder, base, k, steps):
   os.makedirs(folder)
-  overrides = {"train.max_steps": steps, "train.lr_decay_steps": steps,
-               "train.eval_interval": steps, "train.checkpoint_every": steps,
-               "train.log_interval": 10}
+  overrides = {"train.max_steps": steps, "train.eval_interval": steps,
+               "train.checkpoint_every": steps, "train.log_interval": 10}
   with open(os.path.join(folder, spec.EXPERIMENT_FILE), "w") as f:
     f.write(f"def get_experiment():\n  return {{'base': {os.path.abspath(base)!r}, "
             f"'overrides': {overrides!r}, 'seeds': {list(range(k))!r}}}\n")
 
 
 def steady_ms(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    ms = [r["ms_per_step"] for r in map(json.loads, f) if "ms_per_step" in r]
+  records = read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  ms = [r["ms_per_step"] for r in records if "ms_per_step" in r]
   return statistics.median(ms[1:])  # the first interval holds the compilation
 
 

@@ -17,19 +17,17 @@ reproduces the training's merges, at Rust speed.
 
 import base64
 import collections
-import glob
 import hashlib
 import heapq
 import json
-import os
 import pathlib
-import tempfile
 import time
 
 import regex
 import tiktoken
 
 from llm_jax.errors import UserError
+from llm_jax.fileio import atomic_write, read_text_files
 
 # GPT-4's pre-tokenization (tiktoken's cl100k_base): contractions, words with one leading
 # non-letter, numbers of up to 3 digits, punctuation runs, newlines, other whitespace
@@ -124,19 +122,6 @@ def train_bpe(text: str, vocab_size: int, pattern: str = PATTERN) -> dict[bytes,
   return {tok: i for i, tok in enumerate(vocab)}
 
 
-def _write_atomic(path: pathlib.Path, data: bytes) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; a rank file is meant to be shared
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
 def save_bpe(path, ranks: dict[bytes, int], pattern: str = PATTERN) -> None:
   """Writes the rank file (tiktoken's format) and its sidecar (pattern, special tokens)."""
   path = pathlib.Path(path)
@@ -144,8 +129,10 @@ def save_bpe(path, ranks: dict[bytes, int], pattern: str = PATTERN) -> None:
                    for tok, rank in sorted(ranks.items(), key=lambda kv: kv[1]))
   special = {tok: len(ranks) + i for i, tok in enumerate(SPECIAL_TOKENS)}
   sidecar = {"pattern": pattern, "special_tokens": special}
-  _write_atomic(sidecar_path(path), (json.dumps(sidecar, indent=2) + "\n").encode())
-  _write_atomic(path, lines)
+  with atomic_write(sidecar_path(path)) as f:
+    f.write(json.dumps(sidecar, indent=2) + "\n")
+  with atomic_write(path, "wb") as f:
+    f.write(lines)
 
 
 def read_ranks(path) -> dict[bytes, int]:
@@ -196,11 +183,7 @@ def load_bpe(path, name: str | None = None) -> tiktoken.Encoding:
 
 def read_corpus(corpus: str) -> str:
   """A UTF-8 file, or the files a glob matches, joined in sorted order."""
-  from llm_jax.data.corpora import read_utf8
-  paths = sorted(glob.glob(os.path.expanduser(corpus)))
-  if not paths:
-    raise UserError(f"--corpus={corpus} matches no file: pass a UTF-8 text file or a glob")
-  text = "".join(read_utf8(pathlib.Path(p)) for p in paths)
+  text = read_text_files(corpus, "--corpus")
   if not text:
     raise UserError(f"--corpus={corpus} is empty: give it some text")
   return text

@@ -5,16 +5,15 @@
 - text_file:         any UTF-8 file, or the files a glob matches, joined in sorted order.
 """
 
-import glob
 import hashlib
 import os
 import pathlib
-import tempfile
 import urllib.error
 import urllib.request
 
 from llm_jax.data.plays import load_plays_text
 from llm_jax.errors import UserError
+from llm_jax.fileio import atomic_write, read_text_files, read_utf8
 
 TINYSHAKESPEARE_URL = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt")
@@ -44,36 +43,20 @@ def fetch(url: str, sha256: str, dest: pathlib.Path, timeout: float = 30.0) -> p
   """
   if dest.exists() and sha256_of(dest) == sha256:
     return dest
-  dest.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
   try:
-    h = hashlib.sha256()
-    with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+    with atomic_write(dest, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+      h = hashlib.sha256()
       for chunk in iter(lambda: resp.read(1 << 20), b""):
         h.update(chunk)
         out.write(chunk)
-    if h.hexdigest() != sha256:
-      raise UserError(f"download of {url} has sha256 {h.hexdigest()}, expected {sha256}: "
-                      f"the file changed upstream or was corrupted; pass a verified copy instead")
-    os.replace(tmp, dest)
+      if h.hexdigest() != sha256:
+        raise UserError(f"download of {url} has sha256 {h.hexdigest()}, expected {sha256}: "
+                        f"the file changed upstream or was corrupted; pass a verified copy instead")
     return dest
   except (urllib.error.URLError, OSError) as e:
     reason = getattr(e, "reason", e)
     raise UserError(f"could not download {url} ({reason}); offline? put a copy at {dest} "
                     f"or pass --config.data.path=/path/to/{dest.name}") from None
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
-def read_utf8(path: pathlib.Path) -> str:
-  try:
-    return path.read_text(encoding="utf-8")
-  except UnicodeDecodeError as e:
-    raise UserError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); convert it to UTF-8") \
-        from None
-  except OSError as e:
-    raise UserError(f"cannot read {path}: {e.strerror}") from None
 
 
 def load_text(cfg) -> str:
@@ -97,10 +80,7 @@ def load_text(cfg) -> str:
     if not cfg.path:
       raise UserError("corpus 'text_file' needs a file: pass --config.data.path=/path/to/text.txt "
                       "(a glob such as 'books/*.txt' works too)")
-    paths = sorted(glob.glob(os.path.expanduser(cfg.path)))
-    if not paths:
-      raise UserError(f"config.data.path={cfg.path} matches no file: check the path")
-    text = "".join(read_utf8(pathlib.Path(p)) for p in paths)
+    text = read_text_files(cfg.path, "config.data.path")
   else:
     raise UserError(f"config.data.corpus={cfg.corpus!r} is unknown: use one of {', '.join(CORPORA)}")
   if not text:

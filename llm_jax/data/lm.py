@@ -9,16 +9,16 @@ memory map, so a second run starts at once and the ids never sit in memory as a 
 """
 
 import hashlib
-import os
 import pathlib
-import tempfile
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from llm_jax.data.corpora import data_dir, load_text, split
-from llm_jax.data.tokenizers import CharTokenizer, make_tokenizer, tokenizer_id
+from llm_jax.data.tokenizers import (CharTokenizer, make_tokenizer, normalization_of,
+                                     normalize, tokenizer_id)
 from llm_jax.errors import UserError
+from llm_jax.fileio import atomic_write
 
 # independent random streams of one seed: the training batches, and the fixed evaluation batches
 TRAIN_STREAM, EVAL_STREAM = 0, 1
@@ -64,36 +64,32 @@ def cached_tokens(tokenizer, text: str, data_dir_config: str = "") -> np.ndarray
   path = token_cache_path(tokenizer, text, data_dir_config)
   if not path.exists():
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp")
-    try:
-      def header(n):
-        return {"descr": dtype.str, "fortran_order": False, "shape": (n,)}
-      with os.fdopen(fd, "wb") as f:
-        np.lib.format.write_array_header_1_0(f, header(0))  # the length is known at the end
-        offset, n = f.tell(), 0
-        for ids in tokenizer.encode_chunks(text):
-          f.write(ids.astype(dtype).tobytes())
-          n += len(ids)
-        f.seek(0)
-        np.lib.format.write_array_header_1_0(f, header(n))  # padded: the same size as before
-        assert f.tell() == offset, "the .npy header changed size"
-      os.chmod(tmp, 0o644)  # mkstemp makes it private; the data dir is a shared cache
-      os.replace(tmp, path)
-    finally:
-      if os.path.exists(tmp):
-        os.remove(tmp)
+
+    def header(n):
+      return {"descr": dtype.str, "fortran_order": False, "shape": (n,)}
+
+    with atomic_write(path, "wb") as f:
+      np.lib.format.write_array_header_1_0(f, header(0))  # the length is known at the end
+      offset, n = f.tell(), 0
+      for ids in tokenizer.encode_chunks(text):
+        f.write(ids.astype(dtype).tobytes())
+        n += len(ids)
+      f.seek(0)
+      np.lib.format.write_array_header_1_0(f, header(n))  # padded: the same size as before
+      assert f.tell() == offset, "the .npy header changed size"
   return np.load(path, mmap_mode="r", allow_pickle=False)  # a user's file is never unpickled
 
 
 def load_lm_data(cfg, block_size: int, tokenizer=None) -> LMData:
-  """cfg: config.data. The corpus split 90/10 by characters and tokenized.
+  """cfg: config.data. The corpus, Unicode-normalized (data.normalize), split 90/10 by characters
+  and tokenized.
 
   `tokenizer`: the one saved with a run being resumed; None builds one (config.data.tokenizer).
   Character ids are computed in one vectorized pass; BPE ids come from the token cache.
   """
-  text = load_text(cfg)
-  tokenizer = tokenizer or make_tokenizer(cfg.tokenizer, text, cfg.data_dir)
+  form = tokenizer.normalization if tokenizer else normalization_of(cfg.normalize, cfg.tokenizer)
+  text = normalize(load_text(cfg), form)  # split and counted in bytes as the tokenizer sees it
+  tokenizer = tokenizer or make_tokenizer(cfg.tokenizer, text, cfg.data_dir, form)
   train_text, val_text = split(text)
   if isinstance(tokenizer, CharTokenizer):
     train, val = tokenizer.encode(train_text), tokenizer.encode(val_text)

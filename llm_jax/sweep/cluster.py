@@ -29,8 +29,8 @@ import zlib
 import submitit
 
 from llm_jax.errors import UserError
+from llm_jax.fileio import read_metrics
 from llm_jax.sweep import worker
-from llm_jax.sweep.report import read_jsonl
 from llm_jax.sweep.runner import runs_to_train
 from llm_jax.sweep.spec import is_finished, load_experiment
 from llm_jax.training.signals import Interrupted
@@ -161,7 +161,7 @@ def run_state(run, record) -> tuple[str, str]:
   or 'not submitted'."""
   if is_finished(run):
     return "finished", ""
-  steps = [r["step"] for r in read_jsonl(os.path.join(run.workdir, "metrics.jsonl"))]
+  steps = [r["step"] for r in read_metrics(os.path.join(run.workdir, "metrics.jsonl"))]
   at = f"step {max(steps, default=0)}/{run.config.train.max_steps}"
   if record is None:
     return "not submitted", at if steps else ""

@@ -12,32 +12,17 @@ import os
 
 import numpy as np
 
+from llm_jax.fileio import read_metrics
+
 COLUMNS = ["point", "seed", "status", "step", "final_val_loss", "best_val_loss",
            "final_train_loss", "tokens_per_s", "params", "wall_s"]
-
-
-def read_jsonl(path) -> list[dict]:
-  """The records of a JSON-lines file; a line still being written (a run in progress) is left
-  out."""
-  try:
-    with open(path, encoding="utf-8") as f:
-      lines = f.readlines()
-  except OSError:
-    return []
-  records = []
-  for line in lines:
-    try:
-      records.append(json.loads(line))
-    except ValueError:
-      continue
-  return records
 
 
 def collect(exp) -> list[dict]:
   """One dict per run: COLUMNS, the point's override values and its val-loss curve."""
   rows = []
   for run in exp.runs:
-    records = read_jsonl(os.path.join(run.workdir, "metrics.jsonl"))
+    records = read_metrics(os.path.join(run.workdir, "metrics.jsonl"))
     evals = [r for r in records if "val_loss" in r]
     try:
       with open(os.path.join(run.workdir, "summary.json"), encoding="utf-8") as f:

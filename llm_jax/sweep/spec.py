@@ -22,7 +22,6 @@ one per GPU; see parallel.init_distributed).
 wrong type or an invalid config is one error naming the point and the field.
 """
 
-import importlib.util
 import itertools
 import json
 import os
@@ -33,6 +32,7 @@ import ml_collections
 
 from llm_jax.config import validate
 from llm_jax.errors import UserError
+from llm_jax.fileio import load_python_file
 
 EXPERIMENT_FILE = "experiment.py"
 KEYS = {"base", "overrides", "points", "seeds"}
@@ -62,18 +62,6 @@ def grid(axes: dict) -> list[dict]:
   slowest."""
   fields = list(axes)
   return [dict(zip(fields, values)) for values in itertools.product(*axes.values())]
-
-
-def _load_module(path, what):
-  if not os.path.isfile(path):
-    raise UserError(f"{path} does not exist: {what}")
-  spec = importlib.util.spec_from_file_location(f"_llm_jax_{os.path.basename(path)[:-3]}", path)
-  module = importlib.util.module_from_spec(spec)
-  try:
-    spec.loader.exec_module(module)
-  except Exception as e:  # a user's file: its own error, on one line
-    raise UserError(f"{path} failed to load: {type(e).__name__}: {e}") from None
-  return module
 
 
 def set_field(config, field: str, value, where: str) -> None:
@@ -106,7 +94,8 @@ def point_name(overrides: dict, all_fields) -> str:
 def load_experiment(directory: str) -> Experiment:
   directory = os.path.abspath(directory.rstrip("/"))
   path = os.path.join(directory, EXPERIMENT_FILE)
-  module = _load_module(path, f"an experiment folder holds {EXPERIMENT_FILE} with get_experiment()")
+  module = load_python_file(path, path,
+                            f"an experiment folder holds {EXPERIMENT_FILE} with get_experiment()")
   if not hasattr(module, "get_experiment"):
     raise UserError(f"{path} has no get_experiment(): define one returning a dict with "
                     f"{', '.join(sorted(KEYS))}")
@@ -116,7 +105,7 @@ def load_experiment(directory: str) -> Experiment:
     raise UserError(f"{path}: get_experiment() returns keys {sorted(spec)}: use {sorted(KEYS)} "
                     "('base' is required)")
   base_path = os.path.normpath(os.path.join(directory, spec["base"]))
-  base_module = _load_module(base_path, f"fix 'base' in {path}")
+  base_module = load_python_file(base_path, base_path, f"fix 'base' in {path}")
   points = spec.get("points") or [{}]
   seeds = list(spec.get("seeds") or [0])
   if len(set(seeds)) != len(seeds) or not all(isinstance(s, int) for s in seeds):

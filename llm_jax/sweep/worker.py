@@ -13,16 +13,14 @@ import ml_collections
 
 from llm_jax.config import with_defaults
 from llm_jax.errors import UserError
+from llm_jax.fileio import write_json
 from llm_jax.training.signals import Interrupted
 
 RUN_FILE = "sweep_run.json"
 
 
 def write_run(workdir: str, config) -> None:
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, RUN_FILE + ".tmp"), "w", encoding="utf-8") as f:
-    json.dump(config.to_dict(), f, indent=2, sort_keys=True)
-  os.replace(os.path.join(workdir, RUN_FILE + ".tmp"), os.path.join(workdir, RUN_FILE))
+  write_json(os.path.join(workdir, RUN_FILE), config.to_dict())
 
 
 def read_run(workdir: str) -> ml_collections.ConfigDict:

@@ -14,6 +14,8 @@ Part of the state restores alone (Orbax's partial restore): `generate` and `eval
 step and the parameters without building an optimizer for the rest.
 """
 
+import asyncio
+import contextlib
 import os
 import shutil
 import sys
@@ -76,14 +78,46 @@ def _is_partial(like) -> bool:
   return isinstance(like, dict)
 
 
+class _DrainingLoop(asyncio.SelectorEventLoop):
+  """An event loop that, closed while tasks are pending, first lets them finish. Orbax (0.12)
+  runs the reads of a restore (the arrays' metadata, then the arrays) in a fresh loop and closes
+  it as soon as one read fails, while the others are still in flight in TensorStore: their
+  completions then call the closed loop and raise 'Event loop is closed' in TensorStore's
+  threads, long after the restore. Drained, they end (a damaged checkpoint fails them as fast as
+  the first) before the loop closes."""
+
+  def close(self):
+    pending = [t for t in asyncio.all_tasks(self) if not t.done()]
+    if pending and not self.is_running() and not self.is_closed():
+      self.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    super().close()
+
+
+class _DrainingPolicy(asyncio.DefaultEventLoopPolicy):
+  def new_event_loop(self):
+    return _DrainingLoop()
+
+
+@contextlib.contextmanager
+def _draining_event_loops():
+  """The event loops made meanwhile (Orbax's, in this thread or another) are _DrainingLoops."""
+  old = asyncio.get_event_loop_policy()
+  asyncio.set_event_loop_policy(_DrainingPolicy())
+  try:
+    yield
+  finally:
+    asyncio.set_event_loop_policy(old)
+
+
 def restore(manager: ocp.CheckpointManager, like, step: int | None = None):
   """(state, meta) from `step` (default: the latest), as numpy arrays shaped like `like`: the
   whole train state, or a dict of some of its fields (those alone are read, as a dict)."""
   step = manager.latest_step() if step is None else step
-  check_shapes(manager, step, like)
   state = ocp.args.PyTreeRestore(item=like, partial_restore=_is_partial(like),
                                  restore_args=ocp.checkpoint_utils.construct_restore_args(like))
-  out = manager.restore(step, args=ocp.args.Composite(state=state, meta=ocp.args.JsonRestore()))
+  with _draining_event_loops():  # the metadata's reads and the arrays'
+    check_shapes(manager, step, like)
+    out = manager.restore(step, args=ocp.args.Composite(state=state, meta=ocp.args.JsonRestore()))
   return out.state, out.meta
 
 

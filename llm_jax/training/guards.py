@@ -2,37 +2,37 @@
 
 config.train.nan_policy = 'stop': the loop checks the per-step metrics it fetches at log steps,
 and always before saving a checkpoint, so a state that went through a NaN or inf is never saved
-(the last good checkpoint stays). 'skip': the step itself keeps the old parameters and optimizer
-state whenever its loss or gradient norm is not finite (every device agrees: both are averaged
-over devices), and counts it in a `skipped` metric.
+(the last good checkpoint stays). 'skip': the optimizer goes through optax.apply_if_finite, which
+drops an update whose gradients are not all finite (zero updates, the optimizer state kept; every
+device agrees, the gradients being averaged over devices), and the step reports it in a `skipped`
+metric, which the loop counts.
 """
 
-import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 # the per-step metrics that must stay finite, in the order they are named
 CHECKED = ("loss", "grad_norm")
 
 
-def skip_nonfinite(train_step):
-  """train_step(state, batch, rng) -> (state, metrics), wrapped to drop non-finite updates.
+def skip_nonfinite(tx: optax.GradientTransformation):
+  """update(grads, opt_state, params) -> (updates, opt_state, skipped): tx's update through
+  optax.apply_if_finite. Its counters start afresh at each step and are not kept, so the train
+  state (and a checkpoint) is the same tree under either nan_policy and a run may change policy
+  when it resumes; the count of skipped updates lives with the checkpoint's metadata."""
+  # counted from zero at each step, a non-finite update is the first in a row: with 1 allowed in
+  # a row, apply_if_finite always drops it
+  safe = optax.apply_if_finite(tx, max_consecutive_errors=1)
+  zero = jnp.zeros([], jnp.int32)
 
-  The step counter still advances, so the batch and dropout key of the next step are the ones an
-  uninterrupted run would draw."""
+  def update(grads, opt_state, params):
+    fresh = optax.ApplyIfFiniteState(notfinite_count=zero, last_finite=jnp.array(True),
+                                     total_notfinite=zero, inner_state=opt_state)
+    updates, state = safe.update(grads, fresh, params)
+    return updates, state.inner_state, 1.0 - state.last_finite.astype(jnp.float32)
 
-  def step(state, batch, rng):
-    new, metrics = train_step(state, batch, rng)
-    ok = jnp.all(jnp.stack([jnp.isfinite(metrics[k]) for k in CHECKED]))
-
-    def keep(a, b):
-      return jnp.where(ok, a, b)
-
-    new = new.replace(params=jax.tree.map(keep, new.params, state.params),
-                      opt_state=jax.tree.map(keep, new.opt_state, state.opt_state))
-    return new, {**metrics, "skipped": 1.0 - ok.astype(jnp.float32)}
-
-  return step
+  return update
 
 
 def first_nonfinite(host_metrics: list[dict], first_done: int):

@@ -28,6 +28,7 @@ from llm_jax.models import flops_per_token
 from llm_jax.models.flops import count_params
 from llm_jax.tasks import build_task
 from llm_jax.errors import UserError
+from llm_jax.fileio import atomic_write, read_metrics, write_json
 from llm_jax.training import checkpoint, guards, parallel, signals, workdir as workdir_lib
 from llm_jax.training.events import EventWriter
 from llm_jax.training.losses import make_loss_fn
@@ -36,16 +37,14 @@ from llm_jax.training.steps import init_state, make_evaluate, make_train_step
 
 
 class MetricsLog:
-  """<workdir>/metrics.jsonl, one JSON object a line. On resume, lines past the restored step go."""
+  """<workdir>/metrics.jsonl, one JSON object a line. On resume, records past the restored step
+  go (and a last line torn by a killed run), in one atomic rewrite."""
 
   def __init__(self, workdir, resume_step):
     self.path = os.path.join(workdir, "metrics.jsonl")
-    kept = []
-    if os.path.exists(self.path):
-      with open(self.path, encoding="utf-8") as f:
-        kept = [l for l in f if l.strip() and json.loads(l)["step"] <= resume_step]
-    with open(self.path, "w", encoding="utf-8") as f:
-      f.writelines(kept)
+    kept = [r for r in read_metrics(self.path) if r["step"] <= resume_step]
+    with atomic_write(self.path) as f:
+      f.writelines(json.dumps(r) + "\n" for r in kept)
 
   def write(self, record):
     with open(self.path, "a", encoding="utf-8") as f:
@@ -124,10 +123,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   state = jax.device_get(state)  # the host copy: what checkpoints hold, for any device count
   workdir_lib.check_free_space(workdir, sum(np.asarray(x).nbytes for x in jax.tree.leaves(state)))
   axis = parallel.AXIS if mode == "pmap" else None
-  step_fn = make_train_step(loss_fn, tx, axis)
   skip = tc.nan_policy == "skip"
-  if skip:
-    step_fn = guards.skip_nonfinite(step_fn)
+  step_fn = make_train_step(loss_fn, tx, axis, skip_nonfinite=skip)
   train_step, evaluate_split = parallel.wrap_steps(step_fn, make_evaluate(loss_fn, axis), mode)
   eval_batches = {k: parallel.shard_batch(b, mode, axis=1) for k, b in task.eval_batches.items()}
   param_norm = jax.jit(optax.tree.norm)
@@ -277,6 +274,5 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if tc.sample_tokens:
     summary["sample"] = task.sample(final.params, tc.sample_tokens, config.seed)
     print(f"--- sample ---\n{summary['sample']}\n---", flush=True)
-  with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
-    json.dump(summary, f, indent=2)
+  write_json(os.path.join(workdir, "summary.json"), summary)
   return summary

@@ -1,4 +1,5 @@
-"""AdamW with nanoGPT's learning-rate schedule, decay on matrices only, and global-norm clipping."""
+"""AdamW with nanoGPT's learning-rate schedule, decay on weights and embeddings (not biases or norm
+scales), and global-norm clipping."""
 
 import jax
 import jax.numpy as jnp

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from llm_jax.models import init_params
+from llm_jax.training import guards
 
 
 @flax.struct.dataclass
@@ -37,8 +38,11 @@ def init_state(model, model_config, tx, rng) -> TrainState:
   return create_state(init_params(model, model_config, rng), tx)
 
 
-def make_train_step(loss_fn, tx, axis_name=None):
+def make_train_step(loss_fn, tx, axis_name=None, skip_nonfinite=False):
+  """skip_nonfinite (nan_policy='skip'): an update whose gradients are not all finite is dropped
+  (guards.py), and the metrics hold `skipped` (1.0 for a dropped update)."""
   grad_fn = jax.value_and_grad(loss_fn)
+  guarded_update = guards.skip_nonfinite(tx) if skip_nonfinite else None
 
   def train_step(state: TrainState, batch, rng):
     rng = jax.random.fold_in(rng, state.step)
@@ -58,9 +62,12 @@ def make_train_step(loss_fn, tx, axis_name=None):
     if axis_name:  # all-reduce one flat vector, not a tuple of leaves (cheaper on CPU, see perf)
       flat, unravel = jax.flatten_util.ravel_pytree((loss, grads))
       loss, grads = unravel(jax.lax.pmean(flat, axis_name))
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+    if guarded_update:
+      updates, opt_state, metrics["skipped"] = guarded_update(grads, state.opt_state, state.params)
+    else:
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step

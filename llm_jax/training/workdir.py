@@ -17,6 +17,7 @@ import ml_collections
 from llm_jax.config import with_defaults
 from llm_jax.data.tokenizers import tokenizer_from_dict
 from llm_jax.errors import UserError
+from llm_jax.fileio import write_json
 
 CONFIG_FILE, TOKENIZER_FILE = "config.json", "tokenizer.json"
 
@@ -30,13 +31,6 @@ def _read_json(workdir, name):
       return json.load(f)
   except (OSError, ValueError) as e:
     raise UserError(f"{path} is unreadable ({e}): restore it or use a fresh --workdir") from None
-
-
-def _write_json(workdir, name, obj):
-  path = os.path.join(workdir, name)
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(path + ".tmp", path)
 
 
 def read_config(workdir) -> ml_collections.ConfigDict | None:
@@ -53,7 +47,7 @@ def read_tokenizer(workdir):
 def check_same_run(config, saved) -> None:
   """The parts of a config that checkpoints depend on must match the run saved in the workdir."""
   fields = [f"model.{k}" for k in sorted(set(config.model) | set(saved.model))]
-  for field in fields + ["data.corpus", "data.tokenizer", "data.task"]:
+  for field in fields + ["data.corpus", "data.tokenizer", "data.normalize", "data.task"]:
     section, key = field.split(".")
     new, old = config[section].get(key), saved[section].get(key)
     if new != old:
@@ -62,12 +56,15 @@ def check_same_run(config, saved) -> None:
 
 
 def write_run_files(workdir, config, tokenizer) -> None:
-  _write_json(workdir, CONFIG_FILE, config.to_dict())
-  _write_json(workdir, TOKENIZER_FILE, tokenizer.to_dict())
+  write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
+  write_json(os.path.join(workdir, TOKENIZER_FILE), tokenizer.to_dict())
 
 
 def check_writable(workdir) -> None:
   """Creates workdir if needed and writes a file there; any failure is a UserError naming it."""
+  if os.path.isfile(workdir):
+    raise UserError(f"--workdir={workdir} is a file, not a run directory: pick a directory (a new "
+                    f"one is made)")
   try:
     os.makedirs(workdir, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test."):
