@@ -239,7 +239,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if steps_done % tc.eval_interval == 0 or steps_done == tc.max_steps:
           losses = run_eval(steps_done)
         if steps_done % tc.checkpoint_every == 0 or steps_done == tc.max_steps or stopping:
-          check_finite(metrics_to_host(pending), steps_done - n_since + 1)  # never save a state past a NaN
+          # never save a state past a NaN
+          check_finite(metrics_to_host(pending), steps_done - n_since + 1)
           _save(manager, parallel.host_state(state, mode), meta, last_saved)
           last_saved = steps_done
         if stopping:

@@ -44,8 +44,9 @@ def init_distributed(cfg) -> None:
   if not srun and not 0 <= pid < n:
     raise UserError(f"config.distributed.process_id={pid} is invalid: use 0..{n - 1}")
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  # no persistent compilation cache across processes: with it, 2 processes on one machine hung in
-  # a collective in 1 of 5 runs; none of 16 without it
+  # no persistent compilation cache across processes: it was turned off when 2 processes on one
+  # machine hung in a collective, a hang since traced to x[0] reads of global arrays (see
+  # local_replica) and seen no more with the cache after that fix; off until shown safe for longer
   jax.config.update("jax_enable_compilation_cache", False)
   if srun:
     # JAX reads the task count and index (SLURM_NTASKS, SLURM_PROCID) and the coordinator (the
