@@ -284,8 +284,8 @@ def validate(c) -> None:
   _require(m.n_kv_head >= 0, "model.n_kv_head", m.n_kv_head,
            "use 0 (= n_head) or a positive number")
   _require(m.n_kv_head == 0 or m.n_head % m.n_kv_head == 0, "model.n_kv_head", m.n_kv_head,
-           f"model.n_head={m.n_head} must divide by it (each key/value head serves n_head / n_kv_head "
-           f"query heads)")
+           f"model.n_head={m.n_head} must divide by it (each key/value head serves "
+           f"n_head / n_kv_head query heads)")
   _require(m.dtype in ("float32", "bfloat16"), "model.dtype", m.dtype, "use 'float32' or 'bfloat16'")
   _require(m.attention in ("einsum", "dot_product"), "model.attention", m.attention,
            "use 'einsum' or 'dot_product'")
