@@ -43,10 +43,9 @@ def test_bigram_is_a_table_lookup():
   np.testing.assert_array_equal(m.apply({"params": params}, idx)[0], table[jnp.array([3, 5, 3])])
 
 
-# the switches of today's models, each on its own and together
-MODERN = [dict(pos="rope"), dict(pos="none"), dict(norm_type="rmsnorm", norm="post"),
-          dict(activation="swiglu"), dict(activation="geglu", ffn_hidden=24),
-          dict(n_kv_head=1), dict(qk_norm=True),
+# the switches of today's models: the positions on their own, the others together
+MODERN = [dict(pos="rope"), dict(pos="none"),
+          dict(norm_type="rmsnorm", norm="post", activation="geglu", ffn_hidden=24, n_kv_head=1),
           dict(pos="rope", norm_type="rmsnorm", activation="swiglu", n_head=4, n_kv_head=2,
                qk_norm=True)]
 ids = lambda v: "-".join(f"{k}={x}" for k, x in v.items())
