@@ -82,14 +82,31 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.n_head = 4
   # model width C
   c.model.n_embd = 128
+  # key/value heads of each attention, shared by groups of query heads (grouped-query attention;
+  # the KV cache holds only these): 0 means n_head (multi-head, one fused QKV projection), 1 is
+  # multi-query; n_head must divide by it
+  c.model.n_kv_head = 0
   # dropout on embeddings, attention weights and residual branches (0 turns it off)
   c.model.dropout = 0.0
-  # LayerNorm placement: 'pre' (x + f(LN(x)), GPT-2) | 'post' (LN(x + f(x)), the original Transformer)
+  # norm placement: 'pre' (x + f(LN(x)), GPT-2) | 'post' (LN(x + f(x)), the original Transformer)
   c.model.norm = "pre"
-  # positional encoding: 'learned' (a table, GPT-2) | 'sinusoidal' (fixed, the original Transformer)
+  # the norm: 'layernorm' (GPT-2; with use_bias a bias) | 'rmsnorm' (scale only, as Llama)
+  c.model.norm_type = "layernorm"
+  # positional encoding: 'learned' (a table, GPT-2) | 'sinusoidal' (fixed, the original
+  # Transformer) | 'rope' (rotary: the self-attentions rotate queries and keys by position, as
+  # Llama; head size n_embd / n_head even) | 'none' (NoPE: a causal model tells positions apart by
+  # its mask alone; not the transformer, whose encoder would see its source as a bag)
   c.model.pos = "learned"
-  # FFN activation: 'gelu' (GPT-2) | 'relu' (the original Transformer)
+  # pos='rope': the base of the rotation frequencies, position / rope_theta^(2i/head size)
+  c.model.rope_theta = 10000.0
+  # FFN activation: 'gelu' (GPT-2) | 'relu' (the original Transformer) | 'swiglu' (SiLU-gated,
+  # Llama) | 'geglu' (GELU-gated); the gated ones have a gate and an up projection
   c.model.activation = "gelu"
+  # the FFN's hidden width; 0: 4 n_embd, or for the gated activations 8 n_embd / 3 rounded up to a
+  # multiple of 64 (about the parameters of the 4 n_embd one, Llama's rule)
+  c.model.ffn_hidden = 0
+  # RMSNorm on each head's queries and keys (before the rotary positions), as OLMo 2 and Qwen3
+  c.model.qk_norm = False
   # share the token embedding with the output head
   c.model.tie_embeddings = True
   # transformer: one embedding table for source and target tokens (their vocabulary is one)
@@ -236,6 +253,8 @@ def validate(c) -> None:
   for field, why in FAMILIES[m.name].unread.items():
     _require(m[field] == defaults[field], f"model.{field}", m[field],
              f"model {m.name!r} does not read it ({why}): leave it at {defaults[field]!r}")
+  for (field, value), why in FAMILIES[m.name].refuses.items():
+    _require(m[field] != value, f"model.{field}", m[field], f"model {m.name!r} refuses it ({why})")
   _require(m.block_size > 0, "model.block_size", m.block_size, "use a positive context length")
   for field in ("n_layer", "n_head", "n_embd"):
     _require(m[field] > 0, f"model.{field}", m[field], "use a positive size")
@@ -246,8 +265,27 @@ def validate(c) -> None:
            f"it exceeds the positional table (model.max_len={m.max_len}): raise max_len or lower block_size")
   _require(0.0 <= m.dropout < 1.0, "model.dropout", m.dropout, "use a rate in [0, 1)")
   _require(m.norm in ("pre", "post"), "model.norm", m.norm, "use 'pre' or 'post'")
-  _require(m.pos in ("learned", "sinusoidal"), "model.pos", m.pos, "use 'learned' or 'sinusoidal'")
-  _require(m.activation in ("relu", "gelu"), "model.activation", m.activation, "use 'relu' or 'gelu'")
+  _require(m.norm_type in ("layernorm", "rmsnorm"), "model.norm_type", m.norm_type,
+           "use 'layernorm' or 'rmsnorm'")
+  _require(m.pos in ("learned", "sinusoidal", "rope", "none"), "model.pos", m.pos,
+           "use 'learned', 'sinusoidal', 'rope' or 'none'")
+  head_size = m.n_embd // m.n_head
+  _require(m.pos != "rope" or head_size % 2 == 0, "model.pos", m.pos,
+           f"rotary positions rotate pairs of dimensions: the head size n_embd / n_head = "
+           f"{head_size} must be even")
+  _require(m.rope_theta > 0, "model.rope_theta", m.rope_theta, "use a positive base")
+  _require(m.pos == "rope" or m.rope_theta == defaults.rope_theta, "model.rope_theta",
+           m.rope_theta, f"only pos='rope' reads it: set model.pos='rope' or leave it at "
+           f"{defaults.rope_theta!r}")
+  _require(m.activation in ("relu", "gelu", "swiglu", "geglu"), "model.activation", m.activation,
+           "use 'relu', 'gelu', 'swiglu' or 'geglu'")
+  _require(m.ffn_hidden >= 0, "model.ffn_hidden", m.ffn_hidden,
+           "use 0 (the default width) or a positive size")
+  _require(m.n_kv_head >= 0, "model.n_kv_head", m.n_kv_head,
+           "use 0 (= n_head) or a positive number")
+  _require(m.n_kv_head == 0 or m.n_head % m.n_kv_head == 0, "model.n_kv_head", m.n_kv_head,
+           f"model.n_head={m.n_head} must divide by it (each key/value head serves "
+           f"n_head / n_kv_head query heads)")
   _require(m.dtype in ("float32", "bfloat16"), "model.dtype", m.dtype, "use 'float32' or 'bfloat16'")
   _require(m.attention in ("einsum", "dot_product"), "model.attention", m.attention,
            "use 'einsum' or 'dot_product'")

@@ -51,6 +51,44 @@ def test_invalid_fields_are_refused_naming_the_field(field, value, named):
   assert msg.startswith(f"config.{named}=") and "\n" not in msg
 
 
+@pytest.mark.parametrize("model,named", [
+    (dict(norm_type="batchnorm"), "model.norm_type"),
+    (dict(pos="rope", n_embd=12, n_head=4), "model.pos"),  # head size 3: no pairs to rotate
+    (dict(pos="rope", rope_theta=0.0), "model.rope_theta"),
+    (dict(pos="learned", rope_theta=500000.0), "model.rope_theta"),  # only rope reads it
+    (dict(ffn_hidden=-1), "model.ffn_hidden"),
+    (dict(n_kv_head=3), "model.n_kv_head"),  # 4 heads do not divide by 3
+    (dict(n_kv_head=8), "model.n_kv_head"),
+    (dict(n_kv_head=-1), "model.n_kv_head"),
+    (dict(name="bigram", activation="swiglu"), "model.activation"),  # a table has no FFN
+    (dict(name="bigram", pos="rope"), "model.pos"),
+    (dict(name="bigram", n_kv_head=1), "model.n_kv_head"),
+    (dict(name="bigram", qk_norm=True), "model.qk_norm"),
+    (dict(name="transformer", pos="none"), "model.pos"),  # its encoder would see a bag
+])
+def test_switches_that_do_not_make_sense_are_one_line_naming_the_field(model, named):
+  c = default_config()
+  c.model.update(model)
+  if c.model.name == "transformer":
+    c.data.task = "copy"
+  with pytest.raises(UserError) as e:
+    validate(c)
+  msg = str(e.value)
+  assert msg.startswith(f"config.{named}=") and "\n" not in msg
+
+
+def test_the_switches_of_today_validate_together():
+  c = default_config()
+  c.model.update(pos="rope", rope_theta=500000.0, norm_type="rmsnorm", activation="swiglu",
+                 ffn_hidden=344, n_kv_head=2, qk_norm=True)
+  validate(c)
+  c.model.name, c.data.task = "transformer", "copy"
+  validate(c)
+  c.model.update(name="gpt", pos="none", rope_theta=10000.0, n_kv_head=1)
+  c.data.task = ""
+  validate(c)
+
+
 def test_a_run_saved_before_a_model_field_existed_resumes_with_its_default(tmp_path):
   import json
   from llm_jax.training import workdir as workdir_lib

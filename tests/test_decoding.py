@@ -23,10 +23,14 @@ def make(**model):
 VARIANTS = [dict(norm=n, pos=p) for n, p in itertools.product(["pre", "post"],
                                                              ["learned", "sinusoidal"])]
 VARIANTS += [dict(norm="pre", pos="learned", scan_layers=True), dict(name="bigram")]
+# the switches of today's models: the cache holds rotated keys, n_kv_head heads
+VARIANTS += [dict(pos="rope", norm_type="rmsnorm", activation="swiglu", n_kv_head=1, qk_norm=True),
+             dict(pos="rope", n_kv_head=1, scan_layers=True),
+             dict(pos="rope", n_kv_head=1, attention="dot_product")]
+ids = lambda v: "-".join(f"{k}={x}" for k, x in v.items())
 
 
-@pytest.mark.parametrize("variant", VARIANTS,
-                         ids=lambda v: "-".join("scan" if x is True else x for x in v.values()))
+@pytest.mark.parametrize("variant", VARIANTS, ids=ids)
 def test_cached_logits_equal_the_full_forward(variant):
   m, params = make(**variant)
   idx = jax.random.randint(jax.random.key(1), (2, L), 0, V)
@@ -46,8 +50,10 @@ def test_cached_logits_equal_the_full_forward(variant):
 
 @pytest.mark.parametrize("variant,prompt_len", [
     (dict(norm="pre", pos="learned"), 1), (dict(norm="post", pos="sinusoidal"), L + 3),
-    (dict(norm="pre", pos="learned", scan_layers=True), L + 3), (dict(name="bigram"), 5)],
-    ids=["pre-learned", "post-sinusoidal-long-prompt", "scan-long-prompt", "bigram"])
+    (dict(norm="pre", pos="learned", scan_layers=True), L + 3), (dict(name="bigram"), 5),
+    (dict(pos="rope", n_kv_head=1, qk_norm=True, activation="swiglu"), 1)],
+    ids=["pre-learned", "post-sinusoidal-long-prompt", "scan-long-prompt", "bigram",
+         "rope-mqa-qknorm-swiglu"])
 def test_greedy_with_cache_equals_without_past_block_size(variant, prompt_len):
   m, params = make(**variant)
   prompt = jax.random.randint(jax.random.key(2), (2, prompt_len), 0, V)
@@ -57,6 +63,15 @@ def test_greedy_with_cache_equals_without_past_block_size(variant, prompt_len):
   assert cached.shape == (2, prompt_len + 3 * L)
   np.testing.assert_array_equal(cached, plain)
   np.testing.assert_array_equal(cached[:, :prompt_len], prompt)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_the_kv_cache_holds_the_kv_heads_only(scan):
+  m, _ = make(n_head=4, n_kv_head=2, scan_layers=scan)
+  cache = decoding.init_cache(m, 3, L)
+  attn = cache["h"]["block"]["attn"] if scan else cache["h_0"]["attn"]
+  lead = (2,) if scan else ()  # scanned: the layer axis first
+  assert attn["k"].shape == attn["v"].shape == lead + (3, L, 2, 4)  # (B, L, n_kv_head, D)
 
 
 def test_past_block_size_the_context_is_the_last_block_size_tokens():

@@ -43,10 +43,19 @@ def test_bigram_is_a_table_lookup():
   np.testing.assert_array_equal(m.apply({"params": params}, idx)[0], table[jnp.array([3, 5, 3])])
 
 
-@pytest.mark.parametrize("norm,pos", list(itertools.product(["pre", "post"], ["learned", "sinusoidal"])))
-def test_gpt_is_causal(norm, pos):
+# the switches of today's models: the positions on their own, the others together
+MODERN = [dict(pos="rope"), dict(pos="none"),
+          dict(norm_type="rmsnorm", norm="post", activation="geglu", ffn_hidden=24, n_kv_head=1),
+          dict(pos="rope", norm_type="rmsnorm", activation="swiglu", n_head=4, n_kv_head=2,
+               qk_norm=True)]
+ids = lambda v: "-".join(f"{k}={x}" for k, x in v.items())
+
+
+@pytest.mark.parametrize("variant", [dict(norm=n, pos=p) for n, p in itertools.product(
+    ["pre", "post"], ["learned", "sinusoidal"])] + MODERN, ids=ids)
+def test_gpt_is_causal(variant):
   """Changing the tokens after position t never changes the logits at positions <= t."""
-  m, params = make(norm=norm, pos=pos)
+  m, params = make(**variant)
   f = jax.jit(lambda x: m.apply({"params": params}, x))
   idx = jax.random.randint(jax.random.key(2), (1, T), 0, V)
   base = f(idx)
@@ -95,9 +104,10 @@ def test_scale_embeddings_multiplies_the_token_embeddings_by_sqrt_width():
   assert not np.allclose(scaled.apply({"params": params}, idx), plain.apply({"params": params}, idx))
 
 
-def test_scanned_layers_equal_the_loop_with_the_same_parameters():
-  loop, params = make()
-  scan, scan_params = make(scan_layers=True)
+@pytest.mark.parametrize("variant", [{}, MODERN[-1]], ids=["default", "modern"])
+def test_scanned_layers_equal_the_loop_with_the_same_parameters(variant):
+  loop, params = make(**variant)
+  scan, scan_params = make(scan_layers=True, **variant)
   blocks = [params[f"h_{i}"] for i in range(2)]
   stacked = {k: v for k, v in params.items() if not k.startswith("h_")}
   stacked["h"] = {"block": jax.tree.map(lambda *layers: jnp.stack(layers), *blocks)}  # (L, ...)
@@ -106,8 +116,8 @@ def test_scanned_layers_equal_the_loop_with_the_same_parameters():
   np.testing.assert_allclose(scan.apply({"params": stacked}, idx),
                              loop.apply({"params": params}, idx), rtol=1e-5, atol=1e-6)
   # and each layer its own parameters, not one layer repeated
-  assert not np.allclose(stacked["h"]["block"]["ffn"]["fc"]["kernel"][0],
-                         stacked["h"]["block"]["ffn"]["fc"]["kernel"][1])
+  proj = stacked["h"]["block"]["ffn"]["proj"]["kernel"]
+  assert not np.allclose(proj[0], proj[1])
 
 
 def test_every_family_of_the_registry_builds_and_takes_its_example_inputs():
@@ -141,3 +151,88 @@ def test_cross_attention_is_asked_for_not_guessed_from_its_inputs():
   np.testing.assert_allclose(attn.apply({"params": split}, x, None, False, memory_BSC=x),
                              attn.apply({"params": self_params}, x, None, False),
                              rtol=1e-5, atol=1e-6)
+
+
+def test_the_switches_pick_the_parameters_and_their_shapes():
+  C, F = 16, 24
+  # gated FFN: a gate and an up projection; the default width 8C/3 rounded up to 64
+  _, params = make(activation="swiglu", use_bias=True)
+  assert set(params["h_0"]["ffn"]) == {"gate", "up", "proj"}
+  assert params["h_0"]["ffn"]["gate"]["kernel"].shape == (C, 64)
+  _, params = make(activation="geglu", ffn_hidden=F)
+  assert params["h_0"]["ffn"]["up"]["kernel"].shape == (C, F)
+  _, params = make(ffn_hidden=F)
+  assert params["h_0"]["ffn"]["fc"]["kernel"].shape == (C, F)
+  _, params = make()
+  assert params["h_0"]["ffn"]["fc"]["kernel"].shape == (C, 4 * C)
+  # RMSNorm: a scale, no bias even with use_bias
+  _, params = make(norm_type="rmsnorm", use_bias=True)
+  assert set(params["h_0"]["ln_attn"]) == set(params["ln_f"]) == {"scale"}
+  # grouped-query attention: queries of n_head heads, keys and values of n_kv_head; QK-norm: one
+  # scale of head size for each of queries and keys
+  _, params = make(n_head=4, n_kv_head=2, qk_norm=True)
+  attn = params["h_0"]["attn"]
+  assert set(attn) == {"query", "kv", "out", "q_norm", "k_norm"}
+  assert attn["query"]["kernel"].shape == (C, 4, 4) and attn["kv"]["kernel"].shape == (C, 2, 2, 4)
+  assert attn["q_norm"]["scale"].shape == attn["k_norm"]["scale"].shape == (4,)
+  # rotary and no positions: no table
+  for pos in ("rope", "none"):
+    assert "wpe" not in make(pos=pos)[1]
+
+
+def test_flops_count_the_gated_ffn_and_the_kv_heads_from_the_shapes():
+  """6N + 12LTd with N counted from the parameters' shapes: the gated FFN's three matrices and
+  the narrower key/value projection are in N; the attention's matmuls keep n_head heads of C/H."""
+  from llm_jax.models import FAMILIES, flops_per_token, init_params
+  from llm_jax.models.flops import count_params
+  c = default_config().model
+  C, H, K, F, L = 16, 4, 1, 40, 2
+  c.update(n_layer=L, n_head=H, n_embd=C, block_size=T, pos="rope", activation="swiglu",
+           ffn_hidden=F, n_kv_head=K, norm_type="rmsnorm")
+  params = jax.eval_shape(lambda: init_params(build_model(c, V), c, jax.random.key(0)))
+  D = C // H
+  per_layer = C * H * D + C * 2 * K * D + H * D * C + 3 * C * F + 2 * C  # attention, FFN, norms
+  n = V * C + L * per_layer + C  # tied table, layers, final norm
+  assert count_params(params) == (n, n)
+  assert flops_per_token(c, n) == 6 * n + 12 * L * T * C
+  assert FAMILIES["gpt"].flops(c, n) == flops_per_token(c, n)
+
+
+def test_grouped_query_attention_with_repeated_kv_heads_equals_multi_head():
+  """GQA is MHA whose G = n_head / n_kv_head consecutive query heads share a key/value head:
+  with its key/value heads repeated into the fused QKV projection, MHA computes the same, on both
+  attention implementations; n_kv_head = n_head is MHA itself (its parameters, its output)."""
+  H, K, D = 4, 2, 4
+  idx = jax.random.randint(jax.random.key(1), (2, T), 0, V)
+  for attention in ("einsum", "dot_product"):
+    gqa, params = make(n_head=H, n_kv_head=K, attention=attention)
+    mha, _ = make(n_head=H, attention=attention)
+    mha_params = {**params}
+    for i in range(2):
+      a = params[f"h_{i}"]["attn"]
+      kv = jnp.repeat(a["kv"]["kernel"], H // K, axis=2)  # (C, 2, H, D): head h reads h // G
+      qkv = jnp.concatenate([a["query"]["kernel"][:, None], kv], axis=1)  # (C, 3, H, D)
+      mha_params[f"h_{i}"] = {**params[f"h_{i}"], "attn": {"qkv": {"kernel": qkv}, "out": a["out"]}}
+    np.testing.assert_allclose(gqa.apply({"params": params}, idx),
+                               mha.apply({"params": mha_params}, idx), rtol=1e-5, atol=1e-6)
+  same, same_params = make(n_head=H, n_kv_head=H)
+  default, default_params = make(n_head=H)
+  assert jax.tree.structure(same_params) == jax.tree.structure(default_params)
+  np.testing.assert_array_equal(same.apply({"params": default_params}, idx),
+                                default.apply({"params": default_params}, idx))
+
+
+def test_rotary_scores_depend_on_the_position_difference_only():
+  from llm_jax.models.attention import rope
+  D = 8
+  q, k = jax.random.normal(jax.random.key(0), (2, 1, 1, 1, D))  # (B, T, H, D) each
+  score = lambda t, s: float(jnp.sum(rope(q, jnp.array([t]), 10000.0) *
+                                     rope(k, jnp.array([s]), 10000.0)))
+  for t, s in ((3, 1), (7, 7), (2, 9)):
+    for shift in (1, 5, 40):
+      assert math.isclose(score(t + shift, s + shift), score(t, s), rel_tol=1e-4, abs_tol=1e-5)
+  assert not math.isclose(score(3, 1), score(4, 1), rel_tol=1e-3)  # and it does depend on it
+  # a rotation: the norm is kept, position 0 is the identity
+  np.testing.assert_allclose(jnp.linalg.norm(rope(q, jnp.array([17]), 10000.0)),
+                             jnp.linalg.norm(q), rtol=1e-5)
+  np.testing.assert_allclose(rope(q, jnp.array([0]), 10000.0), q)

@@ -53,6 +53,9 @@ VARIANTS = [dict(norm="post", pos="sinusoidal", activation="relu"),
             dict(norm="pre", pos="learned", activation="gelu", tie_embeddings=False,
                  share_embeddings=False, n_layer=2)]
 IDS = ["post-sinusoidal-tied-shared", "pre-learned-untied-separate-2-layers"]
+# the switches of today's models: Llama's block, multi-query, QK-norm
+MODERN = dict(norm="pre", pos="rope", norm_type="rmsnorm", activation="swiglu", n_kv_head=1,
+              qk_norm=True, n_layer=2)
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +121,8 @@ def test_every_source_position_reaches_every_target_position(model):
     np.testing.assert_array_equal(out[1], base[1])  # and nothing leaks across the batch
 
 
-@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
+@pytest.mark.parametrize("variant", VARIANTS + [MODERN],
+                         ids=IDS + ["rope-rmsnorm-swiglu-mqa-qknorm"])
 def test_cached_decoding_equals_the_full_forward(variant):
   m, params = make(**variant)
   src, tgt = tokens(7, (2, S)), with_bos(tokens(8, (2, T)))
@@ -199,3 +203,48 @@ def test_scanned_stacks_and_the_fused_attention_compute_the_same():
   logits[..., [PAD, BOS]] = -np.inf  # never emitted
   after_eos = np.cumsum(greedy == EOS, axis=1) - (greedy == EOS) > 0
   np.testing.assert_array_equal(greedy, np.where(after_eos, PAD, np.argmax(logits, axis=-1)))
+
+
+def test_the_modern_switches_train_and_decode_greedily_as_the_full_forward():
+  """Rotary positions, RMSNorm, SwiGLU, multi-query attention and QK-norm in both stacks: no
+  position table, a gradient step lowers the loss on a batch, and greedy decoding with the cache
+  is the argmax of the full forward pass over its own output."""
+  m, params = make(**MODERN)
+  assert "pos" not in params["encoder"] and "pos" not in params["decoder"]
+  assert set(params["decoder"]["layer_0"]["attn"]) == {"query", "kv", "out", "q_norm", "k_norm"}
+  src, tgt = tokens(13, (4, S)), with_bos(tokens(14, (4, T)))
+  src[0, 4:] = PAD
+  labels = np.concatenate([tgt[:, 1:], np.full((4, 1), EOS, np.int32)], axis=1)
+
+  def loss(p):
+    logp = jax.nn.log_softmax(m.apply({"params": p}, src, tgt))
+    return -jnp.take_along_axis(logp, labels[..., None], axis=-1).mean()
+
+  before, grads = jax.jit(jax.value_and_grad(loss))(params)
+  assert all(np.isfinite(g).all() and np.abs(g).max() > 0 for g in jax.tree.leaves(grads))
+  stepped = jax.tree.map(lambda p, g: p - 0.05 * g, params, grads)
+  assert float(jax.jit(loss)(stepped)) < float(before)
+  f = jax.jit(lambda x, y: m.apply({"params": stepped}, x, y))
+  greedy = np.asarray(decoding.greedy_decode(m, stepped, src, max_len=T, bos_id=BOS, eos_id=EOS))
+  logits = np.array(f(src, np.concatenate([np.full((4, 1), BOS, np.int32), greedy[:, :-1]], 1)))
+  logits[..., [PAD, BOS]] = -np.inf  # never emitted
+  after_eos = np.cumsum(greedy == EOS, axis=1) - (greedy == EOS) > 0
+  np.testing.assert_array_equal(greedy, np.where(after_eos, PAD, np.argmax(logits, axis=-1)))
+
+
+def test_rotary_positions_rotate_self_attention_not_cross_attention():
+  """With pos='rope' a self-attention's output depends on where its tokens stand; the
+  cross-attention's is the same as without rotation (the memory is not the decoder's sequence)."""
+  from llm_jax.models.attention import MultiHeadAttention
+  cfg = lambda pos: make(pos=pos)[0].cfg
+  x = jax.random.normal(jax.random.key(1), (2, 5, 16))
+  memory = jax.random.normal(jax.random.key(2), (2, S, 16))
+  for memory_BSC in (None, memory):
+    attn = lambda pos: MultiHeadAttention(cfg(pos), 0.02)
+    p = attn("rope").init(jax.random.key(0), x, None, False, memory_BSC=memory_BSC)["params"]
+    rotated, plain = (attn(pos).apply({"params": p}, x, None, False, memory_BSC=memory_BSC)
+                      for pos in ("rope", "learned"))
+    if memory_BSC is None:
+      assert not np.allclose(rotated, plain)
+    else:
+      np.testing.assert_array_equal(rotated, plain)

@@ -32,14 +32,23 @@ class Family(NamedTuple):
   # config.model fields the family does not read, with why: config validation refuses a value
   # other than the default, rather than ignore it
   unread: dict = {}
+  # {(config.model field, value): why} the family cannot take: config validation refuses them
+  refuses: dict = {}
 
+
+# the switches of the blocks, which a table has none of
+_NO_BLOCKS = "it is a table of logits, without attention or FFN"
 
 FAMILIES = {
-    "bigram": Family(Bigram, "lm", lambda m, n: flops.per_token(n)),
+    "bigram": Family(Bigram, "lm", lambda m, n: flops.per_token(n), unread={
+        field: _NO_BLOCKS for field in ("pos", "norm_type", "activation", "ffn_hidden",
+                                        "n_kv_head", "qk_norm")}),
     "gpt": Family(GPT, "lm", lambda m, n: flops.per_token(n, m.n_layer, m.block_size, m.n_embd)),
     # a token passes through one of the two stacks: no one figure
     "transformer": Family(Transformer, "seq2seq", lambda m, n: None, unread={
-        "scale_embeddings": "it always scales its embeddings by sqrt(n_embd), as Vaswani et al."}),
+        "scale_embeddings": "it always scales its embeddings by sqrt(n_embd), as Vaswani et al."},
+        refuses={("pos", "none"): "without positions its bidirectional encoder sees the source "
+                                  "as a bag of tokens: use 'learned', 'sinusoidal' or 'rope'"}),
 }
 
 

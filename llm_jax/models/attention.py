@@ -7,17 +7,30 @@ cross-attention takes the queries from x (the decoder states) and the keys and v
 `memory_BSC` (the encoder output). `mask` is boolean, broadcastable to (B, H, T, S), True where a
 query may attend to a key.
 
+Grouped-query attention (cfg.n_kv_head < n_head; Ainslie et al. 2023): the keys and values have
+n_kv_head heads, each shared by n_head / n_kv_head consecutive query heads (query head h reads
+key/value head h // G), so their projection is separate from the queries' ('query' and 'kv', as
+cross-attention's); n_kv_head = 1 is multi-query attention (Shazeer 2019).
+
+cfg.qk_norm: an RMSNorm over each head's query and key vectors (one scale of head size each, shared
+by the heads), before the rotary positions. cfg.pos == 'rope' (Su et al. 2021): self-attention
+rotates each head's queries and keys by their positions, so that q_t . k_s depends on t - s only;
+the pairs rotated are dimensions (i, i + D/2), as Llama's `rotate_half`. Cross-attention rotates
+nothing (the memory's positions and the decoder's are not one sequence).
+
 With decode=True (self-attention only) keys and values are kept in the linen 'cache' collection:
 the call that creates the cache (model.init with decode=True) fixes its length from the input, and
 each later call appends its T positions at `index` and attends causally over everything cached.
+The cache holds n_kv_head heads, and the keys rotated: the new positions start at `index`.
 """
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from llm_jax.models.dropout import Dropout, may_drop
-from llm_jax.models.model_config import ModelConfig
+from llm_jax.models.model_config import NORM_EPS, ModelConfig
 
 
 def causal_mask(T: int, S: int | None = None, offset=0):
@@ -27,10 +40,23 @@ def causal_mask(T: int, S: int | None = None, offset=0):
   return (jnp.arange(S)[None, :] <= q_pos)[None, None]
 
 
+def rope(x_BTHD, positions_T, theta: float):
+  """Rotates each pair of dimensions (i, i + D/2) of every head by the angle
+  position / theta^(2i/D): x -> x cos + rotate_half(x) sin, computed in float32."""
+  D = x_BTHD.shape[-1]
+  inv_freq = 1.0 / (theta ** (np.arange(0, D, 2, dtype=np.float32) / D))  # (D/2,)
+  angles_TD = jnp.tile(positions_T.astype(jnp.float32)[:, None] * inv_freq, 2)  # (T, D)
+  cos, sin = jnp.cos(angles_TD)[:, None], jnp.sin(angles_TD)[:, None]  # (T, 1, D)
+  x = x_BTHD.astype(jnp.float32)
+  half = jnp.concatenate([-x[..., D // 2:], x[..., :D // 2]], axis=-1)  # rotate_half
+  return (x * cos + half * sin).astype(x_BTHD.dtype)
+
+
 class MultiHeadAttention(nn.Module):
-  """Reads cfg's n_head, dropout, use_bias, dtype and `attention`, the implementation: 'einsum'
-  (the formula above written out) | 'dot_product' (jax.nn.dot_product_attention: XLA's fused
-  kernel where the backend has one, e.g. cuDNN on GPU)."""
+  """Reads cfg's n_head, n_kv_head, qk_norm, pos, rope_theta, dropout, use_bias, dtype and
+  `attention`, the implementation: 'einsum' (the formula above written out) | 'dot_product'
+  (jax.nn.dot_product_attention: XLA's fused kernel where the backend has one, e.g. cuDNN on
+  GPU)."""
   cfg: ModelConfig
   # std of the output projection's init (it writes into the residual stream)
   out_init_std: float
@@ -40,57 +66,69 @@ class MultiHeadAttention(nn.Module):
     """Self-attention over x_BTC, or (memory_BSC given) cross-attention from x_BTC to it."""
     cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
     B, T, C = x_BTC.shape
-    H = cfg.n_head
+    H, K = cfg.n_head, cfg.n_kv_head
     D = C // H
     dense = lambda shape, name: nn.DenseGeneral(
         shape, use_bias=cfg.use_bias, dtype=dtype, kernel_init=nn.initializers.normal(0.02),
         name=name)
     # the projections see (rows, C): XLA's CPU backend lays out their gradients far better in 2-D
     x_NC = x_BTC.reshape(B * T, C)
-    if memory_BSC is None:
+    if memory_BSC is not None and decode:
+      raise ValueError("decode=True keeps a self-attention's keys and values; cross-attention "
+                       "recomputes them from the memory")
+    if memory_BSC is None and K == H:
       qkv_N3HD = dense((3, H, D), "qkv")(x_NC)
-      q_BTHD, k_BSHD, v_BSHD = jnp.unstack(qkv_N3HD.reshape(B, T, 3, H, D), axis=2)
+      q_BTHD, k_BSKD, v_BSKD = jnp.unstack(qkv_N3HD.reshape(B, T, 3, H, D), axis=2)
     else:
-      if decode:
-        raise ValueError("decode=True keeps a self-attention's keys and values; cross-attention "
-                         "recomputes them from the memory")
-      S = memory_BSC.shape[1]
+      kv_BSC = x_BTC if memory_BSC is None else memory_BSC
+      S = kv_BSC.shape[1]
       q_BTHD = dense((H, D), "query")(x_NC).reshape(B, T, H, D)
-      kv_M2HD = dense((2, H, D), "kv")(memory_BSC.reshape(B * S, C))
-      k_BSHD, v_BSHD = jnp.unstack(kv_M2HD.reshape(B, S, 2, H, D), axis=2)
+      kv_M2KD = dense((2, K, D), "kv")(kv_BSC.reshape(B * S, C))
+      k_BSKD, v_BSKD = jnp.unstack(kv_M2KD.reshape(B, S, 2, K, D), axis=2)
 
+    if cfg.qk_norm:
+      q_BTHD = nn.RMSNorm(epsilon=NORM_EPS, dtype=dtype, name="q_norm")(q_BTHD)
+      k_BSKD = nn.RMSNorm(epsilon=NORM_EPS, dtype=dtype, name="k_norm")(k_BSKD)
     if decode:
-      k_BSHD, v_BSHD, mask = self._update_cache(k_BSHD, v_BSHD)
+      index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+    if cfg.pos == "rope" and memory_BSC is None:  # positions continue from the cache's index
+      positions_T = jnp.arange(T) + (index.value if decode else 0)
+      q_BTHD = rope(q_BTHD, positions_T, cfg.rope_theta)
+      k_BSKD = rope(k_BSKD, positions_T, cfg.rope_theta)
+    if decode:
+      k_BSKD, v_BSKD, mask = self._update_cache(k_BSKD, v_BSKD, index)
 
     # jax.nn.dot_product_attention has no dropout on the weights: with dropout while training the
     # einsum path runs whatever was asked
     fused = cfg.attention == "dot_product" and not (train and may_drop(cfg.dropout))
-    if fused:
-      out_BTHD = jax.nn.dot_product_attention(q_BTHD, k_BSHD, v_BSHD, mask=mask)
-    else:
-      scores_BHTS = jnp.einsum("bthd,bshd->bhts", q_BTHD, k_BSHD) / jnp.sqrt(D).astype(dtype)
-      scores_BHTS = scores_BHTS.astype(jnp.float32)
+    if fused:  # it groups the query heads as below
+      out_BTHD = jax.nn.dot_product_attention(q_BTHD, k_BSKD, v_BSKD, mask=mask)
+    else:  # query head h = k G + g reads key/value head k
+      G, S = H // K, k_BSKD.shape[1]
+      q_BTKGD = q_BTHD.reshape(B, T, K, G, D)
+      scores_BKGTS = jnp.einsum("btkgd,bskd->bkgts", q_BTKGD, k_BSKD) / jnp.sqrt(D).astype(dtype)
+      scores_BHTS = scores_BKGTS.reshape(B, H, T, S).astype(jnp.float32)
       if mask is not None:
         scores_BHTS = jnp.where(mask, scores_BHTS, jnp.finfo(jnp.float32).min)
       probs_BHTS = jax.nn.softmax(scores_BHTS, axis=-1)
       probs_BHTS = Dropout(cfg.dropout)(probs_BHTS, deterministic=not train)
-      out_BTHD = jnp.einsum("bhts,bshd->bthd", probs_BHTS.astype(dtype), v_BSHD)
+      probs_BKGTS = probs_BHTS.astype(dtype).reshape(B, K, G, T, S)
+      out_BTHD = jnp.einsum("bkgts,bskd->btkgd", probs_BKGTS, v_BSKD).reshape(B, T, H, D)
     y_NC = nn.DenseGeneral(C, axis=(-2, -1), use_bias=cfg.use_bias, dtype=dtype,
                            kernel_init=nn.initializers.normal(self.out_init_std),
                            name="out")(out_BTHD.reshape(B * T, H, D))
     return Dropout(cfg.dropout)(y_NC.reshape(B, T, C), deterministic=not train)
 
-  def _update_cache(self, k_BTHD, v_BTHD):
+  def _update_cache(self, k_BTKD, v_BTKD, index):
     """Writes the new keys/values at `index`; returns all cached ones and the causal mask over them."""
     creating = not self.has_variable("cache", "k")
-    k_cache = self.variable("cache", "k", jnp.zeros, k_BTHD.shape, k_BTHD.dtype)
-    v_cache = self.variable("cache", "v", jnp.zeros, v_BTHD.shape, v_BTHD.dtype)
-    index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+    k_cache = self.variable("cache", "k", jnp.zeros, k_BTKD.shape, k_BTKD.dtype)
+    v_cache = self.variable("cache", "v", jnp.zeros, v_BTKD.shape, v_BTKD.dtype)
     if creating:  # model.init(decode=True): the cache takes the input's length, nothing is written
-      return k_BTHD, v_BTHD, None
-    T, L = k_BTHD.shape[1], k_cache.value.shape[1]
+      return k_BTKD, v_BTKD, None
+    T, L = k_BTKD.shape[1], k_cache.value.shape[1]
     i = index.value
-    k_cache.value = jax.lax.dynamic_update_slice_in_dim(k_cache.value, k_BTHD, i, axis=1)
-    v_cache.value = jax.lax.dynamic_update_slice_in_dim(v_cache.value, v_BTHD, i, axis=1)
+    k_cache.value = jax.lax.dynamic_update_slice_in_dim(k_cache.value, k_BTKD, i, axis=1)
+    v_cache.value = jax.lax.dynamic_update_slice_in_dim(v_cache.value, v_BTKD, i, axis=1)
     index.value = i + T
     return k_cache.value, v_cache.value, causal_mask(T, L, offset=i)

@@ -1,10 +1,12 @@
 """GPT: a decoder-only transformer, the shared Stack (layers.py) and a head.
 
-    tokens (B, T) -> token embedding + positions -> n_layer causal Blocks -> final LayerNorm -> head -> logits (B, T, V)
+    tokens (B, T) -> token embedding + positions -> n_layer causal Blocks -> final norm -> head
+        -> logits (B, T, V)
 
-Every choice the textbooks disagree on is a field of its ModelConfig: norm placement, positional
-encoding, activation, tied head, dropout, biases, compute dtype, the attention's implementation,
-scaled embeddings, scanned layers.
+Every choice the textbooks disagree on is a field of its ModelConfig: norm placement and kind
+(LayerNorm, RMSNorm), positional encoding (learned, sinusoidal, rotary, none), activation (and the
+gated FFNs, SwiGLU and GeGLU), the FFN's width, grouped-query attention, QK-norm, tied head,
+dropout, biases, compute dtype, the attention's implementation, scaled embeddings, scanned layers.
 """
 
 import math

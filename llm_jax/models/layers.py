@@ -11,7 +11,7 @@ import numpy as np
 
 from llm_jax.models.attention import MultiHeadAttention
 from llm_jax.models.dropout import Dropout
-from llm_jax.models.model_config import ModelConfig
+from llm_jax.models.model_config import GATED, NORM_EPS, ModelConfig
 
 
 def gelu(x):
@@ -20,9 +20,17 @@ def gelu(x):
   return 0.5 * x * (1.0 + jax.lax.erf(x * np.float32(1 / np.sqrt(2))).astype(x.dtype))
 
 
-ACTIVATIONS = {"relu": nn.relu, "gelu": gelu}
-# LayerNorm epsilon as PyTorch's default (flax's is 1e-6)
-LN_EPS = 1e-5
+# the gated ones (model_config.GATED) name the activation of their gate: SwiGLU is SiLU-gated,
+# GeGLU GELU-gated (Shazeer 2020)
+ACTIVATIONS = {"relu": nn.relu, "gelu": gelu, "swiglu": nn.silu, "geglu": gelu}
+
+
+def norm(cfg: ModelConfig, name: str) -> nn.Module:
+  """cfg.norm_type: 'layernorm' (centred and scaled, a bias with use_bias) | 'rmsnorm' (scaled
+  by the root mean square only, no bias; Zhang & Sennrich 2019, as Llama)."""
+  if cfg.norm_type == "rmsnorm":
+    return nn.RMSNorm(epsilon=NORM_EPS, name=name)
+  return nn.LayerNorm(epsilon=NORM_EPS, use_bias=cfg.use_bias, name=name)
 
 
 def sinusoidal_table(max_len: int, d: int) -> np.ndarray:
@@ -36,13 +44,17 @@ def sinusoidal_table(max_len: int, d: int) -> np.ndarray:
 
 
 class PositionalEncoding(nn.Module):
-  """Adds a position vector to each token vector: learned (a table of max_len x C) or fixed sinusoidal."""
-  kind: str  # 'learned' | 'sinusoidal'
+  """Adds a position vector to each token vector: learned (a table of max_len x C) or fixed
+  sinusoidal; with 'rope' (the attention rotates queries and keys) and 'none' (NoPE: the causal
+  mask alone tells positions apart) nothing."""
+  kind: str  # 'learned' | 'sinusoidal' | 'rope' | 'none'
   max_len: int
 
   @nn.compact
   def __call__(self, x_BTC, positions_T):
     C = x_BTC.shape[-1]
+    if self.kind in ("rope", "none"):
+      return x_BTC
     if self.kind == "learned":
       table = self.param("table", nn.initializers.normal(0.02), (self.max_len, C))
     else:
@@ -51,7 +63,9 @@ class PositionalEncoding(nn.Module):
 
 
 class FeedForward(nn.Module):
-  """Position-wise FFN: Dense(4C) -> activation -> Dense(C) -> dropout."""
+  """Position-wise FFN: Dense(F) 'fc' -> activation -> Dense(C) 'proj' -> dropout; gated
+  (swiglu, geglu): act(Dense(F) 'gate') * Dense(F) 'up' -> Dense(C) 'proj' -> dropout.
+  F is cfg.ffn_hidden (4C by default; 8C/3 rounded for the gated ones, model_config.py)."""
   cfg: ModelConfig
   # std of the init of the output projection (it writes into the residual stream)
   out_init_std: float
@@ -61,9 +75,12 @@ class FeedForward(nn.Module):
     cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
     B, T, C = x_BTC.shape
     x_NC = x_BTC.reshape(B * T, C)
-    h_NF = nn.Dense(4 * C, use_bias=cfg.use_bias, dtype=dtype,
-                    kernel_init=nn.initializers.normal(0.02), name="fc")(x_NC)
-    h_NF = ACTIVATIONS[cfg.activation](h_NF)
+    dense = lambda name: nn.Dense(cfg.ffn_hidden, use_bias=cfg.use_bias, dtype=dtype,
+                                  kernel_init=nn.initializers.normal(0.02), name=name)
+    if cfg.activation in GATED:
+      h_NF = ACTIVATIONS[cfg.activation](dense("gate")(x_NC)) * dense("up")(x_NC)
+    else:
+      h_NF = ACTIVATIONS[cfg.activation](dense("fc")(x_NC))
     y_NC = nn.Dense(C, use_bias=cfg.use_bias, dtype=dtype,
                     kernel_init=nn.initializers.normal(self.out_init_std), name="proj")(h_NF)
     return Dropout(cfg.dropout)(y_NC.reshape(B, T, C), deterministic=not train)
@@ -74,6 +91,7 @@ class Block(nn.Module):
 
   norm='pre':  x = x + Dropout(f(LN(x)))   (GPT-2, nanoGPT)
   norm='post': x = LN(x + Dropout(f(x)))   (the original Transformer)
+  LN is a LayerNorm or an RMSNorm (cfg.norm_type).
   The GPT block, the encoder layer and the decoder layer (cross=True) are all this module.
   """
   cfg: ModelConfig
@@ -82,7 +100,7 @@ class Block(nn.Module):
   cross: bool = False
 
   def _sublayer(self, x, f, name):
-    ln = nn.LayerNorm(epsilon=LN_EPS, use_bias=self.cfg.use_bias, name=f"ln_{name}")
+    ln = norm(self.cfg, f"ln_{name}")
     if self.cfg.norm == "pre":
       return x + f(ln(x))
     return ln(x + f(x))
@@ -115,9 +133,9 @@ class ScannedBlock(nn.Module):
 
 class Stack(nn.Module):
   """tokens (B, T) -> embedding x embed_scale + positions -> dropout -> n_layer Blocks -> final
-  LayerNorm -> (B, T, C): GPT's body, and each of the transformer's encoder and decoder (cross).
+  norm -> (B, T, C): GPT's body, and each of the transformer's encoder and decoder (cross).
 
-  With norm='post' every sub-layer already ends in a LayerNorm, so the final one is applied only
+  With norm='post' every sub-layer already ends in a norm, so the final one is applied only
   with norm='pre' (as GPT-2). With decode=True the positions continue from the cache's `index`
   (the attention keeps the keys and values). With cfg.scan_layers the Blocks are one nn.scan: one
   block compiled once, parameters and KV cache stacked on a leading layer axis (params[block_name]
@@ -160,5 +178,5 @@ class Stack(nn.Module):
         x_BTC = Block(cfg, self.out_init_std, self.cross, name=f"{self.block_name}_{i}")(
             x_BTC, mask, train, memory_BSC, memory_mask, decode=decode)
     if cfg.norm == "pre":
-      x_BTC = nn.LayerNorm(epsilon=LN_EPS, use_bias=cfg.use_bias, name="ln_f")(x_BTC)
+      x_BTC = norm(cfg, "ln_f")(x_BTC)
     return x_BTC

@@ -14,13 +14,21 @@ class ModelConfig:
   n_layer: int
   n_head: int
   n_embd: int
+  # key/value heads of every attention (n_head / n_kv_head query heads share each); config's 0 is
+  # n_head here
+  n_kv_head: int
+  # width of the FFN's hidden layer; config's 0 is default_ffn_hidden(...) here
+  ffn_hidden: int
   # size of the positional table: the longest sequence the model can see
   max_len: int
   # a float, or a traced scalar (one per vmapped variant, training/vectorized.py)
   dropout: Any
   norm: str
+  norm_type: str
   pos: str
+  rope_theta: float
   activation: str
+  qk_norm: bool
   tie_embeddings: bool
   share_embeddings: bool
   scale_embeddings: bool
@@ -35,6 +43,26 @@ class ModelConfig:
   def from_config(cls, model_config, vocab_size: int) -> "ModelConfig":
     """model_config: the validated `config.model` (max_len 0 there means block_size). A field of
     it that ModelConfig lacks is a TypeError here, never a setting silently left out."""
-    fields = {k: v for k, v in model_config.items() if k not in ("name", "block_size")}
-    return cls(**{**fields, "vocab_size": vocab_size,
-                  "max_len": model_config.max_len or model_config.block_size})
+    m = model_config
+    fields = {k: v for k, v in m.items() if k not in ("name", "block_size")}
+    return cls(**{**fields, "vocab_size": vocab_size, "max_len": m.max_len or m.block_size,
+                  "n_kv_head": m.n_kv_head or m.n_head,
+                  "ffn_hidden": m.ffn_hidden or default_ffn_hidden(m.n_embd, m.activation)})
+
+
+# epsilon of every LayerNorm and RMSNorm, as PyTorch's LayerNorm default (flax's is 1e-6)
+NORM_EPS = 1e-5
+# the FFN activations whose FFN is gated: act(x W_gate) * (x W_up), then W_proj
+GATED = ("swiglu", "geglu")
+# gated FFNs (two input projections) at about the parameters of the 4C one, as Llama: 2/3 of 4C,
+# rounded up to a multiple of this (Llama: 256, too coarse for a 128-wide model)
+FFN_MULTIPLE = 64
+
+
+def default_ffn_hidden(n_embd: int, activation: str) -> int:
+  """4 n_embd; for the gated activations ('swiglu', 'geglu') 8 n_embd / 3 rounded up to a multiple
+  of FFN_MULTIPLE (Llama's rule)."""
+  if activation in GATED:
+    return -(-8 * n_embd // (3 * FFN_MULTIPLE)) * FFN_MULTIPLE
+  return 4 * n_embd
+

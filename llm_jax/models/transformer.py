@@ -6,8 +6,11 @@
 
 Each stack is the `Stack` of GPT (layers.py): an encoder Block is bidirectional self-attention +
 FFN; a decoder Block is causal self-attention, cross-attention (queries from the decoder, keys and
-values from the memory) + FFN. So every switch of GPT applies here too (norm, pos, activation,
-attention, scan_layers, ...), but scale_embeddings: the embeddings are always scaled (below).
+values from the memory) + FFN. So every switch of GPT applies here too (norm, norm_type, pos,
+activation, n_kv_head, qk_norm, attention, scan_layers, ...), but scale_embeddings: the embeddings
+are always scaled (below). Rotary positions rotate the self-attentions of both stacks, not the
+cross-attention; pos='none' is refused (the bidirectional encoder could not tell the source's
+order).
 
 Token id `pad_id` is padding in both sequences: no query ever attends to a padded key (source
 padding in the encoder and in cross-attention, target padding in the decoder), so padding changes
