@@ -14,6 +14,7 @@ from llm_jax.data.seq2seq import SEQ2SEQ_TASKS
 from llm_jax.data.tokenizers import NORMALIZATIONS, TIKTOKEN_ENCODINGS, bpe_path
 from llm_jax.errors import UserError
 from llm_jax.models import FAMILIES
+from llm_jax.models.layers import ACTIVATIONS
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -48,7 +49,8 @@ def default_config() -> ml_collections.ConfigDict:
   # tokenizer: 'char' (vocabulary = the corpus's characters) | 'tiktoken:<encoding>' (cl100k_base
   # works offline; gpt2, r50k_base, p50k_base, o200k_base need network or TIKTOKEN_CACHE_DIR) |
   # 'bpe:<rank file>' (made by `llm-jax bpe`; relative: to the working dir, else the data dir) |
-  # 'bpe:train:<vocab size>' (a BPE trained on the training split, cached in the data dir)
+  # 'bpe:train:<vocab size>' (a BPE trained on the training split, cached in the data dir) |
+  # 'hf:<tokenizer.json>' (a Hugging Face tokenizer file: a converted checkpoint's, the hf extra)
   c.data.tokenizer = "char"
   # Unicode normalization of the corpus (and the seq2seq pairs file) and of prompts: 'NFC' (one
   # code point for an 'é' however the text spells it) | 'NFKC' | 'NFD' | 'NFKD' | 'none' (the text
@@ -71,6 +73,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   # model family: 'gpt' | 'bigram' | 'transformer' (encoder-decoder, for the seq2seq data.task)
   c.model.name = "gpt"
+  # rows of the token embedding (and of the untied head): 0 means the tokenizer's vocabulary;
+  # more pads it (a checkpoint's own size, or a multiple of 64 for faster matmuls): the extra ids
+  # are never targets, and decode to nothing
+  c.model.vocab_size = 0
   # context length: training windows are block_size tokens; generation conditions on the last block_size
   # (transformer: the longest source, and the longest target + 1, as BOS or EOS is added to it)
   c.model.block_size = 64
@@ -92,6 +98,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.norm = "pre"
   # the norm: 'layernorm' (GPT-2; with use_bias a bias) | 'rmsnorm' (scale only, as Llama)
   c.model.norm_type = "layernorm"
+  # epsilon of every norm (and of qk_norm): PyTorch's LayerNorm default, as GPT-2; Llama
+  # checkpoints often use 1e-6 (their config.json's rms_norm_eps)
+  c.model.norm_eps = 1e-5
   # positional encoding: 'learned' (a table, GPT-2) | 'sinusoidal' (fixed, the original
   # Transformer) | 'rope' (rotary: the self-attentions rotate queries and keys by position, as
   # Llama; head size n_embd / n_head even) | 'none' (NoPE: a causal model tells positions apart by
@@ -99,8 +108,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.pos = "learned"
   # pos='rope': the base of the rotation frequencies, position / rope_theta^(2i/head size)
   c.model.rope_theta = 10000.0
-  # FFN activation: 'gelu' (GPT-2) | 'relu' (the original Transformer) | 'swiglu' (SiLU-gated,
-  # Llama) | 'geglu' (GELU-gated); the gated ones have a gate and an up projection
+  # FFN activation: 'gelu' (exact, erf: nanoGPT) | 'gelu_tanh' (the tanh approximation, GPT-2's
+  # own 'gelu_new') | 'relu' (the original Transformer) | 'swiglu' (SiLU-gated, Llama) | 'geglu'
+  # (GELU-gated); the gated ones have a gate and an up projection
   c.model.activation = "gelu"
   # the FFN's hidden width; 0: 4 n_embd, or for the gated activations 8 n_embd / 3 rounded up to a
   # multiple of 64 (about the parameters of the 4 n_embd one, Llama's rule)
@@ -230,9 +240,9 @@ def validate(c) -> None:
   _require(d.normalize in ("auto", "none") + NORMALIZATIONS, "data.normalize", d.normalize,
            f"use 'auto', 'none' or one of {', '.join(NORMALIZATIONS)}")
   kind, _, arg = d.tokenizer.partition(":")
-  _require(d.tokenizer == "char" or (kind in ("tiktoken", "bpe") and arg), "data.tokenizer",
-           d.tokenizer, "use 'char', 'tiktoken:<encoding>', 'bpe:<rank file>' or "
-           "'bpe:train:<vocab size>'")
+  _require(d.tokenizer == "char" or (kind in ("tiktoken", "bpe", "hf") and arg), "data.tokenizer",
+           d.tokenizer, "use 'char', 'tiktoken:<encoding>', 'bpe:<rank file>', "
+           "'bpe:train:<vocab size>' or 'hf:<tokenizer.json>'")
   if kind == "tiktoken":
     _require(arg in TIKTOKEN_ENCODINGS, "data.tokenizer", d.tokenizer,
              f"use one of {', '.join('tiktoken:' + n for n in TIKTOKEN_ENCODINGS)}")
@@ -247,6 +257,10 @@ def validate(c) -> None:
                                           " (nor in the working directory)") +
              f": make one with `llm-jax bpe --corpus=<text files> --vocab_size=4096 "
              f"--out={path}`, or use bpe:train:4096")
+  elif kind == "hf":
+    _require(pathlib.Path(arg).expanduser().is_file(), "data.tokenizer", d.tokenizer,
+             f"no file at {pathlib.Path(arg).expanduser().absolute()}: pass the path of a Hugging "
+             f"Face tokenizer.json")
   _require(m.name in FAMILIES, "model.name", m.name, f"use one of {', '.join(FAMILIES)}")
   _validate_task(d, m)
   defaults = default_config().model
@@ -277,8 +291,11 @@ def validate(c) -> None:
   _require(m.pos == "rope" or m.rope_theta == defaults.rope_theta, "model.rope_theta",
            m.rope_theta, f"only pos='rope' reads it: set model.pos='rope' or leave it at "
            f"{defaults.rope_theta!r}")
-  _require(m.activation in ("relu", "gelu", "swiglu", "geglu"), "model.activation", m.activation,
-           "use 'relu', 'gelu', 'swiglu' or 'geglu'")
+  _require(m.activation in ACTIVATIONS, "model.activation", m.activation,
+           f"use one of {', '.join(map(repr, ACTIVATIONS))}")
+  _require(m.norm_eps > 0, "model.norm_eps", m.norm_eps, "use a small positive number (1e-5)")
+  _require(m.vocab_size >= 0, "model.vocab_size", m.vocab_size,
+           "use 0 (the tokenizer's vocabulary) or a size at least the tokenizer's")
   _require(m.ffn_hidden >= 0, "model.ffn_hidden", m.ffn_hidden,
            "use 0 (the default width) or a positive size")
   _require(m.n_kv_head >= 0, "model.n_kv_head", m.n_kv_head,

@@ -236,3 +236,28 @@ def test_rotary_scores_depend_on_the_position_difference_only():
   np.testing.assert_allclose(jnp.linalg.norm(rope(q, jnp.array([17]), 10000.0)),
                              jnp.linalg.norm(q), rtol=1e-5)
   np.testing.assert_allclose(rope(q, jnp.array([0]), 10000.0), q)
+
+
+def test_a_padded_vocabulary_adds_rows_that_are_never_needed():
+  m, params = make(vocab_size=32, tie_embeddings=False)
+  assert params["wte"]["embedding"].shape == (32, 16) and params["head"]["kernel"].shape == (16, 32)
+  idx = jax.random.randint(jax.random.key(1), (2, T), 0, V)
+  assert m.apply({"params": params}, idx).shape == (2, T, 32)
+  from llm_jax.errors import UserError
+  with pytest.raises(UserError, match="model.vocab_size=16 is smaller than the tokenizer's"):
+    make(vocab_size=16)
+
+
+@pytest.mark.parametrize("variant", [{}, {"norm_type": "rmsnorm", "qk_norm": True}],
+                         ids=["layernorm", "rmsnorm_qk_norm"])
+def test_norm_eps_reaches_every_norm(variant):
+  """With the same parameters a larger epsilon changes the logits (the norms read it); GPT-2's
+  tanh GELU is close to the exact one but not it."""
+  m, params = make(**variant)
+  idx = jax.random.randint(jax.random.key(1), (2, T), 0, V)
+  base = m.apply({"params": params}, idx)
+  big, _ = make(**variant, norm_eps=10.0)
+  assert jnp.abs(big.apply({"params": params}, idx) - base).max() > 1e-3
+  gelu, _ = make(**variant, activation="gelu_tanh")
+  tanh_diff = jnp.abs(gelu.apply({"params": params}, idx) - base).max()
+  assert 0 < tanh_diff < 1e-2  # the tanh approximation: close to the exact GELU, not equal

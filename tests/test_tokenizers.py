@@ -161,11 +161,12 @@ def test_a_bpe_path_is_found_in_the_data_dir(tmp_path, rank_file, monkeypatch):
     ("bpe:train:4096", True), ("bpe:{rank_file}", True),
     ("tiktoken:cl200k", False), ("tiktoken:", False), ("bpe:", False), ("bpe:train:abc", False),
     ("bpe:train:100", False), ("bpe:/nonexistent/x.tiktoken", False), ("wordpiece", False),
-    ("char:x", False),
+    ("char:x", False), ("hf:{hf_file}", True), ("hf:/nonexistent/tokenizer.json", False),
+    ("hf:", False),
 ])
-def test_tokenizer_specs_are_validated(spec, ok, rank_file):
+def test_tokenizer_specs_are_validated(spec, ok, rank_file, hf_file):
   c = default_config()
-  c.data.tokenizer = spec.format(rank_file=rank_file)
+  c.data.tokenizer = spec.format(rank_file=rank_file, hf_file=hf_file)
   if ok:
     validate(c)
   else:
@@ -258,3 +259,44 @@ def test_cl100k_pre_tokenizes_with_tiktokens_own_pattern(monkeypatch):
   tokenizers.offline_cl100k.cache_clear()
   assert tokenizers.offline_cl100k().encode_ordinary("hello world") == CL100K_IDS["hello world"]
   tokenizers.offline_cl100k.cache_clear()
+
+
+@pytest.fixture
+def hf_file(tmp_path):
+  """A byte-level BPE of 300 tokens trained with Hugging Face `tokenizers`, as tokenizer.json."""
+  import tokenizers as hf
+  tok = hf.Tokenizer(hf.models.BPE())
+  tok.pre_tokenizer = hf.pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = hf.decoders.ByteLevel()
+  tok.train_from_iterator([TRAIN_TEXT], hf.trainers.BpeTrainer(
+      vocab_size=300, initial_alphabet=hf.pre_tokenizers.ByteLevel.alphabet()))
+  path = tmp_path / "tokenizer.json"
+  tok.save(str(path))
+  return path
+
+
+@pytest.mark.parametrize("text", [HELD_OUT] + UNICODE)
+def test_a_hugging_face_tokenizer_round_trips_and_serializes(hf_file, text):
+  tok = make_tokenizer(f"hf:{hf_file}", "")
+  assert tok.vocab_size == 300
+  ids = tok.encode(text)
+  assert ids.dtype == np.int32 and (len(ids) > 0 or text == "") and ids.max(initial=0) < 300
+  assert tok.decode(ids) == text
+  assert tok.decode(np.append(ids, [300, 10**6])) == text  # padded rows decode to nothing
+  again = tokenizers.tokenizer_from_dict(json.loads(json.dumps(tok.to_dict())))
+  np.testing.assert_array_equal(again.encode(text), ids)
+  assert np.concatenate(list(tok.encode_chunks(text))).tolist() == ids.tolist()
+
+
+def test_a_changed_missing_or_foreign_hf_file_is_refused(hf_file, tmp_path):
+  d = make_tokenizer(f"hf:{hf_file}", "").to_dict()
+  hf_file.write_text(hf_file.read_text().replace('"vocab"', '"vocab" ', 1))
+  with pytest.raises(UserError, match="changed since the run started"):
+    tokenizers.tokenizer_from_dict(d)
+  hf_file.unlink()
+  with pytest.raises(UserError, match="is missing"):
+    tokenizers.tokenizer_from_dict(d)
+  other = tmp_path / "notes.json"
+  other.write_text('{"hello": 1}')
+  with pytest.raises(UserError, match="is not a tokenizers file"):
+    make_tokenizer(f"hf:{other}", "")

@@ -6,7 +6,9 @@
 - 'bpe:<rank file>':     a byte-level BPE trained here (`llm-jax bpe`, see bpe.py); a relative
                          path is looked up in the working directory, then in the data dir;
 - 'bpe:train:<N>':       a BPE of N tokens trained on the run's training split, cached in the
-                         data dir (the trainer is deterministic: the same text gives the same file).
+                         data dir (the trainer is deterministic: the same text gives the same file);
+- 'hf:<tokenizer.json>': a Hugging Face tokenizer file, through the `tokenizers` package (the
+                         `hf` extra): a converted checkpoint's own (convert.py).
 
 Seq2seq tasks (config.data.task) use `Seq2SeqTokenizer`: the characters of the task plus the PAD,
 BOS and EOS special tokens (kind 'seq2seq' in tokenizer.json).
@@ -101,7 +103,9 @@ class CharTokenizer:
     return ids.astype(np.int32)
 
   def decode(self, ids) -> str:
-    return "".join(self.chars[i] for i in np.asarray(ids).reshape(-1).tolist())
+    """ids past the vocabulary (a model's padded rows, model.vocab_size) decode to nothing."""
+    return "".join(self.chars[i] for i in np.asarray(ids).reshape(-1).tolist()
+                   if 0 <= i < self.vocab_size)
 
   def to_dict(self) -> dict:
     return {"kind": self.kind, "chars": self.chars, **_normalization_dict(self)}
@@ -146,7 +150,7 @@ class Seq2SeqTokenizer:
     for i in np.asarray(ids).reshape(-1).tolist():
       if i == self.EOS:
         break
-      if i >= self.N_SPECIAL:
+      if self.N_SPECIAL <= i < self.vocab_size:
         out.append(self.chars[i - self.N_SPECIAL])
     return "".join(out)
 
@@ -218,6 +222,45 @@ class TiktokenTokenizer:
 
   def to_dict(self) -> dict:
     return {"kind": self.kind, **self.source, **_normalization_dict(self)}
+
+
+class HFTokenizer:
+  """A Hugging Face `tokenizers` file (tokenizer.json), as a checkpoint ships it. Text is encoded
+  without the special tokens the tokenizer may add (BOS): the corpus and prompts are plain text.
+  The whole text is encoded in one call: a cut would change ids of tokenizers (SentencePiece's
+  metaspace) that treat the start of the text apart."""
+
+  kind = "hf"
+
+  def __init__(self, path, spec: str, normalization: str = "none"):
+    self.path = pathlib.Path(path).absolute()
+    self.spec, self.normalization = spec, normalization
+    self.tokenizer = _hf_tokenizers().Tokenizer.from_file(str(self.path))
+    self.vocab_size = self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+  def encode(self, text: str) -> np.ndarray:
+    ids = self.tokenizer.encode(normalize(text, self.normalization), add_special_tokens=False).ids
+    return np.asarray(ids, np.int32)
+
+  def encode_chunks(self, text: str):
+    yield self.encode(text)
+
+  def decode(self, ids) -> str:
+    ids = [i for i in np.asarray(ids).reshape(-1).tolist() if 0 <= i < self.vocab_size]
+    return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+  def to_dict(self) -> dict:
+    return {"kind": self.kind, "spec": self.spec, "path": str(self.path),
+            "sha256": sha256_of(self.path), **_normalization_dict(self)}
+
+
+def _hf_tokenizers():
+  try:
+    import tokenizers  # noqa: PLC0415 -- the hf extra: only runs with a tokenizer.json need it
+  except ImportError:
+    raise UserError("a Hugging Face tokenizer (hf:<tokenizer.json>) needs the `tokenizers` "
+                    "package: pip install 'llm-jax[hf]'") from None
+  return tokenizers
 
 
 def _cut(text: str, pos: int) -> int:
@@ -332,8 +375,20 @@ def make_tokenizer(spec: str, text: str, data_dir_config: str = "", normalizatio
       raise UserError(f"config.data.tokenizer={spec!r}: no rank file at {path}: make one with "
                       f"`llm-jax bpe --corpus=<text> --vocab_size=4096 --out={path}`")
     return TiktokenTokenizer.from_file(path, spec, normalization)
+  if kind == "hf" and arg:
+    path = pathlib.Path(arg).expanduser().absolute()
+    if not path.is_file():
+      raise UserError(f"config.data.tokenizer={spec!r}: no tokenizer file at {path}: pass the "
+                      f"path of a Hugging Face tokenizer.json")
+    try:
+      return HFTokenizer(path, spec, normalization)
+    except Exception as e:  # noqa: BLE001 -- tokenizers raises its own Exception type
+      if isinstance(e, UserError):
+        raise
+      raise UserError(f"config.data.tokenizer={spec!r}: {path} is not a tokenizers file "
+                      f"({str(e).splitlines()[0][:120]}): pass a Hugging Face tokenizer.json") from None
   raise UserError(f"config.data.tokenizer={spec!r} is invalid: use 'char', 'tiktoken:<encoding>', "
-                  f"'bpe:<rank file>' or 'bpe:train:<vocab size>'")
+                  f"'bpe:<rank file>', 'bpe:train:<vocab size>' or 'hf:<tokenizer.json>'")
 
 
 def tokenizer_id(tokenizer) -> str:
@@ -365,4 +420,13 @@ def tokenizer_from_dict(d: dict):
     return TiktokenTokenizer.from_file(path, d["spec"], form)
   if kind == "tiktoken":
     return TiktokenTokenizer.from_name(d["spec"].removeprefix("tiktoken:"), form)
+  if kind == "hf":
+    path = pathlib.Path(d["path"])
+    if not path.is_file():
+      raise UserError(f"the run's tokenizer file {path} ({d['spec']}) is missing: restore it, or "
+                      f"use a fresh --workdir")
+    if sha256_of(path) != d["sha256"]:
+      raise UserError(f"the run's tokenizer file {path} ({d['spec']}) changed since the run "
+                      f"started (sha256 differs): restore the original, or use a fresh --workdir")
+    return HFTokenizer(path, d["spec"], form)
   raise UserError(f"unknown tokenizer kind {kind!r} in the run's tokenizer.json")

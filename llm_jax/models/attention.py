@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from llm_jax.models.dropout import Dropout, may_drop
-from llm_jax.models.model_config import NORM_EPS, ModelConfig
+from llm_jax.models.model_config import ModelConfig
 
 
 def causal_mask(T: int, S: int | None = None, offset=0):
@@ -87,8 +87,8 @@ class MultiHeadAttention(nn.Module):
       k_BSKD, v_BSKD = jnp.unstack(kv_M2KD.reshape(B, S, 2, K, D), axis=2)
 
     if cfg.qk_norm:
-      q_BTHD = nn.RMSNorm(epsilon=NORM_EPS, dtype=dtype, name="q_norm")(q_BTHD)
-      k_BSKD = nn.RMSNorm(epsilon=NORM_EPS, dtype=dtype, name="k_norm")(k_BSKD)
+      q_BTHD = nn.RMSNorm(epsilon=cfg.norm_eps, dtype=dtype, name="q_norm")(q_BTHD)
+      k_BSKD = nn.RMSNorm(epsilon=cfg.norm_eps, dtype=dtype, name="k_norm")(k_BSKD)
     if decode:
       index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
     if cfg.pos == "rope" and memory_BSC is None:  # positions continue from the cache's index

@@ -11,7 +11,7 @@ import numpy as np
 
 from llm_jax.models.attention import MultiHeadAttention
 from llm_jax.models.dropout import Dropout
-from llm_jax.models.model_config import GATED, NORM_EPS, ModelConfig
+from llm_jax.models.model_config import GATED, ModelConfig
 
 
 def gelu(x):
@@ -22,15 +22,16 @@ def gelu(x):
 
 # the gated ones (model_config.GATED) name the activation of their gate: SwiGLU is SiLU-gated,
 # GeGLU GELU-gated (Shazeer 2020)
-ACTIVATIONS = {"relu": nn.relu, "gelu": gelu, "swiglu": nn.silu, "geglu": gelu}
+ACTIVATIONS = {"relu": nn.relu, "gelu": gelu, "gelu_tanh": lambda x: nn.gelu(x, approximate=True),
+               "swiglu": nn.silu, "geglu": gelu}
 
 
 def norm(cfg: ModelConfig, name: str) -> nn.Module:
   """cfg.norm_type: 'layernorm' (centred and scaled, a bias with use_bias) | 'rmsnorm' (scaled
   by the root mean square only, no bias; Zhang & Sennrich 2019, as Llama)."""
   if cfg.norm_type == "rmsnorm":
-    return nn.RMSNorm(epsilon=NORM_EPS, name=name)
-  return nn.LayerNorm(epsilon=NORM_EPS, use_bias=cfg.use_bias, name=name)
+    return nn.RMSNorm(epsilon=cfg.norm_eps, name=name)
+  return nn.LayerNorm(epsilon=cfg.norm_eps, use_bias=cfg.use_bias, name=name)
 
 
 def sinusoidal_table(max_len: int, d: int) -> np.ndarray:

@@ -6,10 +6,13 @@ example and nanodo do. Frozen, so it hashes: a model is a static argument of the
 import dataclasses
 from typing import Any
 
+from llm_jax.errors import UserError
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """config.py documents the fields; each of config.model's is here but name and block_size."""
+  # rows of the embedding: config's 0 is the tokenizer's vocabulary here
   vocab_size: int
   n_layer: int
   n_head: int
@@ -25,6 +28,7 @@ class ModelConfig:
   dropout: Any
   norm: str
   norm_type: str
+  norm_eps: float
   pos: str
   rope_theta: float
   activation: str
@@ -44,14 +48,15 @@ class ModelConfig:
     """model_config: the validated `config.model` (max_len 0 there means block_size). A field of
     it that ModelConfig lacks is a TypeError here, never a setting silently left out."""
     m = model_config
-    fields = {k: v for k, v in m.items() if k not in ("name", "block_size")}
-    return cls(**{**fields, "vocab_size": vocab_size, "max_len": m.max_len or m.block_size,
+    if m.vocab_size and m.vocab_size < vocab_size:
+      raise UserError(f"config.model.vocab_size={m.vocab_size} is smaller than the tokenizer's "
+                      f"vocabulary ({vocab_size}): use 0 (the tokenizer's) or at least {vocab_size}")
+    fields = {k: v for k, v in m.items() if k not in ("name", "block_size", "vocab_size")}
+    return cls(**{**fields, "vocab_size": m.vocab_size or vocab_size, "max_len": m.max_len or m.block_size,
                   "n_kv_head": m.n_kv_head or m.n_head,
                   "ffn_hidden": m.ffn_hidden or default_ffn_hidden(m.n_embd, m.activation)})
 
 
-# epsilon of every LayerNorm and RMSNorm, as PyTorch's LayerNorm default (flax's is 1e-6)
-NORM_EPS = 1e-5
 # the FFN activations whose FFN is gated: act(x W_gate) * (x W_up), then W_proj
 GATED = ("swiglu", "geglu")
 # gated FFNs (two input projections) at about the parameters of the 4C one, as Llama: 2/3 of 4C,
