@@ -38,6 +38,10 @@ ABOUT = {
              "llm-jax plot runs/a runs/b --out=curves.png"),
     "bench": ("speed, MFU and memory", "",
               "llm-jax bench --config=configs/gpt_char_baby.py --steps=20"),
+    "convert": ("import an HF checkpoint", "",
+                "llm-jax convert --from=hf/gpt2 --workdir=runs/gpt2"),
+    "export": ("write an HF checkpoint", "",
+               "llm-jax export --workdir=runs/gpt2 --to=hf/gpt2_tuned"),
 }
 USAGE = ("usage: llm-jax <command> [--flags]\n\ncommands:\n" +
          "".join(f"  {name:<9} {what + ':':<26} {example}\n"
@@ -76,6 +80,8 @@ class _ConfigFileParser(flags.ArgumentParser):
                       f"(see configs/gpt_char.py)")
     try:
       config = module.get_config(*([arg] if arg else []))
+    except UserError:
+      raise
     except Exception as e:  # noqa: BLE001 -- a user's file: its own error, on one line
       raise UserError(f"--config={value}: get_config() failed: {type(e).__name__}: {e}") from None
     if not isinstance(config, ml_collections.ConfigDict):
@@ -300,6 +306,46 @@ def _bench(argv):
 
 
 COMMANDS["bench"] = (_define_bench, _bench)
+
+
+def _define_convert(argv):
+  flags.DEFINE_string("from", None, "a Hugging Face model directory: config.json + "
+                      "model.safetensors (GPT2LMHeadModel or LlamaForCausalLM)")
+  flags.DEFINE_string("workdir", None, "the run directory to create")
+  flags.DEFINE_string("tokenizer", "", "the tokenizer, as config.data.tokenizer (default: the "
+                      "directory's tokenizer.json, else tiktoken:gpt2 for GPT-2's vocabulary)")
+  _required(["from", "workdir"])
+
+
+def _convert(argv):
+  from llm_jax import convert
+  r = convert.convert(FLAGS["from"].value, FLAGS.workdir, FLAGS.tokenizer)
+  print(f"llm-jax: {r['architecture']} of {r['params'] / 1e6:.2f}M parameters converted into "
+        f"{r['workdir']} (step 0; tokenizer {r['tokenizer']}): sample it with `llm-jax generate "
+        f"--workdir={r['workdir']}`, fine-tune it with configs/finetune.py", flush=True)
+
+
+COMMANDS["convert"] = (_define_convert, _convert)
+
+
+def _define_export(argv):
+  flags.DEFINE_string("workdir", None, "the run to export")
+  flags.DEFINE_string("to", None, "the directory to write config.json and model.safetensors in")
+  flags.DEFINE_integer("step", None, "checkpoint step to export (default: the latest)")
+  _required(["workdir", "to"])
+
+
+def _export(argv):
+  from llm_jax import convert
+  r = convert.export(FLAGS.workdir, FLAGS.to, FLAGS.step)
+  tok = ("and its tokenizer.json" if r["tokenizer"] == "tokenizer.json" else
+         f"without a tokenizer.json (the run's tokenizer is {r['tokenizer']})")
+  print(f"llm-jax: step {r['step']} written to {r['out']} as {r['architecture']} ({r['tensors']} "
+        f"tensors, float32) {tok}: transformers' AutoModelForCausalLM.from_pretrained loads it",
+        flush=True)
+
+
+COMMANDS["export"] = (_define_export, _export)
 
 
 def _quiet_logs():

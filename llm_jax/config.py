@@ -185,6 +185,10 @@ def default_config() -> ml_collections.ConfigDict:
   # checkpoint is kept) | 'skip' (an update whose gradients are not all finite is dropped, by
   # optax.apply_if_finite, and counted, as skipped_updates)
   c.train.nan_policy = "stop"
+  # fine-tuning: a run directory (trained here, or made by `llm-jax convert`) whose latest
+  # parameters and tokenizer start this run, with a fresh optimizer at step 0; '' starts from a
+  # fresh init. Its model must be this config's (configs/finetune.py:<run> builds one from it)
+  c.train.init_from = ""
   return c
 
 

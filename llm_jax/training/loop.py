@@ -29,11 +29,12 @@ from llm_jax.models.flops import count_params
 from llm_jax.tasks import build_task
 from llm_jax.errors import UserError
 from llm_jax.fileio import atomic_write, read_metrics, write_json
-from llm_jax.training import checkpoint, guards, parallel, signals, workdir as workdir_lib
+from llm_jax.training import (checkpoint, finetune, guards, parallel, signals,
+                              workdir as workdir_lib)
 from llm_jax.training.events import EventWriter
 from llm_jax.training.losses import make_loss_fn
 from llm_jax.training.optimizer import lr_schedule, make_optimizer
-from llm_jax.training.steps import init_state, make_evaluate, make_train_step
+from llm_jax.training.steps import create_state, init_state, make_evaluate, make_train_step
 
 
 class MetricsLog:
@@ -114,7 +115,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if saved is not None:
     workdir_lib.check_same_run(config, saved)
   tc = config.train
-  task = build_task(config, workdir_lib.read_tokenizer(workdir))
+  tokenizer = workdir_lib.read_tokenizer(workdir)
+  if tc.init_from:  # fine-tuning: the source's tokenizer (a resumed run saved the same)
+    tokenizer = tokenizer or finetune.source_run(config)[1]
+  task = build_task(config, tokenizer)
 
   loss_fn = make_loss_fn(task.model, task.input_keys)
   tx = make_optimizer(tc)
@@ -134,6 +138,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if manager.all_steps():
     state, restored_meta = checkpoint.restore_latest_good(manager, state, move_bad=is_main_process)
     meta.update(restored_meta)
+  elif tc.init_from:  # its parameters, a fresh optimizer state, step 0
+    state = jax.device_get(create_state(finetune.load_params(config), tx))
   if is_main_process:  # after the restore: a workdir refused above keeps its files as they were
     workdir_lib.write_run_files(workdir, config, task.tokenizer)
   start = int(state.step)

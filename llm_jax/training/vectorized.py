@@ -56,6 +56,9 @@ def shared_key(config) -> str:
 
 def check_vectorizable(configs) -> None:
   first = _flat(configs[0])
+  if first["train.init_from"]:
+    raise UserError("config.train.init_from is set: vectorized runs start from a fresh init; "
+                    "run fine-tunings without --vectorize")
   for c in configs[1:]:
     for field, value in _flat(c).items():
       if field not in VMAPPABLE and value != first[field]:
