@@ -61,6 +61,8 @@ def lm_task(config, tokenizer=None) -> Task:
       prompt_ids = data.tokenizer.encode(prompt)
     except UserError:  # a vocabulary without a newline
       prompt_ids = np.zeros(1, np.int32)
+    if not len(prompt_ids):  # a tokenizer that drops whitespace (an hf: one may)
+      prompt_ids = np.zeros(1, np.int32)
     out = decoding.generate(model, params, jnp.asarray(prompt_ids)[None], jax.random.key(seed),
                             max_new_tokens=n_tokens, block_size=T, temperature=1.0)
     return data.tokenizer.decode(np.asarray(out[0, len(prompt_ids):]))
@@ -129,6 +131,9 @@ def lm_generate(config, tokenizer, model, params, prompt, *, max_new_tokens, tem
                 top_p, greedy, num_samples, seed) -> list[str]:
   """`num_samples` continuations of `prompt` (decoded in one batch), without the prompt."""
   prompt_ids = tokenizer.encode(prompt)
+  if not len(prompt_ids):
+    raise UserError(f"--prompt={prompt!r} encodes to no tokens with this run's tokenizer (it drops "
+                    f"such text): give a prompt with words in it")
   prompt_BP = jnp.asarray(np.tile(prompt_ids, (num_samples, 1)))
   out_BN = decoding.generate(model, params, prompt_BP, jax.random.key(seed),
                              max_new_tokens=max_new_tokens, block_size=config.model.block_size,

@@ -25,7 +25,7 @@ from llm_jax.config import default_config
 from llm_jax.decoding import lm as decoding
 from llm_jax.errors import UserError
 from llm_jax.fileio import read_metrics
-from llm_jax.generate import load_run
+from llm_jax.generate import generate_text, load_run
 from llm_jax.training.loop import train_and_evaluate
 
 V = 96  # the vocabulary of the tiny models and of their tokenizer
@@ -236,13 +236,17 @@ def test_a_converted_checkpoint_fine_tunes(tmp_path):
   c.data.corpus, c.data.path = "text_file", str(corpus)
   c.model.block_size = 16
   c.train.update(batch_size=4, max_steps=30, eval_interval=30, eval_iters=2, log_interval=10,
-                 checkpoint_every=30, sample_tokens=0, learning_rate=3e-3, min_lr=3e-4,
+                 checkpoint_every=30, sample_tokens=5, learning_rate=3e-3, min_lr=3e-4,
                  warmup_steps=5)
   summary = train_and_evaluate(c, str(tmp_path / "tuned"))
+  # its tokenizer drops the sample's newline prompt: the sample starts from token 0 instead
+  assert len(summary["sample"].split()) == 5
   records = [r for r in read_metrics(str(tmp_path / "tuned" / "metrics.jsonl")) if "val_loss" in r]
   assert summary["val_loss"] < records[0]["val_loss"] - 1.0  # the repeating words are learned
   _, tok, _, _, step = load_run(tmp_path / "tuned")
   assert step == 30 and tok.to_dict() == load_run(run)[1].to_dict()
+  with pytest.raises(UserError, match="encodes to no tokens"):
+    generate_text(str(tmp_path / "tuned"), prompt="  ")
 
 
 def test_bad_checkpoints_and_runs_are_one_clear_error(tmp_path):
