@@ -221,21 +221,26 @@ class Layout(NamedTuple):
   model_fields: Callable  # hf config.json -> config.model fields
   hf_config: Callable  # (ModelConfig, block_size) -> config.json fields
   rules: Callable  # ModelConfig -> [Rule]
-  # config.model fields an exported run must have, {field: value}
+  # config.model fields an exported run must have: {field: the values the layout takes}
   requires: dict
+  # whether the layout has fewer key/value heads than query heads (grouped-query attention)
+  grouped_kv: bool
   # prefixes the checkpoint's tensor names may carry (GPT-2's hub files have none)
   prefix: str = ""
 
 
-_COMMON = {"name": "gpt", "norm": "pre", "qk_norm": False, "scale_embeddings": False,
-           "scan_layers": False}
+_COMMON = {"name": ("gpt",), "norm": ("pre",), "qk_norm": (False,),
+           "scale_embeddings": (False,), "scan_layers": (False,)}
 LAYOUTS = {
-    "GPT2LMHeadModel": Layout(gpt2_model_fields, gpt2_config, gpt2_rules,
-                              {**_COMMON, "pos": "learned", "norm_type": "layernorm"},
-                              prefix="transformer."),
-    "LlamaForCausalLM": Layout(llama_model_fields, llama_config, llama_rules,
-                               {**_COMMON, "pos": "rope", "norm_type": "rmsnorm",
-                                "activation": "swiglu"}),
+    "GPT2LMHeadModel": Layout(
+        gpt2_model_fields, gpt2_config, gpt2_rules,
+        {**_COMMON, "pos": ("learned",), "norm_type": ("layernorm",),
+         "activation": tuple(sorted(set(GPT2_ACTIVATIONS.values())))},
+        grouped_kv=False, prefix="transformer."),
+    "LlamaForCausalLM": Layout(
+        llama_model_fields, llama_config, llama_rules,
+        {**_COMMON, "pos": ("rope",), "norm_type": ("rmsnorm",), "activation": ("swiglu",)},
+        grouped_kv=True),
 }
 
 
@@ -257,7 +262,8 @@ def read_hf_dir(src: str) -> tuple[dict, dict]:
     with open(os.path.join(src, "config.json"), encoding="utf-8") as f:
       hf = json.load(f)
   except FileNotFoundError:
-    raise UserError(f"--from={src} has no config.json: pass a Hugging Face model directory") from None
+    raise UserError(f"--from={src} has no config.json: pass a Hugging Face model "
+                    f"directory") from None
   except ValueError as e:
     raise UserError(f"{src}/config.json is not JSON ({e}): restore the file") from None
   index = os.path.join(src, SAFETENSORS_INDEX)
@@ -390,17 +396,15 @@ def layout_of(model_config) -> str:
   """The architecture a run's config.model exports to, or a UserError naming the field."""
   m, why = model_config, {}
   for arch, layout in LAYOUTS.items():
-    bad = [(f, v) for f, v in layout.requires.items() if m[f] != v]
-    if arch == "GPT2LMHeadModel":
-      if m.activation not in GPT2_ACTIVATIONS.values():
-        bad.append(("activation", "one of " + ", ".join(sorted(set(GPT2_ACTIVATIONS.values())))))
-      if m.n_kv_head not in (0, m.n_head):
-        bad.append(("n_kv_head", 0))
+    bad = [(f, vs) for f, vs in layout.requires.items() if m[f] not in vs]
+    if not layout.grouped_kv and m.n_kv_head not in (0, m.n_head):
+      bad.append(("n_kv_head", (0,)))
     if not bad:
       return arch
     why[arch] = bad[0]
   raise UserError("this run's model has no Hugging Face layout llm-jax writes: " + "; ".join(
-      f"{arch} needs config.model.{f}={v!r} (the run has {m[f]!r})" for arch, (f, v) in why.items()))
+      f"{arch} needs config.model.{f}=" + " or ".join(map(repr, vs)) + f" (the run has {m[f]!r})"
+      for arch, (f, vs) in why.items()))
 
 
 def export(workdir: str, out: str, step: int | None = None) -> dict:
@@ -442,5 +446,6 @@ def export(workdir: str, out: str, step: int | None = None) -> dict:
   wrote_tokenizer = isinstance(tok, HFTokenizer)
   if wrote_tokenizer:
     shutil.copyfile(tok.path, os.path.join(out, "tokenizer.json"))
+  spec = "tokenizer.json" if wrote_tokenizer else tok.to_dict().get("spec", tok.kind)
   return {"architecture": arch, "step": step, "tensors": len(tensors), "out": out,
-          "tokenizer": "tokenizer.json" if wrote_tokenizer else tok.to_dict().get("spec", tok.kind)}
+          "tokenizer": spec}

@@ -382,11 +382,12 @@ def make_tokenizer(spec: str, text: str, data_dir_config: str = "", normalizatio
                       f"path of a Hugging Face tokenizer.json")
     try:
       return HFTokenizer(path, spec, normalization)
+    except UserError:  # the tokenizers package is missing
+      raise
     except Exception as e:  # noqa: BLE001 -- tokenizers raises its own Exception type
-      if isinstance(e, UserError):
-        raise
-      raise UserError(f"config.data.tokenizer={spec!r}: {path} is not a tokenizers file "
-                      f"({str(e).splitlines()[0][:120]}): pass a Hugging Face tokenizer.json") from None
+      why = str(e).splitlines()[0][:120]
+      raise UserError(f"config.data.tokenizer={spec!r}: {path} is not a tokenizers file ({why}): "
+                      f"pass a Hugging Face tokenizer.json") from None
   raise UserError(f"config.data.tokenizer={spec!r} is invalid: use 'char', 'tiktoken:<encoding>', "
                   f"'bpe:<rank file>', 'bpe:train:<vocab size>' or 'hf:<tokenizer.json>'")
 
@@ -401,6 +402,19 @@ def tokenizer_id(tokenizer) -> str:
   return f"{tokenizer.kind}-{hashlib.sha256(d).hexdigest()[:16]}"
 
 
+def _unchanged_file(d: dict, unchanged) -> pathlib.Path:
+  """The file a saved tokenizer reads (d['path']), or a UserError if it is gone or `unchanged`
+  (path -> bool: its hashes are the saved ones) says it changed."""
+  path = pathlib.Path(d["path"])
+  if not path.is_file():
+    raise UserError(f"the run's tokenizer file {path} ({d['spec']}) is missing: restore it, or "
+                    f"use a fresh --workdir")
+  if not unchanged(path):
+    raise UserError(f"the run's tokenizer file {path} ({d['spec']}) changed since the run "
+                    f"started (sha256 differs): restore the original, or use a fresh --workdir")
+  return path
+
+
 def tokenizer_from_dict(d: dict):
   kind, form = d.get("kind"), d.get("normalize", "none")
   if form not in NORMALIZATIONS + ("none",):
@@ -410,23 +424,11 @@ def tokenizer_from_dict(d: dict):
   if kind == "seq2seq":
     return Seq2SeqTokenizer(d["chars"], form)
   if kind == "tiktoken" and "path" in d:
-    path = pathlib.Path(d["path"])
-    if not path.is_file():
-      raise UserError(f"the run's tokenizer file {path} ({d['spec']}) is missing: restore it, or "
-                      f"use a fresh --workdir")
-    if _file_hashes(path) != {"sha256": d["sha256"], "sidecar_sha256": d["sidecar_sha256"]}:
-      raise UserError(f"the run's tokenizer file {path} ({d['spec']}) changed since the run "
-                      f"started (sha256 differs): restore the original, or use a fresh --workdir")
+    path = _unchanged_file(d, lambda p: {"sha256": d["sha256"],
+                                         "sidecar_sha256": d["sidecar_sha256"]} == _file_hashes(p))
     return TiktokenTokenizer.from_file(path, d["spec"], form)
   if kind == "tiktoken":
     return TiktokenTokenizer.from_name(d["spec"].removeprefix("tiktoken:"), form)
   if kind == "hf":
-    path = pathlib.Path(d["path"])
-    if not path.is_file():
-      raise UserError(f"the run's tokenizer file {path} ({d['spec']}) is missing: restore it, or "
-                      f"use a fresh --workdir")
-    if sha256_of(path) != d["sha256"]:
-      raise UserError(f"the run's tokenizer file {path} ({d['spec']}) changed since the run "
-                      f"started (sha256 differs): restore the original, or use a fresh --workdir")
-    return HFTokenizer(path, d["spec"], form)
+    return HFTokenizer(_unchanged_file(d, lambda p: sha256_of(p) == d["sha256"]), d["spec"], form)
   raise UserError(f"unknown tokenizer kind {kind!r} in the run's tokenizer.json")

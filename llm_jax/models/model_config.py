@@ -50,9 +50,11 @@ class ModelConfig:
     m = model_config
     if m.vocab_size and m.vocab_size < vocab_size:
       raise UserError(f"config.model.vocab_size={m.vocab_size} is smaller than the tokenizer's "
-                      f"vocabulary ({vocab_size}): use 0 (the tokenizer's) or at least {vocab_size}")
+                      f"vocabulary ({vocab_size}): use 0 (the tokenizer's) or at least "
+                      f"{vocab_size}")
     fields = {k: v for k, v in m.items() if k not in ("name", "block_size", "vocab_size")}
-    return cls(**{**fields, "vocab_size": m.vocab_size or vocab_size, "max_len": m.max_len or m.block_size,
+    return cls(**{**fields, "vocab_size": m.vocab_size or vocab_size,
+                  "max_len": m.max_len or m.block_size,
                   "n_kv_head": m.n_kv_head or m.n_head,
                   "ffn_hidden": m.ffn_hidden or default_ffn_hidden(m.n_embd, m.activation)})
 

@@ -4,8 +4,9 @@ The source is any run directory: one trained here, or a checkpoint converted by 
 The new run takes the source's latest parameters and tokenizer, and a fresh optimizer state at
 step 0, then trains on its own data and schedule. Its model must be the source's: every field of
 the model config alike, but those that leave the parameters and the function alone (dropout, the
-compute dtype, the attention's implementation) and, where the positions are not a learned table,
-the context length. configs/finetune.py builds such a config from the source's config.json.
+compute dtype, the attention's implementation) and the context length (block_size; a learned
+positional table keeps its size, max_len). configs/finetune.py builds such a config from the
+source's config.json.
 """
 
 import os
