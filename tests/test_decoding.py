@@ -1,5 +1,6 @@
 import itertools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,7 +18,7 @@ def make(**model):
   c.update(n_layer=2, n_head=2, n_embd=16, block_size=L)
   c.update(model)
   m = build_model(c, V)
-  return m, m.init(jax.random.key(0), jnp.zeros((1, L), jnp.int32))["params"]
+  return m, nn.unbox(m.init(jax.random.key(0), jnp.zeros((1, L), jnp.int32))["params"])
 
 
 VARIANTS = [dict(norm=n, pos=p) for n, p in itertools.product(["pre", "post"],

@@ -1,6 +1,7 @@
 import itertools
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,7 +19,7 @@ def make(**model):
   c.update(n_layer=2, n_head=2, n_embd=16, block_size=T)
   c.update(model)
   m = build_model(c, V)
-  params = m.init(jax.random.key(0), jnp.zeros((1, T), jnp.int32))["params"]
+  params = nn.unbox(m.init(jax.random.key(0), jnp.zeros((1, T), jnp.int32))["params"])
   return m, params
 
 
@@ -143,8 +144,8 @@ def test_cross_attention_is_asked_for_not_guessed_from_its_inputs():
   c.update(n_head=2, n_embd=16, block_size=T)
   attn = MultiHeadAttention(build_model(c, V).cfg, 0.02)
   x = jax.random.normal(jax.random.key(1), (2, 5, 16))
-  self_params = attn.init(jax.random.key(0), x, None, False)["params"]
-  cross_params = attn.init(jax.random.key(0), x, None, False, memory_BSC=x)["params"]
+  self_params = nn.unbox(attn.init(jax.random.key(0), x, None, False)["params"])
+  cross_params = nn.unbox(attn.init(jax.random.key(0), x, None, False, memory_BSC=x)["params"])
   assert set(self_params) == {"qkv", "out"} and set(cross_params) == {"query", "kv", "out"}
   qkv = self_params["qkv"]["kernel"]  # (C, 3, H, D)
   split = {"query": {"kernel": qkv[:, 0]}, "kv": {"kernel": qkv[:, 1:]}, "out": self_params["out"]}

@@ -1,5 +1,6 @@
 import json
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -70,7 +71,8 @@ def test_gradient_accumulation_equals_the_big_batch():
   c.model.update(n_layer=1, n_head=2, n_embd=16, block_size=8)
   m = build_model(c.model, 11)
   tx = make_optimizer(c.train)
-  state = create_state(m.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"], tx)
+  params = nn.unbox(m.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
+  state = create_state(params, tx)
   step = jax.jit(make_train_step(make_loss_fn(m), tx))
   x = jax.random.randint(jax.random.key(1), (8, 8), 0, 11)
   y = jax.random.randint(jax.random.key(2), (8, 8), 0, 11)
@@ -102,7 +104,7 @@ def test_weight_decay_on_matrices_and_embeddings_only(scan_layers):
                  scan_layers=scan_layers)
   c.train.update(learning_rate=1e-2, weight_decay=0.5, warmup_steps=0, grad_clip=0.0)
   m = build_model(c.model, 11)
-  params = m.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+  params = nn.unbox(m.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
   params = jax.tree.map(lambda x: x + 0.5, params)  # nothing zero: decay would move anything
   tx = make_optimizer(c.train)
   zero_grads = jax.tree.map(jnp.zeros_like, params)
@@ -128,7 +130,7 @@ def test_a_checkpoint_of_the_standard_handler_restores_whole_and_its_params_alon
   c = default_config()
   c.model.update(n_layer=1, n_head=2, n_embd=16, block_size=8)
   m = build_model(c.model, 11)
-  shapes = jax.eval_shape(m.init, jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+  shapes = nn.unbox(jax.eval_shape(m.init, jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
   rng = np.random.default_rng(0)  # any values: nothing to compile
   params = jax.tree.map(lambda x: rng.normal(size=x.shape).astype(x.dtype), shapes)
   state = jax.device_get(create_state(params, make_optimizer(c.train)).replace(step=jnp.int32(7)))

@@ -7,6 +7,7 @@ import itertools
 import math
 from functools import partial
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,8 +27,8 @@ def make(**model):
   c.update(name="transformer", n_layer=1, n_head=2, n_embd=16, block_size=10, use_bias=True)
   c.update(model)
   m = build_model(c, V)
-  shapes = jax.eval_shape(m.init, jax.random.key(0), jnp.zeros((1, S), jnp.int32),
-                          jnp.zeros((1, T), jnp.int32))["params"]
+  shapes = nn.unbox(jax.eval_shape(m.init, jax.random.key(0), jnp.zeros((1, S), jnp.int32),
+                                    jnp.zeros((1, T), jnp.int32))["params"])
   rng = np.random.default_rng(0)
   return m, jax.tree.map(lambda x: jnp.asarray(rng.normal(0, 0.5, x.shape), x.dtype), shapes)
 
@@ -241,7 +242,8 @@ def test_rotary_positions_rotate_self_attention_not_cross_attention():
   memory = jax.random.normal(jax.random.key(2), (2, S, 16))
   for memory_BSC in (None, memory):
     attn = lambda pos: MultiHeadAttention(cfg(pos), 0.02)
-    p = attn("rope").init(jax.random.key(0), x, None, False, memory_BSC=memory_BSC)["params"]
+    p = nn.unbox(attn("rope").init(jax.random.key(0), x, None, False,
+                                   memory_BSC=memory_BSC)["params"])
     rotated, plain = (attn(pos).apply({"params": p}, x, None, False, memory_BSC=memory_BSC)
                       for pos in ("rope", "learned"))
     if memory_BSC is None:

@@ -11,6 +11,7 @@ generates and evaluates. A new family is its model file and one entry in FAMILIE
 
 from typing import Callable, NamedTuple
 
+import flax.linen as nn
 import jax.numpy as jnp
 
 from llm_jax.models import flops
@@ -65,9 +66,11 @@ def example_inputs(model_config) -> tuple:
   return (tokens,) * INPUTS[FAMILIES[model_config.name].task]
 
 
-def init_params(model, model_config, rng):
-  """The family's freshly initialized parameters."""
-  return model.init(rng, *example_inputs(model_config))["params"]
+def init_params(model, model_config, rng, boxed: bool = False):
+  """The family's freshly initialized parameters: plain arrays, or (boxed) each in flax's
+  nn.LogicallyPartitioned with the names of its axes (axes.py)."""
+  params = model.init(rng, *example_inputs(model_config))["params"]
+  return params if boxed else nn.unbox(params)
 
 
 def flops_per_token(model_config, n_params: int) -> int | None:

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from llm_jax.models.axes import param_init
 from llm_jax.models.dropout import Dropout, may_drop
 from llm_jax.models.model_config import ModelConfig
 
@@ -68,27 +69,33 @@ class MultiHeadAttention(nn.Module):
     B, T, C = x_BTC.shape
     H, K = cfg.n_head, cfg.n_kv_head
     D = C // H
-    dense = lambda shape, name: nn.DenseGeneral(
-        shape, use_bias=cfg.use_bias, dtype=dtype, kernel_init=nn.initializers.normal(0.02),
-        name=name)
+    # kernels (C, *shape) and biases (*shape), their axes named (axes.py)
+    dense = lambda shape, axes, name: nn.DenseGeneral(
+        shape, use_bias=cfg.use_bias, dtype=dtype, name=name,
+        kernel_init=param_init(nn.initializers.normal(0.02), "embed", *axes),
+        bias_init=param_init(nn.initializers.zeros, *axes))
     # the projections see (rows, C): XLA's CPU backend lays out their gradients far better in 2-D
     x_NC = x_BTC.reshape(B * T, C)
     if memory_BSC is not None and decode:
       raise ValueError("decode=True keeps a self-attention's keys and values; cross-attention "
                        "recomputes them from the memory")
     if memory_BSC is None and K == H:
-      qkv_N3HD = dense((3, H, D), "qkv")(x_NC)
+      qkv_N3HD = dense((3, H, D), ("qkv", "heads", "head_dim"), "qkv")(x_NC)
       q_BTHD, k_BSKD, v_BSKD = jnp.unstack(qkv_N3HD.reshape(B, T, 3, H, D), axis=2)
     else:
       kv_BSC = x_BTC if memory_BSC is None else memory_BSC
       S = kv_BSC.shape[1]
-      q_BTHD = dense((H, D), "query")(x_NC).reshape(B, T, H, D)
-      kv_M2KD = dense((2, K, D), "kv")(kv_BSC.reshape(B * S, C))
+      q_BTHD = dense((H, D), ("heads", "head_dim"), "query")(x_NC).reshape(B, T, H, D)
+      kv_M2KD = dense((2, K, D), ("qkv", "kv_heads", "head_dim"), "kv")(
+          kv_BSC.reshape(B * S, C))
       k_BSKD, v_BSKD = jnp.unstack(kv_M2KD.reshape(B, S, 2, K, D), axis=2)
 
     if cfg.qk_norm:
-      q_BTHD = nn.RMSNorm(epsilon=cfg.norm_eps, dtype=dtype, name="q_norm")(q_BTHD)
-      k_BSKD = nn.RMSNorm(epsilon=cfg.norm_eps, dtype=dtype, name="k_norm")(k_BSKD)
+      head_norm = lambda name: nn.RMSNorm(
+          epsilon=cfg.norm_eps, dtype=dtype, name=name,
+          scale_init=param_init(nn.initializers.ones, "head_dim"))
+      q_BTHD = head_norm("q_norm")(q_BTHD)
+      k_BSKD = head_norm("k_norm")(k_BSKD)
     if decode:
       index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
     if cfg.pos == "rope" and memory_BSC is None:  # positions continue from the cache's index
@@ -114,9 +121,11 @@ class MultiHeadAttention(nn.Module):
       probs_BHTS = Dropout(cfg.dropout)(probs_BHTS, deterministic=not train)
       probs_BKGTS = probs_BHTS.astype(dtype).reshape(B, K, G, T, S)
       out_BTHD = jnp.einsum("bkgts,bskd->btkgd", probs_BKGTS, v_BSKD).reshape(B, T, H, D)
-    y_NC = nn.DenseGeneral(C, axis=(-2, -1), use_bias=cfg.use_bias, dtype=dtype,
-                           kernel_init=nn.initializers.normal(self.out_init_std),
-                           name="out")(out_BTHD.reshape(B * T, H, D))
+    y_NC = nn.DenseGeneral(
+        C, axis=(-2, -1), use_bias=cfg.use_bias, dtype=dtype, name="out",
+        kernel_init=param_init(nn.initializers.normal(self.out_init_std), "heads", "head_dim",
+                               "embed"),
+        bias_init=param_init(nn.initializers.zeros, "norm"))(out_BTHD.reshape(B * T, H, D))
     return Dropout(cfg.dropout)(y_NC.reshape(B, T, C), deterministic=not train)
 
   def _update_cache(self, k_BTKD, v_BTKD, index):

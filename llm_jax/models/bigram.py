@@ -2,6 +2,7 @@
 
 import flax.linen as nn
 
+from llm_jax.models.axes import param_init
 from llm_jax.models.model_config import ModelConfig
 
 
@@ -12,5 +13,7 @@ class Bigram(nn.Module):
   def __call__(self, idx_BT, train: bool = False, decode: bool = False):
     del train, decode  # no dropout; no context, so decoding needs no cache
     V = self.cfg.vocab_size
-    table = nn.Embed(V, V, embedding_init=nn.initializers.normal(0.02), name="table")
+    # a row per token: its logits, which is its embedding (of width V)
+    table = nn.Embed(V, V, embedding_init=param_init(nn.initializers.normal(0.02), "vocab",
+                                                     "embed"), name="table")
     return table(idx_BT)  # (B, T, V)

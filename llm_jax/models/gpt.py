@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from llm_jax.models.attention import causal_mask
+from llm_jax.models.axes import param_init
 from llm_jax.models.layers import Stack
 from llm_jax.models.model_config import ModelConfig
 
@@ -24,7 +25,8 @@ class GPT(nn.Module):
 
   def setup(self):
     cfg = self.cfg
-    self.wte = nn.Embed(cfg.vocab_size, cfg.n_embd, embedding_init=nn.initializers.normal(0.02))
+    self.wte = nn.Embed(cfg.vocab_size, cfg.n_embd,
+                        embedding_init=param_init(nn.initializers.normal(0.02), "vocab", "embed"))
     # token embeddings x sqrt(n_embd) before the positions are added (Vaswani et al. 3.4)
     scale = math.sqrt(cfg.n_embd) if cfg.scale_embeddings else 1.0
     self.stack = Stack(cfg, self.wte, scale, out_init_std=0.02 / math.sqrt(2 * cfg.n_layer),
@@ -33,7 +35,8 @@ class GPT(nn.Module):
     # names are those of its checkpoints from before the stack was shared with the transformer
     nn.share_scope(self, self.stack)
     if not cfg.tie_embeddings:
-      self.head = nn.Dense(cfg.vocab_size, use_bias=False, kernel_init=nn.initializers.normal(0.02))
+      self.head = nn.Dense(cfg.vocab_size, use_bias=False,
+                           kernel_init=param_init(nn.initializers.normal(0.02), "embed", "vocab"))
 
   def __call__(self, idx_BT, train: bool = False, decode: bool = False):
     # decoding: the attention builds the causal mask over its cache

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from llm_jax.models.attention import MultiHeadAttention
+from llm_jax.models.axes import STREAM, constrain, param_init
 from llm_jax.models.dropout import Dropout
 from llm_jax.models.model_config import GATED, ModelConfig
 
@@ -29,9 +30,11 @@ ACTIVATIONS = {"relu": nn.relu, "gelu": gelu, "gelu_tanh": lambda x: nn.gelu(x, 
 def norm(cfg: ModelConfig, name: str) -> nn.Module:
   """cfg.norm_type: 'layernorm' (centred and scaled, a bias with use_bias) | 'rmsnorm' (scaled
   by the root mean square only, no bias; Zhang & Sennrich 2019, as Llama)."""
+  scale_init = param_init(nn.initializers.ones, "norm")
   if cfg.norm_type == "rmsnorm":
-    return nn.RMSNorm(epsilon=cfg.norm_eps, name=name)
-  return nn.LayerNorm(epsilon=cfg.norm_eps, use_bias=cfg.use_bias, name=name)
+    return nn.RMSNorm(epsilon=cfg.norm_eps, scale_init=scale_init, name=name)
+  return nn.LayerNorm(epsilon=cfg.norm_eps, use_bias=cfg.use_bias, scale_init=scale_init,
+                      bias_init=param_init(nn.initializers.zeros, "norm"), name=name)
 
 
 def sinusoidal_table(max_len: int, d: int) -> np.ndarray:
@@ -57,7 +60,8 @@ class PositionalEncoding(nn.Module):
     if self.kind in ("rope", "none"):
       return x_BTC
     if self.kind == "learned":
-      table = self.param("table", nn.initializers.normal(0.02), (self.max_len, C))
+      table = self.param("table", param_init(nn.initializers.normal(0.02), "length", "embed"),
+                         (self.max_len, C))
     else:
       table = jnp.asarray(sinusoidal_table(self.max_len, C))
     return x_BTC + jnp.take(table, positions_T, axis=0).astype(x_BTC.dtype)[None]
@@ -76,14 +80,18 @@ class FeedForward(nn.Module):
     cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
     B, T, C = x_BTC.shape
     x_NC = x_BTC.reshape(B * T, C)
-    dense = lambda name: nn.Dense(cfg.ffn_hidden, use_bias=cfg.use_bias, dtype=dtype,
-                                  kernel_init=nn.initializers.normal(0.02), name=name)
+    dense = lambda name: nn.Dense(
+        cfg.ffn_hidden, use_bias=cfg.use_bias, dtype=dtype, name=name,
+        kernel_init=param_init(nn.initializers.normal(0.02), "embed", "mlp"),
+        bias_init=param_init(nn.initializers.zeros, "mlp"))
     if cfg.activation in GATED:
       h_NF = ACTIVATIONS[cfg.activation](dense("gate")(x_NC)) * dense("up")(x_NC)
     else:
       h_NF = ACTIVATIONS[cfg.activation](dense("fc")(x_NC))
-    y_NC = nn.Dense(C, use_bias=cfg.use_bias, dtype=dtype,
-                    kernel_init=nn.initializers.normal(self.out_init_std), name="proj")(h_NF)
+    y_NC = nn.Dense(C, use_bias=cfg.use_bias, dtype=dtype, name="proj",
+                    kernel_init=param_init(nn.initializers.normal(self.out_init_std), "mlp",
+                                           "embed"),
+                    bias_init=param_init(nn.initializers.zeros, "norm"))(h_NF)
     return Dropout(cfg.dropout)(y_NC.reshape(B, T, C), deterministic=not train)
 
 
@@ -162,22 +170,27 @@ class Stack(nn.Module):
       index.value = start + T
     else:
       start = 0
-    x_BTC = self.embed(tokens_BT)  # (B, T, C)
+    # the table gathered whole before the lookup (FSDP and tensor split it), so that the rows
+    # looked up are split by examples as the tokens are
+    table_VC = constrain(self.embed.embedding, (None, None))
+    x_BTC = jnp.take(table_VC, tokens_BT, axis=0)  # (B, T, C)
     if self.embed_scale != 1.0:
       x_BTC = x_BTC * self.embed_scale
     x_BTC = PositionalEncoding(cfg.pos, cfg.max_len, name=self.pos_name)(
         x_BTC, start + jnp.arange(T))
     x_BTC = Dropout(cfg.dropout)(x_BTC, deterministic=not train).astype(jnp.dtype(cfg.dtype))
+    x_BTC = constrain(x_BTC, STREAM)  # (B, T, C)
     if cfg.scan_layers:  # each layer its own parameters, cache and dropout key
       stack = nn.scan(ScannedBlock, variable_axes={"params": 0, "cache": 0},
                       split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
-                      length=cfg.n_layer)
+                      length=cfg.n_layer, metadata_params={nn.PARTITION_NAME: "layers"})
       x_BTC, _ = stack(cfg, self.out_init_std, self.cross, train, decode, name=self.block_name)(
           x_BTC, mask, memory_BSC, memory_mask)
     else:
       for i in range(cfg.n_layer):
         x_BTC = Block(cfg, self.out_init_std, self.cross, name=f"{self.block_name}_{i}")(
             x_BTC, mask, train, memory_BSC, memory_mask, decode=decode)
+        x_BTC = constrain(x_BTC, STREAM)  # the stream stays split by examples between layers
     if cfg.norm == "pre":
       x_BTC = norm(cfg, "ln_f")(x_BTC)
     return x_BTC

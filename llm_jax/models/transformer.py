@@ -36,6 +36,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from llm_jax.models.attention import causal_mask
+from llm_jax.models.axes import param_init
 from llm_jax.models.layers import Stack
 from llm_jax.models.model_config import ModelConfig
 
@@ -47,8 +48,8 @@ class Transformer(nn.Module):
 
   def setup(self):
     cfg = self.cfg
-    embed = lambda: nn.Embed(cfg.vocab_size, cfg.n_embd,
-                             embedding_init=nn.initializers.normal(cfg.n_embd ** -0.5))
+    embed = lambda: nn.Embed(cfg.vocab_size, cfg.n_embd, embedding_init=param_init(
+        nn.initializers.normal(cfg.n_embd ** -0.5), "vocab", "embed"))
     self.src_embed = embed()
     self.tgt_embed = self.src_embed if cfg.share_embeddings else embed()
     stack = lambda embed, cross: Stack(cfg, embed, math.sqrt(cfg.n_embd),
@@ -57,7 +58,7 @@ class Transformer(nn.Module):
     self.decoder = stack(self.tgt_embed, cross=True)
     if not cfg.tie_embeddings:
       self.head = nn.Dense(cfg.vocab_size, use_bias=False,
-                           kernel_init=nn.initializers.normal(0.02))
+                           kernel_init=param_init(nn.initializers.normal(0.02), "embed", "vocab"))
 
   def encode(self, inputs_BS, train: bool = False):
     """(B, S) source tokens -> memory (B, S, C). Every position attends to every real one."""
