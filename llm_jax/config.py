@@ -21,9 +21,20 @@ def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   # seed of parameter init, dropout and the batch stream; a run is a function of (config, seed)
   c.seed = 1337
-  # data parallelism: 'auto' (pmap over all devices when there are several) | 'none' (jit, one
-  # device) | 'pmap'. train.batch_size is global: each device gets batch_size / devices examples
+  # how the steps run over the devices: 'auto' (jax.jit over a device mesh of every device,
+  # shaped by config.mesh) | 'none' (one device) | 'pmap' (jax.pmap data parallelism, a replica of
+  # the state per device). train.batch_size is global: split over the mesh's data x fsdp devices
   c.parallel = "auto"
+  # the device mesh of parallel='auto' (training/sharding.py): its axes' sizes, whose product is
+  # the device count; -1 on one axis takes the devices left over. A run resumes on any mesh
+  c.mesh = ml_collections.ConfigDict()
+  # data parallelism: the batch split, parameters replicated
+  c.mesh.data = -1
+  # fully sharded data parallelism: the batch split, and every matrix and embedding split along
+  # the model width (parameters, gradients and Adam moments: 1/fsdp each per device)
+  c.mesh.fsdp = 1
+  # tensor parallelism: attention heads, FFN hidden units and the vocabulary split (Megatron)
+  c.mesh.tensor = 1
   # CPU only: host devices that split each batch (with parallel='auto'), from the command line,
   # before JAX starts. XLA runs most of a small model's ops on one core, so one device per core
   # steps faster (experiments/perf). 0: one per core when train.batch_size divides by the core

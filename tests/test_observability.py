@@ -67,7 +67,7 @@ def test_start_and_end_summary_lines(run):
   flops = flops_per_token(tiny_config("x").model, n - n_wpe)
   assert flops == 6 * (n - n_wpe) + 12 * 2 * 16 * 32  # 6N + 12 L T C
   assert f"{n / 1e6:.2f}M parameters, {flops / 1e3:.2f}kFLOPs/token" in head
-  assert "1 device(s) (jit), global batch 8 (8 examples per device x 1 accumulation steps), " \
+  assert "1 device(s) (jit), global batch 8 (8 examples per batch shard x 1 accumulation steps), " \
          "128 tokens/step" in head
   tail = next(l for l in lines if l.startswith("llm-jax: done"))
   assert tail.startswith(f"llm-jax: done at step 20: {20 * 128:,} tokens in all")

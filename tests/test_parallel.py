@@ -1,5 +1,6 @@
-"""Data parallelism on 8 simulated CPU devices (conftest sets XLA_FLAGS before jax is imported),
-and a real 2-process run through jax.distributed on 127.0.0.1."""
+"""pmap data parallelism on 8 simulated CPU devices (conftest sets XLA_FLAGS before jax is
+imported), and real 2-process runs through jax.distributed on 127.0.0.1: on the mesh
+(data=2, fsdp=2), and with pmap under srun. The mesh on one process: test_mesh.py."""
 
 import json
 import os
@@ -154,18 +155,20 @@ def run_processes(args, n, progress, stall_s=60, timeout_s=180, srun_job=None,
   return results
 
 
-def two_process_args(corpus, workdir, max_steps, **train):
+def two_process_args(corpus, workdir, max_steps, parallel="auto", **train):
   """The command of one of 2 processes x 2 simulated devices, through jax.distributed (gloo) on
-  127.0.0.1; the 1-device reference's model, batch and schedule."""
+  127.0.0.1; the 1-device reference's model, batch and schedule. parallel='auto': the mesh
+  (data=2, fsdp=2), each process holding half of every matrix."""
   train = {"batch_size": 16, "max_steps": max_steps, "lr_decay_steps": STEPS, "warmup_steps": 2,
            "eval_interval": 10, "eval_iters": 2, "log_interval": 1, "checkpoint_every": 10,
            "sample_tokens": 0, **train}
   return ([sys.executable, "-m", "llm_jax", "train", "--config=configs/gpt_char.py",
            f"--workdir={workdir}", "--config.data.corpus=text_file",
-           f"--config.data.path={corpus}", "--config.parallel=pmap",
+           f"--config.data.path={corpus}", f"--config.parallel={parallel}",
            "--config.model.n_layer=2", "--config.model.n_head=2", "--config.model.n_embd=32",
            "--config.model.block_size=16"] +
           [f"--config.train.{k}={v}" for k, v in train.items()] +
+          (["--config.mesh.data=2", "--config.mesh.fsdp=2"] if parallel == "auto" else []) +
           [f"--config.distributed.coordinator_address=127.0.0.1:{free_port()}",
            "--config.distributed.num_processes=2"])
 
@@ -181,7 +184,7 @@ def test_two_processes_give_the_losses_of_one(runs, tmp_path):
   steps, workdir = 20, tmp_path / "run"
   outs = run_processes(two_process_args(tmp / "toy.txt", workdir, steps), 2,
                        metrics_size(workdir))
-  assert "2 process(es), 4 device(s) (pmap)" in outs[0][0]
+  assert "2 process(es), 4 device(s) (mesh data=2 fsdp=2 tensor=1)" in outs[0][0]
   assert "llm-jax" not in outs[1][0] and "step" not in outs[1][0]  # only process 0 prints
   train, evals = read_metrics(workdir)
   assert_close(train, {s: l for s, l in r["none"][0].items() if s <= steps})
@@ -218,7 +221,7 @@ def test_srun_tasks_join_and_a_signal_to_one_stops_both_at_the_same_step(runs, t
   tmp, r = runs
   workdir = tmp_path / "run"
   port = free_port(range(65535 - 2 ** 12 + 1, 65536))  # JAX's: the SLURM job id's, mod 4096
-  args = two_process_args(tmp / "toy.txt", workdir, 1000, eval_interval=1000,
+  args = two_process_args(tmp / "toy.txt", workdir, 1000, "pmap", eval_interval=1000,
                           checkpoint_every=1000)[:-2]  # no distributed flags
   metrics = workdir / "metrics.jsonl"
 

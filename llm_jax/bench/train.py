@@ -72,31 +72,30 @@ def run(config, steps: int = 20, warmup: int = 3, vocab_size: int = 65, decode_t
                     "--config.model.name=gpt or a GPT config")
   if steps < 1 or warmup < 0:
     raise UserError(f"--steps={steps} and --warmup={warmup}: use at least 1 step, 0 or more warm-up")
-  mode = parallel.resolve(config.parallel)
-  parallel.check_batch(tc.batch_size, mode)
   peaks = peak.measure(peak_n)
 
   T, B, A = m.block_size, tc.batch_size, tc.grad_accum_steps
   model = build_model(m, vocab_size)
   loss_fn = make_loss_fn(model)
   tx = make_optimizer(tc)
-  state = jax.jit(lambda r: init_state(model, m, tx, r))(jax.random.key(config.seed))
-  state = jax.device_get(state)
+  place = parallel.placement(config, model, tx)
+  state = place.create_state(lambda: init_state(model, m, tx, jax.random.key(config.seed)))
   n_params, n_params_flops = count_params(state.params)
-  state = parallel.place_state(state, mode)
-  axis = parallel.AXIS if mode == "pmap" else None
-  train_step, evaluate = parallel.wrap_steps(
-      make_train_step(loss_fn, tx, axis), make_evaluate(loss_fn, axis), mode)
+  axis = parallel.AXIS if place.mode == "pmap" else None
+  train_step, evaluate = place.steps(make_train_step(loss_fn, tx, axis),
+                                     make_evaluate(loss_fn, axis), jax.random.key(config.seed + 1))
   rng = np.random.default_rng(config.seed)
-  batch = jax.device_put(parallel.shard_batch(_random_batch(rng, (A, B, T), vocab_size), mode, 1))
-  eval_batch = jax.device_put(
-      parallel.shard_batch(_random_batch(rng, (1, B, T), vocab_size), mode, 1))
-  dropout_rng = jax.random.key(config.seed + 1)
+  batch = place.put_batch(_random_batch(rng, (A, B, T), vocab_size))
+  eval_batch = place.put_batch(_random_batch(rng, (1, B, T), vocab_size))
+  memory = place.memory(train_step, state, batch)
+  unsharded = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+  if place.mode == "pmap":
+    unsharded //= place.n_devices  # (a replica per device: the state's leading axis)
 
   def timed_step():
     nonlocal state
     t = time.perf_counter()
-    state, metrics = train_step(state, batch, dropout_rng)
+    state, metrics = train_step(state, batch)
     jax.block_until_ready(metrics)
     return time.perf_counter() - t
 
@@ -119,7 +118,7 @@ def run(config, steps: int = 20, warmup: int = 3, vocab_size: int = 65, decode_t
 
   decode = None
   if decode_tokens > 0:
-    params = parallel.host_state(state, mode).params
+    params = place.to_host(state.params)
     call = lambda: decoding.generate(model, params, jnp.zeros((1, 1), jnp.int32),
                                      jax.random.key(0), max_new_tokens=decode_tokens,
                                      block_size=T, temperature=1.0)
@@ -146,7 +145,7 @@ def run(config, steps: int = 20, warmup: int = 3, vocab_size: int = 65, decode_t
                                   "dropout", "attention")},
       "batch_size": B, "grad_accum_steps": A, "tokens_per_step": tokens_per_step,
       "params": n_params, "params_for_flops": n_params_flops, "flops_per_token": fpt,
-      "device": peaks["device_kind"], "parallel": mode, "devices": parallel.n_devices(mode),
+      "device": peaks["device_kind"], "parallel": place.description, "devices": place.n_devices,
       "steps": steps, "warmup": warmup,
       "compile_s": round(first_s - median_s, 2),
       "train_ms_per_step": _percentiles_ms(step_s),
@@ -162,6 +161,9 @@ def run(config, steps: int = 20, warmup: int = 3, vocab_size: int = 65, decode_t
       "mfu_datasheet": (round(achieved / (sheet[m.dtype] * 1e12), 4) if sheet else None),
       "host_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
       "device_memory": _device_memory(),
+      # per device: the train state's bytes (params + optimizer), that of one unsharded copy,
+      # and the compiled step's (XLA's memory_analysis; argument, output, temporaries)
+      "state_memory": {"unsharded_bytes": unsharded, **memory},
       "loadavg": os.getloadavg(),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "jax": jax.__version__,
@@ -191,6 +193,10 @@ def table(r: dict) -> str:
       ("MFU", f"{100 * r['mfu']:.1f}% of the measured {r['model']['dtype']} peak" +
               (f"; {100 * r['mfu_datasheet']:.2f}% of the datasheet's"
                if r["mfu_datasheet"] is not None else "")),
+      ("state", f"{r['state_memory']['state_bytes_per_device'] / 2**20:.1f} MiB per device of "
+                f"{r['state_memory']['unsharded_bytes'] / 2**20:.1f} MiB unsharded" +
+                (f"; step temporaries {r['state_memory']['temp_size'] / 2**20:.1f} MiB"
+                 if "temp_size" in r["state_memory"] else "")),
       ("memory", f"host peak RSS {r['host_peak_rss_mb']:.0f} MB" +
                  (f"; device peak {r['device_memory'].get('peak_bytes_in_use', 0) / 2**20:.0f} MB"
                   if r["device_memory"] else "")),

@@ -1,7 +1,7 @@
 """One unit of a sweep, in its own process: `python -m llm_jax.sweep.worker <workdir>...`.
 
 Each workdir holds the resolved config the runner wrote (sweep_run.json). One workdir trains with
-`train_and_evaluate`; several train together with `train_vectorized`. Either resumes what its
+`train_and_evaluate`; several train together with `train_runs`. Either resumes what its
 workdirs hold.
 """
 
@@ -38,8 +38,8 @@ def main(workdirs) -> int:
       from llm_jax.training.loop import train_and_evaluate
       train_and_evaluate(configs[0], workdirs[0])
     else:
-      from llm_jax.training.vectorized import train_vectorized
-      train_vectorized(configs, workdirs)
+      from llm_jax.training.loop import train_runs
+      train_runs(configs, workdirs)
   except UserError as e:
     print(f"llm-jax sweep worker: error: {e}", file=sys.stderr, flush=True)
     return 2

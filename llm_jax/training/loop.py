@@ -2,6 +2,10 @@
 
     data -> model + loss -> jitted train/eval steps -> loop: step, log, evaluate, checkpoint -> sample
 
+The same loop trains K runs at once (`train_runs`, for `llm-jax sweep --vectorize`): their states
+stacked on a leading axis and the step vmapped (vectorized.py builds those functions), each run
+with its own workdir, metrics, events, checkpoints and summary exactly as a single run's (Run).
+
 The batch of step s is drawn from (seed, s) and the dropout key is folded with s, so a run resumed
 from a checkpoint continues exactly as the uninterrupted run would (bitwise on CPU), whether it
 stopped on a signal (signals.py: the step finishes and a checkpoint is saved), was killed (the
@@ -19,6 +23,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from tqdm import tqdm
@@ -29,7 +34,7 @@ from llm_jax.models.flops import count_params
 from llm_jax.tasks import build_task
 from llm_jax.errors import UserError
 from llm_jax.fileio import atomic_write, read_metrics, write_json
-from llm_jax.training import (checkpoint, finetune, guards, parallel, signals,
+from llm_jax.training import (checkpoint, finetune, guards, parallel, signals, vectorized,
                               workdir as workdir_lib)
 from llm_jax.training.events import EventWriter
 from llm_jax.training.losses import make_loss_fn
@@ -102,97 +107,171 @@ def _raise_if_os_error(e, manager, step, last_saved):
                   f"--workdir; {kept}") from e
 
 
+class Run:
+  """One run's files in its workdir: config.json and tokenizer.json, metrics.jsonl, TensorBoard
+  events (process 0 alone writes those), its checkpoints (every process), summary.json."""
+
+  def __init__(self, config, workdir: str, is_main_process: bool):
+    self.config, self.is_main = config, is_main_process
+    self.workdir = os.path.abspath(workdir)
+    workdir_lib.check_writable(self.workdir)
+    saved = workdir_lib.read_config(self.workdir)
+    if saved is not None:
+      workdir_lib.check_same_run(config, saved)
+    self.tokenizer = workdir_lib.read_tokenizer(self.workdir)
+    if config.train.init_from:  # fine-tuning: the source's tokenizer (a resumed run saved it)
+      self.tokenizer = self.tokenizer or finetune.source_run(config)[1]
+    self.manager = None  # opened once the data and model are built (`checkpoints`)
+    self.meta = {"best_val_loss": math.inf, "skipped_updates": 0}
+    self.last_saved = None
+    self.log = self.events = None
+
+  def checkpoints(self):
+    """The checkpoint manager (its threads are started here, after the inputs are checked)."""
+    self.manager = checkpoint.make_manager(self.workdir, self.config.train.keep_checkpoints)
+    return self.manager
+
+  def open(self, start: int, tokenizer) -> None:
+    """After the restore (a workdir refused there keeps its files as they were)."""
+    self.last_saved = start or None
+    if self.is_main:
+      workdir_lib.write_run_files(self.workdir, self.config, tokenizer)
+      self.log, self.events = MetricsLog(self.workdir, start), EventWriter(self.workdir, start)
+
+  def save(self, state) -> None:
+    _save(self.manager, state, self.meta, self.last_saved)
+    self.last_saved = int(np.asarray(state.step))
+
+  def wait(self, step: int) -> None:
+    _wait(self.manager, step, self.last_saved)
+
+  def check_finite(self, host: list, first_done: int, several: bool) -> None:
+    """nan_policy 'stop': the first non-finite loss or gradient norm among the fetched steps ends
+    the run, after the last good checkpoint is complete."""
+    bad = guards.first_nonfinite(host, first_done) if host else None
+    if bad is None:
+      return
+    step, name, value = bad
+    self.wait(step)
+    kept = (f"the last good checkpoint (step {self.last_saved}) is kept"
+            if self.last_saved is not None else "no checkpoint was written")
+    raise UserError(f"the training {name} is {value} at step {step}" +
+                    (f" in {self.workdir}" if several else "") + f": {kept}; lower "
+                    f"config.train.learning_rate, or set config.train.nan_policy='skip' to skip "
+                    f"such updates")
+
+  def close(self) -> None:
+    if self.events:
+      self.events.close()
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains config's model in workdir (resuming what is there). Returns the run's summary."""
-  validate(config)
+  return train_runs([config], [workdir])[0]
+
+
+def train_runs(configs, workdirs) -> list[dict]:
+  """Trains configs[k] in workdirs[k] (resuming what is there). One config: a single run; several:
+  one vmapped program (they may differ only in vectorized.VMAPPABLE fields). Returns the
+  summaries."""
+  if len(configs) != len(workdirs) or not configs:
+    raise ValueError("one workdir per config")
+  for c in configs:
+    validate(c)
+  K, config, tc = len(configs), configs[0], configs[0].train
+  several = K > 1
+  if several:
+    vectorized.check_vectorizable(configs)
   parallel.init_distributed(config.distributed)
-  mode = parallel.resolve(config.parallel)
-  parallel.check_batch(config.train.batch_size, mode)
   is_main_process = jax.process_index() == 0  # only it prints and writes files beside checkpoints
-  workdir = os.path.abspath(workdir)
-  workdir_lib.check_writable(workdir)
-  saved = workdir_lib.read_config(workdir)
-  if saved is not None:
-    workdir_lib.check_same_run(config, saved)
-  tc = config.train
-  tokenizer = workdir_lib.read_tokenizer(workdir)
-  if tc.init_from:  # fine-tuning: the source's tokenizer (a resumed run saved the same)
-    tokenizer = tokenizer or finetune.source_run(config)[1]
-  task = build_task(config, tokenizer)
+  runs = [Run(c, w, is_main_process) for c, w in zip(configs, workdirs)]
+  tasks = [build_task(c, r.tokenizer) for c, r in zip(configs, runs)]
+  task = tasks[0]
+  at = (lambda tree, k: tree) if not several else (
+      lambda tree, k: jax.tree.map(lambda x: x[k], tree))  # run k's part
+  stack = lambda trees: jax.tree.map(lambda *xs: np.stack(xs), *trees)
 
-  loss_fn = make_loss_fn(task.model, task.input_keys)
-  tx = make_optimizer(tc)
-  init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
-  state = jax.jit(lambda r: init_state(task.model, config.model, tx, r))(init_rng)
-  state = jax.device_get(state)  # the host copy: what checkpoints hold, for any device count
-  workdir_lib.check_free_space(workdir, sum(np.asarray(x).nbytes for x in jax.tree.leaves(state)))
-  axis = parallel.AXIS if mode == "pmap" else None
+  tx = make_optimizer(tc)  # (the vmapped runs build theirs from their knobs, with its shapes)
+  place = parallel.placement(config, task.model, tx, lead=int(several))
   skip = tc.nan_policy == "skip"
-  step_fn = make_train_step(loss_fn, tx, axis, skip_nonfinite=skip)
-  train_step, evaluate_split = parallel.wrap_steps(step_fn, make_evaluate(loss_fn, axis), mode)
-  eval_batches = {k: parallel.shard_batch(b, mode, axis=1) for k, b in task.eval_batches.items()}
-  param_norm = jax.jit(optax.tree.norm)
+  axis = parallel.AXIS if place.mode == "pmap" else None
+  keys = [jax.random.split(jax.random.key(c.seed)) for c in configs]  # (init, dropout) per run
+  if several:
+    fns = vectorized.functions(configs, tasks, skip)
+    dropout_rng = jnp.stack([k[1] for k in keys])
+  else:
+    loss_fn = make_loss_fn(task.model, task.input_keys)
+    fns = vectorized.Functions(
+        init=lambda rng: init_state(task.model, config.model, tx, rng),
+        train_step=make_train_step(loss_fn, tx, axis, skip_nonfinite=skip),
+        evaluate=make_evaluate(loss_fn, axis), param_norm=optax.tree.norm)
+    dropout_rng = keys[0][1]
+  # a constant of the program, on no device
+  init_key = np.asarray(jax.random.key_data(jnp.stack([k[0] for k in keys]) if several
+                                            else keys[0][0]))
+  state = place.create_state(lambda: fns.init(jax.random.wrap_key_data(init_key)))
+  run_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state)) // K
+  for r in runs:
+    workdir_lib.check_free_space(r.workdir, run_bytes)
+  train_step, evaluate_split = place.steps(fns.train_step, fns.evaluate, dropout_rng)
+  eval_batches = {name: place.put_batch(stack([t.eval_batches[name] for t in tasks]) if several
+                                        else task.eval_batches[name])
+                  for name in task.eval_batches}
+  param_norm = place.replicated_fn(fns.param_norm)
 
-  manager = checkpoint.make_manager(workdir, tc.keep_checkpoints)
-  meta = {"best_val_loss": math.inf, "skipped_updates": 0}
-  if manager.all_steps():
-    state, restored_meta = checkpoint.restore_latest_good(manager, state, move_bad=is_main_process)
-    meta.update(restored_meta)
+  if any([r.checkpoints().all_steps() for r in runs]):  # (a list: every run's manager opens)
+    state = _restore(runs, state, place, at, stack, is_main_process)
   elif tc.init_from:  # its parameters, a fresh optimizer state, step 0
-    state = jax.device_get(create_state(finetune.load_params(config), tx))
-  if is_main_process:  # after the restore: a workdir refused above keeps its files as they were
-    workdir_lib.write_run_files(workdir, config, task.tokenizer)
-  start = int(state.step)
-  last_saved = start if start else None
-  n_params, n_params_flops = count_params(state.params)
-  state = parallel.place_state(state, mode)
-  log = MetricsLog(workdir, start) if is_main_process else None
-  events = EventWriter(workdir, start) if is_main_process else None
-  schedule = lr_schedule(tc)
+    state = place.create_state(lambda p: create_state(p, tx), finetune.load_params(config))
+  start = int(np.asarray(place.local(state.step)).reshape(-1)[0])
+  for r, t in zip(runs, tasks):
+    r.open(start, t.tokenizer)
+  n_params, n_params_flops = count_params(jax.eval_shape(lambda p: at(p, 0), state.params))
+  schedules = [lr_schedule(c.train) for c in configs]
   tokens_per_step = tc.batch_size * tc.grad_accum_steps * task.tokens_per_example
   print_main = print if is_main_process else (lambda *a, **k: None)
+  where = runs[0].workdir if not several else f"{K} vectorized runs"
   print_main(f"llm-jax: {config.model.name}, {task.summary_line}, " +
-             (f"resuming at step {start}" if start else "starting") + f" in {workdir}", flush=True)
-  n_dev = parallel.n_devices(mode)
+             (f"resuming at step {start}" if start else "starting") + f" in {where}", flush=True)
+  n_dev, split = place.n_devices, place.batch_divisor
   flops = flops_per_token(config.model, n_params_flops)
   print_main(f"llm-jax: {n_params / 1e6:.2f}M parameters, "
              f"{_si(flops) + 'FLOPs' if flops else 'n/a FLOPs'}/token, {jax.process_count()} "
-             f"process(es), {n_dev} device(s) ({mode}), global batch "
-             f"{tc.batch_size * tc.grad_accum_steps} ({tc.batch_size // n_dev} examples per "
-             f"device x {tc.grad_accum_steps} accumulation steps), {tokens_per_step:,} tokens/step",
-             flush=True)
+             f"process(es), {n_dev} device(s) ({place.description}), global batch "
+             f"{tc.batch_size * tc.grad_accum_steps} ({tc.batch_size // split} examples per "
+             f"batch shard x {tc.grad_accum_steps} accumulation steps), {tokens_per_step:,} "
+             f"tokens/step" + (f" each, {K} runs vmapped" if several else ""), flush=True)
 
   def run_eval(step):
-    losses = {name: float(parallel.host_metrics(evaluate_split(state, b), mode))
-              for name, b in eval_batches.items()}
-    meta["best_val_loss"] = min(meta["best_val_loss"], losses["val"])
-    if is_main_process:
-      params = parallel.host_state(state, mode).params
-      extra = task.eval_metrics(params, losses)
-      log.write({"step": step, "train_loss": losses["train"], "val_loss": losses["val"], **extra})
+    losses = {name: place.local(evaluate_split(state, b)) for name, b in eval_batches.items()}
+    params = place.to_host(state.params)  # every process: a collective under a mesh
+    for k, (r, t) in enumerate(zip(runs, tasks)):
+      run_losses = {name: float(at(v, k)) for name, v in losses.items()}
+      r.meta["best_val_loss"] = min(r.meta["best_val_loss"], run_losses["val"])
+      if not is_main_process:
+        continue
+      run_params = at(params, k)
+      extra = t.eval_metrics(run_params, run_losses)
+      r.log.write({"step": step, "train_loss": run_losses["train"],
+                   "val_loss": run_losses["val"], **extra})
       n = min(tc.sample_tokens, EVAL_SAMPLE_TOKENS)
-      events.evaluation(step, losses, extra, task.sample(params, n, config.seed) if n else None)
-      tqdm.write(f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}" +
-                 "".join(f", {k} {v:.4f}" for k, v in extra.items()))
+      r.events.evaluation(step, run_losses, extra,
+                          t.sample(run_params, n, configs[k].seed) if n else None)
+      tqdm.write(f"step {step}: " + (f"run {k}: " if several else "") +
+                 f"train loss {run_losses['train']:.4f}, val loss {run_losses['val']:.4f}" +
+                 "".join(f", {name} {v:.4f}" for name, v in extra.items()))
     return losses
 
-  def metrics_to_host(pending):  # the pending steps' metrics (one device's copy under pmap)
-    return [parallel.host_metrics(p, mode) for p in pending]
-
   def check_finite(host, first_done):
-    """'stop': the first non-finite loss or gradient norm among the fetched steps ends the run,
-    after the last good checkpoint is complete."""
     if skip or not host:
       return
-    bad = guards.first_nonfinite(host, first_done)
-    if bad is not None:
-      step, name, value = bad
-      _wait(manager, step, last_saved)
-      kept = (f"the last good checkpoint (step {last_saved}) is kept" if last_saved is not None
-              else "no checkpoint was written")
-      raise UserError(f"the training {name} is {value} at step {step}: {kept}; lower "
-                      f"config.train.learning_rate, or set config.train.nan_policy='skip' to skip "
-                      f"such updates")
+    for k, r in enumerate(runs):
+      r.check_finite([at(h, k) for h in host], first_done, several)
+
+  def save_all():
+    host = place.saveable(state) if not several else place.to_host(state)
+    for k, r in enumerate(runs):
+      r.save(at(host, k))
 
   losses = run_eval(start) if start == 0 else {}
   pending, ms_per_step = [], []
@@ -203,11 +282,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   plain = is_main_process and (bar.disable or not sys.stdout.isatty())
   t_line = t_start
   one_process = jax.process_count() == 1
+  prog = "llm-jax sweep worker" if several else "llm-jax train"
   try:
-    with signals.StopRequest() as stop:
+    with signals.StopRequest(prog) as stop:
       for step in range(start, tc.max_steps):
-        batch = parallel.shard_batch(task.train_batch(step), mode, axis=1)
-        state, metrics = train_step(state, batch, dropout_rng)
+        host_batch = (stack([t.train_batch(step) for t in tasks]) if several
+                      else task.train_batch(step))
+        state, metrics = train_step(state, place.put_batch(host_batch))
         pending.append(metrics)
         n_since += 1
         steps_done = step + 1
@@ -216,29 +297,34 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if steps_done % tc.log_interval == 0 or steps_done == tc.max_steps:
           if not one_process:
             stopping = parallel.first_stop_signal(stop.signum)
-          host = metrics_to_host(pending)
+          host = [place.local(p) for p in pending]  # replicated: a local read
           check_finite(host, steps_done - n_since + 1)
-          m = {k: guards.finite_mean([h[k] for h in host]) for k in host[0] if k != "skipped"}
-          if skip:
-            meta["skipped_updates"] += int(sum(h["skipped"] for h in host))
-            m["skipped_updates"] = meta["skipped_updates"]
-          m["param_norm"] = float(param_norm(parallel.local_replica(state.params, mode)))
+          norms = place.local(param_norm(state.params))
           dt = (time.perf_counter() - t_last) / n_since
           ms_per_step.append(dt * 1e3)
-          record = {"step": steps_done, **m, "lr": float(schedule(step)), "ms_per_step": dt * 1e3,
-                    "tokens_per_s": tokens_per_step / dt}
-          if is_main_process:
-            log.write(record)
-            events.train(record)
+          for k, r in enumerate(runs):
+            run_host = [at(h, k) for h in host]
+            m = {name: guards.finite_mean([h[name] for h in run_host]) for name in run_host[0]
+                 if name != "skipped"}
+            if skip:
+              r.meta["skipped_updates"] += int(sum(h["skipped"] for h in run_host))
+              m["skipped_updates"] = r.meta["skipped_updates"]
+            m["param_norm"] = float(at(norms, k))
+            record = {"step": steps_done, **m, "lr": float(schedules[k](step)),
+                      "ms_per_step": dt * 1e3, "tokens_per_s": tokens_per_step / dt}
+            if is_main_process:
+              r.log.write(record)
+              r.events.train(record)
           bar.update(n_since)
-          bar.set_postfix(loss=f"{m['loss']:.4f}", val=f"{losses.get('val', math.nan):.4f}",
-                          tok_s=f"{record['tokens_per_s']:.0f}")
+          bar.set_postfix(loss=f"{m['loss']:.4f}",
+                          val=f"{float(at(losses['val'], 0)) if losses else math.nan:.4f}",
+                          tok_s=f"{K * record['tokens_per_s']:.0f}")
           now = time.perf_counter()
           if plain and now - t_line >= tc.log_seconds:
             eta = (now - t_start) / (steps_done - start) * (tc.max_steps - steps_done)
             print(f"step {steps_done}/{tc.max_steps}: loss {m['loss']:.4f}, "
-                  f"{record['tokens_per_s']:,.0f} tokens/s, {duration(now - t_start)} elapsed, "
-                  f"ETA {duration(eta)}", flush=True)
+                  f"{K * record['tokens_per_s']:,.0f} tokens/s, {duration(now - t_start)} "
+                  f"elapsed, ETA {duration(eta)}", flush=True)
             t_line = now
           pending, n_since = [], 0
           t_last = time.perf_counter()
@@ -246,40 +332,78 @@ def train_and_evaluate(config, workdir: str) -> dict:
           losses = run_eval(steps_done)
         if steps_done % tc.checkpoint_every == 0 or steps_done == tc.max_steps or stopping:
           # never save a state past a NaN
-          check_finite(metrics_to_host(pending), steps_done - n_since + 1)
-          _save(manager, parallel.host_state(state, mode), meta, last_saved)
-          last_saved = steps_done
+          check_finite([place.local(p) for p in pending], steps_done - n_since + 1)
+          save_all()
         if stopping:
-          _wait(manager, steps_done, last_saved)
-          raise signals.Interrupted(stopping, steps_done, workdir)
+          for r in runs:
+            r.wait(steps_done)
+          raise signals.Interrupted(stopping, steps_done, ", ".join(r.workdir for r in runs))
         t_last = time.perf_counter() if n_since == 0 else t_last
   finally:
     bar.close()
-    if events:
-      events.close()
-  _wait(manager, tc.max_steps, last_saved)
-  manager.close()
+    for r in runs:
+      r.close()
+  for r in runs:
+    r.wait(tc.max_steps)
+    r.manager.close()
 
   # the first logged interval holds the compilation: leave it out of the speed figures
   steady = ms_per_step[1:] or ms_per_step
-  final = parallel.host_state(state, mode)
+  final = place.to_host(state)  # every process: a collective under a mesh
   wall_s = time.perf_counter() - t_start
-  summary = {"step": int(final.step), "params": int(n_params),
-             "train_loss": losses.get("train"), "val_loss": losses.get("val"),
-             "best_val_loss": meta["best_val_loss"], "wall_s": wall_s,
-             "tokens": int(final.step) * tokens_per_step,
-             "skipped_updates": meta["skipped_updates"],
-             "median_ms_per_step": float(np.median(steady)) if steady else None,
-             "tokens_per_s": tokens_per_step / np.median(steady) * 1e3 if steady else None}
-  print_main(f"llm-jax: done at step {summary['step']}: {summary['tokens']:,} tokens in all "
-             f"({(summary['step'] - start) * tokens_per_step:,} in {wall_s:.1f}s of wall time), "
-             f"best val loss {summary['best_val_loss']:.4f}" +
-             (f", {meta['skipped_updates']} non-finite updates skipped" if skip else ""),
-             flush=True)
-  if not is_main_process:
-    return summary
-  if tc.sample_tokens:
-    summary["sample"] = task.sample(final.params, tc.sample_tokens, config.seed)
-    print(f"--- sample ---\n{summary['sample']}\n---", flush=True)
-  write_json(os.path.join(workdir, "summary.json"), summary)
-  return summary
+  summaries = []
+  for k, (r, t) in enumerate(zip(runs, tasks)):
+    meta, run_final = r.meta, at(final, k)
+    summary = {"step": int(run_final.step), "params": int(n_params),
+               "train_loss": float(at(losses["train"], k)) if losses else None,
+               "val_loss": float(at(losses["val"], k)) if losses else None,
+               "best_val_loss": meta["best_val_loss"], "wall_s": wall_s,
+               "tokens": int(run_final.step) * tokens_per_step,
+               "skipped_updates": meta["skipped_updates"],
+               "median_ms_per_step": float(np.median(steady)) if steady else None,
+               "tokens_per_s": tokens_per_step / np.median(steady) * 1e3 if steady else None}
+    if several:
+      summary["vectorized"] = K
+    print_main(f"llm-jax: done at step {summary['step']}: {summary['tokens']:,} tokens in all "
+               f"({(summary['step'] - start) * tokens_per_step:,} in {wall_s:.1f}s of wall time), "
+               f"best val loss {summary['best_val_loss']:.4f}" +
+               (f", {meta['skipped_updates']} non-finite updates skipped" if skip else "") +
+               (f" ({r.workdir})" if several else ""), flush=True)
+    if is_main_process:
+      if tc.sample_tokens:
+        summary["sample"] = t.sample(run_final.params, tc.sample_tokens, configs[k].seed)
+        print(f"--- sample ---\n{summary['sample']}\n---", flush=True)
+      write_json(os.path.join(r.workdir, "summary.json"), summary)
+    summaries.append(summary)
+  return summaries
+
+
+def _restore(runs, state, place, at, stack, is_main_process):
+  """Each run's newest checkpoint that restores (damaged ones skipped, checkpoint.py). A single
+  run restores straight into the placement's shardings. Vectorized runs restore on the host and
+  resume together at the oldest of their steps: a run whose newest is later drops the later
+  checkpoints, which it writes again."""
+  if len(runs) == 1:
+    restored, meta = checkpoint.restore_latest_good(runs[0].manager, place.saveable(state),
+                                                    move_bad=is_main_process)
+    runs[0].meta.update(meta)
+    return place.place(restored)
+  like = jax.tree.map(lambda x: np.zeros(x.shape[1:], x.dtype), state)
+  if not all(r.manager.all_steps() for r in runs):
+    missing = next(r.workdir for r in runs if not r.manager.all_steps())
+    raise UserError(f"vectorized runs resume together, and {missing} has no checkpoint while "
+                    f"the others have: run it alone, or remove the others' checkpoints")
+  restored = [checkpoint.restore_latest_good(r.manager, like, move_bad=is_main_process)
+              for r in runs]
+  step = min(int(s.step) for s, _ in restored)
+  states = []
+  for r, (s, meta) in zip(runs, restored):
+    if int(s.step) > step:
+      print(f"llm-jax: warning: {r.workdir} resumes at step {step} with the other vectorized "
+            f"runs; its later checkpoints are deleted", file=sys.stderr, flush=True)
+      for later in [x for x in r.manager.all_steps() if x > step]:
+        r.manager.delete(later)
+      s, meta = checkpoint.restore(r.manager, like, step)
+    r.meta.update(meta)
+    states.append(s)
+  return place.place(stack(states))

@@ -1,11 +1,22 @@
-"""Data parallelism: one pure step function, two wrappers (jax.jit on one device, jax.pmap on all).
+"""Where the train state and the batches live, and the one pure step that runs there.
+
+config.parallel:
+  'auto'  jax.jit over a device mesh of every device of every process (sharding.py): data
+          parallel, FSDP and tensor parallel as config.mesh says (default: all on `data`). The
+          state is created sharded (jit with out_shardings, never whole on one device), donated
+          to each step, and checkpointed as it is, each process writing its own shards.
+  'none'  the same on one device (the mesh of the first device).
+  'pmap'  jax.pmap data parallelism: a replica of the state on every device, gradients averaged
+          with lax.pmean (steps.py); checkpoints hold one host copy.
+Both are a `Placement` (MeshPlacement, PmapPlacement) with the same methods, so the training loop
+and the benchmark never test the mode.
 
 Global batch semantics: config.train.batch_size is the global micro-batch, across all devices of
-all processes; each device gets batch_size / devices examples, and one update sees
-batch_size x grad_accum_steps examples, whatever the device count. The global batch of a step is
-drawn identically on every process (from (seed, step)); each process keeps its own slice of it and
-splits that over its local devices. So 1 device and N devices compute the same mean loss and
-gradient, up to the order of float additions.
+all processes; one update sees batch_size x grad_accum_steps examples, whatever the device count.
+The global batch of a step is drawn identically on every process (from (seed, step)), and each
+process transfers only the rows its own devices hold. So 1 device and N devices compute the same
+mean loss and gradient, up to the order of float additions (and under the mesh, the same dropout
+masks: JAX's partitionable threefry draws the same bits however an array is split).
 
 Multi-host: `init_distributed` calls jax.distributed.initialize from config.distributed or the
 environment (LLM_JAX_COORDINATOR_ADDRESS, LLM_JAX_NUM_PROCESSES, LLM_JAX_PROCESS_ID), or, inside
@@ -13,12 +24,17 @@ environment (LLM_JAX_COORDINATOR_ADDRESS, LLM_JAX_NUM_PROCESSES, LLM_JAX_PROCESS
 detection), before JAX starts; on CPU the collectives go through gloo.
 """
 
+import contextlib
 import os
 
 import jax
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from llm_jax.errors import UserError
+from llm_jax.models import axes
+from llm_jax.training import sharding
+from llm_jax.training.steps import init_state
 
 AXIS = "batch"
 
@@ -102,85 +118,203 @@ def set_cpu_devices(config) -> int | None:
   return n
 
 
-# how the steps run, from config.parallel: 'jit' (on one device; config.parallel='none') or 'pmap'
-# (a replica on every device)
-MODES = {"none": "jit", "pmap": "pmap"}
+# config.parallel -> the mode: 'mesh' (jit over a device mesh), 'jit' (the mesh of one device),
+# 'pmap' (a replica on every device)
+MODES = {"auto": "mesh", "none": "jit", "pmap": "pmap"}
 
 
-def resolve(parallel: str) -> str:
-  """config.parallel -> the mode: 'auto' is 'pmap' when there are several devices, else 'jit'."""
-  if parallel == "auto":
-    return "pmap" if jax.device_count() > 1 else "jit"
-  return MODES[parallel]
-
-
-def n_devices(mode: str) -> int:
-  return jax.device_count() if mode == "pmap" else 1
-
-
-def check_batch(batch_size: int, mode: str) -> None:
-  d = n_devices(mode)
-  if batch_size % d:
-    raise UserError(f"config.train.batch_size={batch_size} does not divide by the {d} devices: "
-                    f"use a multiple of {d} (it is the global batch across devices)")
-
-
-def wrap_steps(train_step, evaluate, mode: str):
-  """(train, evaluate), jitted or pmapped: train(state, batch, rng) -> (state, metrics) with the
-  state donated; evaluate(state, batches) -> the mean loss over a stack of batches."""
+def placement(config, model, tx, lead: int = 0):
+  """The Placement for config.parallel and config.mesh of the train state of (model, tx);
+  `lead`: leading axes stacked before the state's own (the vectorized runs' K), replicated."""
+  mode = MODES[config.parallel]
+  default_mesh = all(config.mesh[a] == d for a, d in zip(sharding.MESH_AXES, (-1, 1, 1)))
+  if mode != "mesh" and not default_mesh:
+    fields = " ".join(f"--config.mesh.{a}={config.mesh[a]}" for a in sharding.MESH_AXES)
+    raise UserError(f"{fields} needs the mesh: use --config.parallel=auto (it is "
+                    f"{config.parallel!r}), or leave config.mesh as it is")
+  if mode == "pmap" and lead:
+    raise UserError("vectorized runs (llm-jax sweep --vectorize) train on the mesh: use "
+                    "--config.parallel=auto or none (it is 'pmap')")
   if mode == "pmap":
-    return (jax.pmap(train_step, AXIS, in_axes=(0, 0, None), donate_argnums=0),
-            jax.pmap(evaluate, AXIS))
-  return jax.jit(train_step, donate_argnums=0), jax.jit(evaluate)
+    p = PmapPlacement()
+  else:
+    devices = jax.devices() if mode == "mesh" else jax.local_devices()[:1]
+    p = MeshPlacement(sharding.make_mesh(config.mesh, devices), model, config.model, tx, lead,
+                      mode)
+  b, d = config.train.batch_size, p.batch_divisor
+  if b % d:
+    raise UserError(f"config.train.batch_size={b} does not divide by the {d} devices it is split "
+                    f"over ({p.description}): use a multiple of {d} (it is the global batch "
+                    f"across devices)")
+  return p
 
 
-def place_state(state_host, mode: str):
-  """Host (numpy) state -> on device: one copy, or a replica on each local device."""
-  if mode == "pmap":  # pmap splits the leading axis over the local devices
+class MeshPlacement:
+  """jit over a mesh; see the module docstring."""
+
+  def __init__(self, mesh, model, model_config, tx, lead: int, mode: str):
+    self.mode, self.mesh, self.lead = mode, mesh, (None,) * lead
+    self.batch_axis = 1 + lead  # of a batch (..., A or E, B, ...)
+    self.n_devices = mesh.size
+    self.batch_divisor = mesh.shape["data"] * mesh.shape["fsdp"]
+    self.description = ("jit" if mode == "jit" else "mesh " + " ".join(
+        f"{a}={n}" for a, n in mesh.shape.items()))
+    self.params_sharding = sharding.param_shardings(model, model_config, mesh, self.lead)
+    abstract = jax.eval_shape(lambda: init_state(model, model_config, tx, jax.random.key(0)))
+    self.state_sharding = sharding.state_shardings(abstract, self.params_sharding, tx, mesh,
+                                                   self.lead)
+    self.replicated = NamedSharding(mesh, P())
+
+  @contextlib.contextmanager
+  def _context(self):
+    """The models' activation constraints (models/axes.py) by RULES, while a step is traced."""
+    with axes.sharded_by(lambda names, shape: NamedSharding(
+        self.mesh, sharding.spec_for(names, shape, self.mesh))):
+      yield
+
+  def jit(self, fn, in_shardings, out_shardings, donate_argnums=()):
+    jitted = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings,
+                     donate_argnums=donate_argnums)
+
+    def call(*args):
+      with self._context():
+        return jitted(*args)
+    call.lower = lambda *args: self._lower(jitted, *args)
+    return call
+
+  def _lower(self, jitted, *args):
+    with self._context():
+      return jitted.lower(*args)
+
+  def create_state(self, fn, *host_args):
+    """fn(*args) -> the train state, computed on the mesh straight into its shardings."""
+    args = [self.put(a) for a in host_args]
+    return jax.jit(fn, out_shardings=self.state_sharding)(*args)
+
+  def put(self, tree, shardings=None):
+    """Host arrays (the same on every process) -> global arrays: `shardings`, or the parameters'
+    for a tree shaped like them, else replicated. Each process transfers its own shards."""
+    if shardings is None:
+      shardings = (self.params_sharding if jax.tree.structure(tree) ==
+                   jax.tree.structure(self.params_sharding) else
+                   jax.tree.map(lambda _: self.replicated, tree))
+    return jax.tree.map(
+        lambda x, s: x if isinstance(x, jax.Array) and x.sharding == s else
+        jax.make_array_from_callback(np.shape(x), s, lambda i: np.asarray(x)[i]), tree, shardings)
+
+  def steps(self, train_step, evaluate, rng):
+    """(train(state, batch) -> (state, metrics), the state donated; evaluate(state, batches) ->
+    the mean loss), both over the mesh; rng: the run's dropout key."""
+    batch = sharding.batch_sharding(self.mesh, self.batch_axis)
+    key_data = np.asarray(jax.random.key_data(rng))  # a constant of the program, on no device
+    step = lambda state, b: train_step(state, b, jax.random.wrap_key_data(key_data))
+    train = self.jit(step,
+                     (self.state_sharding, batch), (self.state_sharding, self.replicated), 0)
+    ev = self.jit(evaluate, (self.state_sharding, batch), self.replicated)
+    return train, ev
+
+  def replicated_fn(self, fn):
+    """fn over the state (or part of it) -> a replicated result, e.g. the parameters' norm."""
+    return jax.jit(fn, out_shardings=self.replicated)
+
+  def put_batch(self, batch: dict) -> dict:
+    """A global host batch (the same on every process) -> global arrays split over (data, fsdp)
+    along its batch axis; each process transfers only the rows its devices hold."""
+    s = sharding.batch_sharding(self.mesh, self.batch_axis)
+    return {k: jax.make_array_from_callback(v.shape, s, lambda i, v=v: v[i])
+            for k, v in batch.items()}
+
+  def local(self, tree):
+    """A replicated result (metrics, a norm) -> numpy, read from this process's first shard,
+    without a collective."""
+    return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data), tree)
+
+  def to_host(self, tree):
+    """The whole tree as numpy arrays. With several processes a collective: all call it."""
+    if jax.process_count() == 1:
+      return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+  def saveable(self, state):
+    return state  # Orbax writes the shards where they are
+
+  def place(self, state):
+    """A restored state -> on the mesh (one restored into its shardings already is)."""
+    return self.put(state, self.state_sharding)
+
+  def memory(self, train, state, batch) -> dict:
+    """Per device: the state's bytes, and the compiled step's (XLA's memory_analysis)."""
+    return {"state_bytes_per_device": sharding.per_device_bytes(state),
+            **_compiled_memory(train.lower(state, batch))}
+
+
+class PmapPlacement:
+  """jax.pmap data parallelism over every device; the state a host copy between uses."""
+  mode = "pmap"
+  description = "pmap"
+
+  def __init__(self):
+    self.n_devices = self.batch_divisor = jax.device_count()
+
+  def create_state(self, fn, *host_args):
+    return self.place(jax.device_get(jax.jit(fn)(*host_args)))
+
+  def put(self, tree, shardings=None):
+    return tree
+
+  def steps(self, train_step, evaluate, rng):
+    train = jax.pmap(train_step, AXIS, in_axes=(0, 0, None), donate_argnums=0)
+    return (lambda state, b: train(state, b, rng)), jax.pmap(evaluate, AXIS)
+
+  def replicated_fn(self, fn):
+    return jax.pmap(fn, AXIS)
+
+  def place(self, state_host):
+    """Host (numpy) state -> a replica on each local device (pmap splits the leading axis)."""
     d = jax.local_device_count()
     return jax.tree.map(lambda x: np.broadcast_to(x, (d, *np.shape(x))).copy(), state_host)
-  return jax.device_put(state_host)
 
+  def put_batch(self, batch: dict, axis: int = 1) -> dict:
+    """This process's slice of the batch axis, split over its local devices:
+    (D_local, ..., B / D, ...)."""
+    d_local, p, n_proc = jax.local_device_count(), jax.process_index(), jax.process_count()
 
-def local_replica(tree, mode: str):
-  """pmap: each leaf's copy on this process's first device, as a one-device array of shape
-  (1, ...), read without a collective; else the tree as it is.
+    def shard(x):
+      b = x.shape[axis] // n_proc
+      x = np.take(x, np.arange(p * b, (p + 1) * b), axis=axis)
+      x = x.reshape(*x.shape[:axis], d_local, b // d_local, *x.shape[axis + 1:])
+      return np.moveaxis(x, axis, 0)
 
-  A pmapped output is a global array over the devices of every process, and indexing it (`x[0]`)
-  is a computation over all of them: each process would have to run it at the same point, and
-  one that runs it where the others do not (under `if process_index() == 0`, or beside an
-  Orbax barrier) waits forever. The local shard is a plain read."""
-  if mode == "pmap":  # (a state not yet stepped is still place_state's numpy arrays)
+    return {k: shard(v) for k, v in batch.items()}
+
+  def _replica(self, tree):
+    """Each leaf's copy on this process's first device, (1, ...), read without a collective.
+
+    A pmapped output is a global array over the devices of every process, and indexing it (`x[0]`)
+    is a computation over all of them: each process would have to run it at the same point, and
+    one that runs it where the others do not (under `if process_index() == 0`, or beside an
+    Orbax barrier) waits forever. The local shard is a plain read."""
     return jax.tree.map(lambda x: x.addressable_shards[0].data if isinstance(x, jax.Array)
-                        else x[:1], tree)
-  return tree
+                        else x[:1], tree)  # (a state not yet stepped is place's numpy arrays)
+
+  def local(self, tree):
+    # (np.asarray again: a 0-d array, not a numpy scalar, which Orbax does not take)
+    return jax.tree.map(lambda x: np.asarray(np.asarray(x)[0]), jax.device_get(self._replica(tree)))
+
+  to_host = saveable = local
+
+  def memory(self, train, state, batch) -> dict:
+    return {"state_bytes_per_device": sum(np.asarray(x[0]).nbytes
+                                          for x in jax.tree.leaves(self._replica(state))),
+            **_compiled_memory(None)}
 
 
-def host_state(state, mode: str):
-  """The state as numpy arrays, one copy (what checkpoints hold, whatever the device count)."""
-  state = jax.device_get(local_replica(state, mode))
-  return jax.tree.map(lambda x: x[0], state) if mode == "pmap" else state
-
-
-def shard_batch(batch: dict, mode: str, axis: int) -> dict:
-  """A global batch -> this process's part, laid out for the wrapper.
-
-  `axis` is the batch axis (1 for (A, B, ...) train batches and (E, B, ...) eval batches).
-  pmap: this process's slice of B, split over its local devices: (D_local, A, B / D, ...).
-  """
-  if mode != "pmap":
-    return batch
-  d_local, p, n_proc = jax.local_device_count(), jax.process_index(), jax.process_count()
-
-  def shard(x):
-    b = x.shape[axis] // n_proc
-    x = np.take(x, np.arange(p * b, (p + 1) * b), axis=axis)
-    x = x.reshape(*x.shape[:axis], d_local, b // d_local, *x.shape[axis + 1:])
-    return np.moveaxis(x, axis, 0)
-
-  return {k: shard(v) for k, v in batch.items()}
-
-
-def host_metrics(tree, mode: str):
-  """Metrics of a pmapped step (identical on every device after pmean) -> one copy, on the host."""
-  return host_state(tree, mode)
+def _compiled_memory(lowered) -> dict:
+  if lowered is None:
+    return {}
+  m = lowered.compile().memory_analysis()
+  if m is None:
+    return {}
+  return {k: int(getattr(m, f"{k}_in_bytes")) for k in
+          ("argument_size", "output_size", "temp_size", "generated_code_size")}

@@ -1,35 +1,26 @@
-"""K runs in one compiled program: jax.vmap over the train state, the batch stream and the knobs.
+"""K runs in one compiled program: the functions of the training loop, vmapped over the train
+state, the batch stream and the knobs.
 
 Runs that share every shape (same model, data, batch, schedule lengths) and differ only in
 VMAPPABLE fields (seed, learning rates, weight decay, dropout rate) train together: the state is
 stacked along a leading axis K, step s feeds each run its own batch (from its own seed), and the
 optimizer and the dropout rate are built inside the vmapped step from that run's traced values.
-Each run keeps its own workdir (config.json, metrics.jsonl, checkpoints, summary.json) exactly as
-`train_and_evaluate` writes it, so its per-step losses equal a separate run's (to float rounding)
-and a sweep's report reads both alike.
-
-On one device only (jit); `config.parallel` is not used here.
+The training loop (loop.train_runs) runs them as it runs one: each run keeps its own workdir
+(config.json, metrics.jsonl, events, checkpoints, summary.json), the NaN policy, damaged-checkpoint
+fallback and disk checks; its per-step losses equal a separate run's (to float rounding).
 """
 
 import dataclasses
-import json
-import math
-import os
-import time
 import types
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from tqdm import tqdm
+import optax
 
-from llm_jax.config import validate
 from llm_jax.errors import UserError
-from llm_jax.tasks import build_task
-from llm_jax.training import checkpoint, signals, workdir as workdir_lib
-from llm_jax.training.loop import MetricsLog
 from llm_jax.training.losses import make_loss_fn
-from llm_jax.training.optimizer import lr_schedule, make_optimizer
+from llm_jax.training.optimizer import make_optimizer
 from llm_jax.training.steps import init_state, make_evaluate, make_train_step
 
 # the fields that may differ between the K runs: none of them changes a shape
@@ -76,25 +67,20 @@ def _knobs(configs) -> dict:
   return {k: jnp.asarray(v, jnp.float32) for k, v in values.items()}
 
 
-def train_vectorized(configs, workdirs) -> list[dict]:
-  """Trains configs[k] in workdirs[k], all K in one vmapped program. Returns the K summaries."""
-  if len(configs) != len(workdirs) or not configs:
-    raise ValueError("one workdir per config")
-  for c in configs:
-    validate(c)
-  check_vectorizable(configs)
-  K, tc = len(configs), configs[0].train
-  workdirs = [os.path.abspath(w) for w in workdirs]
-  for c, w in zip(configs, workdirs):
-    os.makedirs(w, exist_ok=True)
-    saved = workdir_lib.read_config(w)
-    if saved is not None:
-      workdir_lib.check_same_run(c, saved)
-  tasks = [build_task(c, workdir_lib.read_tokenizer(w)) for c, w in zip(configs, workdirs)]
-  for c, w, t in zip(configs, workdirs, tasks):
-    workdir_lib.write_run_files(w, c, t.tokenizer)
+class Functions(NamedTuple):
+  """What the training loop runs: for one run, or K vmapped (each argument and result with a
+  leading K axis)."""
+  init: Callable  # rng -> the train state
+  train_step: Callable  # (state, batch, rng) -> (state, metrics)
+  evaluate: Callable  # (state, batches) -> the mean loss
+  param_norm: Callable  # params -> their global norm
 
-  task, input_keys = tasks[0], tasks[0].input_keys
+
+def functions(configs, tasks, skip_nonfinite: bool) -> Functions:
+  """The K runs' functions, vmapped; each builds its run's model and optimizer from its traced
+  knobs (the K values closed over as constants)."""
+  task, input_keys, tc = tasks[0], tasks[0].input_keys, configs[0].train
+  knobs = _knobs(configs)
 
   def model_and_tx(knobs):  # this run's model and optimizer, from its traced knobs
     model = task.model.clone(cfg=dataclasses.replace(task.model.cfg, dropout=knobs["dropout"]))
@@ -108,109 +94,13 @@ def train_vectorized(configs, workdirs) -> list[dict]:
 
   def train_step(state, batch, rng, knobs):
     model, tx = model_and_tx(knobs)
-    return make_train_step(make_loss_fn(model, input_keys), tx)(state, batch, rng)
+    return make_train_step(make_loss_fn(model, input_keys), tx,
+                           skip_nonfinite=skip_nonfinite)(state, batch, rng)
 
   def evaluate(state, batches, knobs):
     return make_evaluate(make_loss_fn(model_and_tx(knobs)[0], input_keys))(state, batches)
 
-  stack = lambda trees: jax.tree.map(lambda *xs: np.stack(xs), *trees)
-  knobs = _knobs(configs)
-  keys = [jax.random.split(jax.random.key(c.seed)) for c in configs]  # (init, dropout) per run
-  init_rngs, dropout_rngs = jnp.stack([k[0] for k in keys]), jnp.stack([k[1] for k in keys])
-  state = jax.device_get(jax.jit(jax.vmap(init))(init_rngs, knobs))  # (K, ...) host copy
-  train_step = jax.jit(jax.vmap(train_step), donate_argnums=0)
-  evaluate = jax.jit(jax.vmap(evaluate))
-  eval_batches = {name: stack([t.eval_batches[name] for t in tasks]) for name in task.eval_batches}
-
-  managers = [checkpoint.make_manager(w, tc.keep_checkpoints) for w in workdirs]
-  metas = [{"best_val_loss": math.inf} for _ in range(K)]
-  start = _resume_step(managers)
-  if start:
-    one = jax.tree.map(lambda x: x[0], state)
-    restored = [checkpoint.restore(m, one, start) for m in managers]
-    state, metas = stack([r[0] for r in restored]), [dict(r[1]) for r in restored]
-  n_params = sum(x[0].size for x in jax.tree.leaves(state.params))
-  logs = [MetricsLog(w, start) for w in workdirs]
-  schedules = [lr_schedule(c.train) for c in configs]
-  tokens_per_step = tc.batch_size * tc.grad_accum_steps * task.tokens_per_example
-  print(f"llm-jax: {K} vectorized runs of {configs[0].model.name} with {n_params / 1e6:.2f}M "
-        f"parameters each, {tokens_per_step} tokens/step each, " +
-        (f"resuming at step {start}" if start else "starting"), flush=True)
-
-  def run_eval(step):
-    losses = {name: np.asarray(evaluate(state, b, knobs)) for name, b in eval_batches.items()}
-    host = jax.device_get(state)
-    for k in range(K):
-      per_run = {name: float(v[k]) for name, v in losses.items()}
-      metas[k]["best_val_loss"] = min(metas[k]["best_val_loss"], per_run["val"])
-      params_k = jax.tree.map(lambda x: x[k], host.params)
-      extra = tasks[k].eval_metrics(params_k, per_run)
-      logs[k].write({"step": step, "train_loss": per_run["train"], "val_loss": per_run["val"],
-                     **extra})
-    tqdm.write(f"step {step}: val loss " + " ".join(f"{v:.4f}" for v in losses["val"]))
-    return losses
-
-  losses = run_eval(start) if start == 0 else {}
-  pending, ms_per_step = [], []
-  t_last, n_since, t_start = time.perf_counter(), 0, time.perf_counter()
-  bar = tqdm(total=tc.max_steps, initial=start, dynamic_ncols=True, unit="step")
-  with signals.StopRequest("llm-jax sweep worker") as stop:
-    for step in range(start, tc.max_steps):
-      batch = stack([t.train_batch(step) for t in tasks])
-      state, metrics = train_step(state, batch, dropout_rngs, knobs)
-      pending.append(metrics)
-      n_since += 1
-      done = step + 1
-      if done % tc.log_interval == 0 or done == tc.max_steps:
-        fetched = jax.device_get(pending)
-        dt = (time.perf_counter() - t_last) / n_since
-        ms_per_step.append(dt * 1e3)
-        for k in range(K):
-          m = {name: float(np.mean([p[name][k] for p in fetched])) for name in fetched[0]}
-          logs[k].write({"step": done, **m, "lr": float(schedules[k](step)),
-                         "ms_per_step": dt * 1e3, "tokens_per_s": tokens_per_step / dt})
-        bar.update(n_since)
-        bar.set_postfix(tok_s=f"{K * tokens_per_step / dt:.0f}")
-        pending, n_since = [], 0
-        t_last = time.perf_counter()
-      if done % tc.eval_interval == 0 or done == tc.max_steps:
-        losses = run_eval(done)
-      if done % tc.checkpoint_every == 0 or done == tc.max_steps or stop.signum:
-        host = jax.device_get(state)
-        for k in range(K):
-          checkpoint.save(managers[k], jax.tree.map(lambda x: x[k], host), metas[k])
-      if stop.signum:  # SIGINT/SIGTERM (a sweep stopped): every run saved this step
-        for m in managers:
-          m.wait_until_finished()
-        raise signals.Interrupted(stop.signum, done, ", ".join(workdirs))
-      t_last = time.perf_counter() if n_since == 0 else t_last
-  bar.close()
-  for m in managers:
-    m.wait_until_finished()
-    m.close()
-
-  steady = ms_per_step[1:] or ms_per_step  # the first interval holds the compilation
-  wall_s = time.perf_counter() - t_start
-  host = jax.device_get(state)
-  summaries = []
-  for k, (c, w) in enumerate(zip(configs, workdirs)):
-    summary = {"step": int(host.step[k]), "params": int(n_params),
-               "train_loss": float(losses["train"][k]) if losses else None,
-               "val_loss": float(losses["val"][k]) if losses else None,
-               "best_val_loss": metas[k]["best_val_loss"], "wall_s": wall_s,
-               "median_ms_per_step": float(np.median(steady)) if steady else None,
-               "tokens_per_s": tokens_per_step / np.median(steady) * 1e3 if steady else None,
-               "vectorized": K}
-    if tc.sample_tokens:
-      params_k = jax.tree.map(lambda x: x[k], host.params)
-      summary["sample"] = tasks[k].sample(params_k, tc.sample_tokens, c.seed)
-    with open(os.path.join(w, "summary.json"), "w", encoding="utf-8") as f:
-      json.dump(summary, f, indent=2)
-    summaries.append(summary)
-  return summaries
-
-
-def _resume_step(managers) -> int:
-  """The newest step every run has a checkpoint of (0: start afresh)."""
-  common = set.intersection(*(set(m.all_steps()) for m in managers))
-  return max(common, default=0)
+  return Functions(init=lambda rngs: jax.vmap(init)(rngs, knobs),
+                   train_step=lambda s, b, r: jax.vmap(train_step)(s, b, r, knobs),
+                   evaluate=lambda s, b: jax.vmap(evaluate)(s, b, knobs),
+                   param_norm=jax.vmap(optax.tree.norm))
