@@ -4,7 +4,7 @@
 
 The model has the config's shapes, freshly initialized, and the batches are random tokens (speed
 does not depend on the weights or the text), so no corpus is read. The train step is the one the
-training loop runs (the same loss, optimizer, jit or pmap wrapper and donated state). Each step
+training loop runs (the same loss, optimizer, placement on the devices and donated state). Each step
 is timed alone (dispatch to results ready), after `--warmup` steps; compile time is the first
 call less a steady step, reported apart (near 0 when JAX's persistent compilation cache holds
 the program). Prints one JSON object, then a readable table on stderr.
