@@ -54,3 +54,20 @@ def test_run_reports_every_field():
   assert r["mfu"] > 0 and r["peak_gflops"]["float32"] > 0
   assert r["decode"]["new_tokens"] == 3
   assert "MFU" in bench_train.table(r)
+  # one device: it holds the whole state (params, two Adam moments, counters); XLA's figures
+  memory = r["state_memory"]
+  assert memory["state_bytes_per_device"] == memory["unsharded_bytes"]
+  assert 3 * 4 * r["params"] < memory["unsharded_bytes"] < 3 * 4 * r["params"] + 64
+  assert memory["temp_size"] > 0 and memory["argument_size"] >= memory["unsharded_bytes"]
+
+
+def test_under_fsdp_each_device_holds_an_eighth_of_the_state():
+  c = default_config()
+  c.model.update(n_layer=1, n_head=2, n_embd=16, block_size=8)
+  c.mesh.update(data=1, fsdp=8)
+  c.train.batch_size = 8
+  r = bench_train.run(c, steps=1, warmup=0, vocab_size=16, decode_tokens=0, eval_repeats=1,
+                      peak_n=64)
+  memory = r["state_memory"]
+  assert r["devices"] == 8 and r["parallel"] == "mesh data=1 fsdp=8 tensor=1"
+  assert memory["state_bytes_per_device"] <= memory["unsharded_bytes"] / 6

@@ -81,16 +81,13 @@ def run(config, steps: int = 20, warmup: int = 3, vocab_size: int = 65, decode_t
   place = parallel.placement(config, model, tx)
   state = place.create_state(lambda: init_state(model, m, tx, jax.random.key(config.seed)))
   n_params, n_params_flops = count_params(state.params)
-  axis = parallel.AXIS if place.mode == "pmap" else None
+  axis = place.axis_name
   train_step, evaluate = place.steps(make_train_step(loss_fn, tx, axis),
                                      make_evaluate(loss_fn, axis), jax.random.key(config.seed + 1))
   rng = np.random.default_rng(config.seed)
   batch = place.put_batch(_random_batch(rng, (A, B, T), vocab_size))
   eval_batch = place.put_batch(_random_batch(rng, (1, B, T), vocab_size))
   memory = place.memory(train_step, state, batch)
-  unsharded = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
-  if place.mode == "pmap":
-    unsharded //= place.n_devices  # (a replica per device: the state's leading axis)
 
   def timed_step():
     nonlocal state
@@ -163,7 +160,7 @@ def run(config, steps: int = 20, warmup: int = 3, vocab_size: int = 65, decode_t
       "device_memory": _device_memory(),
       # per device: the train state's bytes (params + optimizer), that of one unsharded copy,
       # and the compiled step's (XLA's memory_analysis; argument, output, temporaries)
-      "state_memory": {"unsharded_bytes": unsharded, **memory},
+      "state_memory": memory,
       "loadavg": os.getloadavg(),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "jax": jax.__version__,

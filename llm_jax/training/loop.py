@@ -194,7 +194,7 @@ def train_runs(configs, workdirs) -> list[dict]:
   tx = make_optimizer(tc)  # (the vmapped runs build theirs from their knobs, with its shapes)
   place = parallel.placement(config, task.model, tx, lead=int(several))
   skip = tc.nan_policy == "skip"
-  axis = parallel.AXIS if place.mode == "pmap" else None
+  axis = place.axis_name
   keys = [jax.random.split(jax.random.key(c.seed)) for c in configs]  # (init, dropout) per run
   if several:
     fns = vectorized.functions(configs, tasks, skip)

@@ -154,6 +154,7 @@ class MeshPlacement:
 
   def __init__(self, mesh, model, model_config, tx, lead: int, mode: str):
     self.mode, self.mesh, self.lead = mode, mesh, (None,) * lead
+    self.axis_name = None  # the steps' collectives are GSPMD's
     self.batch_axis = 1 + lead  # of a batch (..., A or E, B, ...)
     self.n_devices = mesh.size
     self.batch_divisor = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -244,8 +245,10 @@ class MeshPlacement:
     return self.put(state, self.state_sharding)
 
   def memory(self, train, state, batch) -> dict:
-    """Per device: the state's bytes, and the compiled step's (XLA's memory_analysis)."""
-    return {"state_bytes_per_device": sharding.per_device_bytes(state),
+    """Per device: the state's bytes (and one whole copy's), and the compiled step's (XLA's
+    memory_analysis)."""
+    return {"unsharded_bytes": sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state)),
+            "state_bytes_per_device": sharding.per_device_bytes(state),
             **_compiled_memory(train.lower(state, batch))}
 
 
@@ -253,6 +256,7 @@ class PmapPlacement:
   """jax.pmap data parallelism over every device; the state a host copy between uses."""
   mode = "pmap"
   description = "pmap"
+  axis_name = AXIS  # the steps average gradients and metrics over it (steps.py)
 
   def __init__(self):
     self.n_devices = self.batch_divisor = jax.device_count()
@@ -305,14 +309,11 @@ class PmapPlacement:
   to_host = saveable = local
 
   def memory(self, train, state, batch) -> dict:
-    return {"state_bytes_per_device": sum(np.asarray(x[0]).nbytes
-                                          for x in jax.tree.leaves(self._replica(state))),
-            **_compiled_memory(None)}
+    replica = sum(np.asarray(x[0]).nbytes for x in jax.tree.leaves(self._replica(state)))
+    return {"unsharded_bytes": replica, "state_bytes_per_device": replica}
 
 
 def _compiled_memory(lowered) -> dict:
-  if lowered is None:
-    return {}
   m = lowered.compile().memory_analysis()
   if m is None:
     return {}
