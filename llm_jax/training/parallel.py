@@ -187,18 +187,15 @@ class MeshPlacement:
     with self._context():
       return jitted.lower(*args)
 
-  def create_state(self, fn, *host_args):
-    """fn(*args) -> the train state, computed on the mesh straight into its shardings."""
-    args = [self.put(a) for a in host_args]
+  def create_state(self, fn, *host_params):
+    """fn(*params) -> the train state, computed on the mesh straight into its shardings;
+    host_params: parameter trees (e.g. a fine-tuning's source), placed as the parameters."""
+    args = [self.put(p, self.params_sharding) for p in host_params]
     return jax.jit(fn, out_shardings=self.state_sharding)(*args)
 
-  def put(self, tree, shardings=None):
-    """Host arrays (the same on every process) -> global arrays: `shardings`, or the parameters'
-    for a tree shaped like them, else replicated. Each process transfers its own shards."""
-    if shardings is None:
-      shardings = (self.params_sharding if jax.tree.structure(tree) ==
-                   jax.tree.structure(self.params_sharding) else
-                   jax.tree.map(lambda _: self.replicated, tree))
+  def put(self, tree, shardings):
+    """Host arrays (the same on every process) -> global arrays at `shardings`; each process
+    transfers its own shards (an array already there stays)."""
     return jax.tree.map(
         lambda x, s: x if isinstance(x, jax.Array) and x.sharding == s else
         jax.make_array_from_callback(np.shape(x), s, lambda i: np.asarray(x)[i]), tree, shardings)
@@ -261,11 +258,8 @@ class PmapPlacement:
   def __init__(self):
     self.n_devices = self.batch_divisor = jax.device_count()
 
-  def create_state(self, fn, *host_args):
-    return self.place(jax.device_get(jax.jit(fn)(*host_args)))
-
-  def put(self, tree, shardings=None):
-    return tree
+  def create_state(self, fn, *host_params):
+    return self.place(jax.device_get(jax.jit(fn)(*host_params)))
 
   def steps(self, train_step, evaluate, rng):
     train = jax.pmap(train_step, AXIS, in_axes=(0, 0, None), donate_argnums=0)
