@@ -105,6 +105,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.n_kv_head = 0
   # dropout on embeddings, attention weights and residual branches (0 turns it off)
   c.model.dropout = 0.0
+  # random bits deciding each element's drop: 8 (four elements per 32-bit random word, the rate
+  # rounded to a multiple of 1/256, the keep scale exact) | 16 (the rate to 1/65536) | 32
+  # (jax.random.bernoulli's float uniforms); drawing the masks is most of dropout's cost
+  c.model.dropout_bits = 8
   # norm placement: 'pre' (x + f(LN(x)), GPT-2) | 'post' (LN(x + f(x)), the original Transformer)
   c.model.norm = "pre"
   # the norm: 'layernorm' (GPT-2; with use_bias a bias) | 'rmsnorm' (scale only, as Llama)
@@ -138,8 +142,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.scale_embeddings = False
   # biases in Dense and LayerNorm layers (nanoGPT's shakespeare_char config has none)
   c.model.use_bias = False
-  # compute dtype of the matmuls: 'float32' | 'bfloat16' (parameters, softmax and loss stay float32)
-  c.model.dtype = "float32"
+  # the matmuls' inputs: 'float32' | 'bfloat16' (rounded to bf16, accumulated in f32; parameters,
+  # norms, softmax, activations and loss stay float32) | 'auto': bfloat16 where this machine's
+  # measured bf16 matmul peak is at least twice its f32 one (measured once, cached), else float32
+  c.model.dtype = "auto"
   # every attention's implementation: 'einsum' (the formula written out) | 'dot_product'
   # (jax.nn.dot_product_attention, a fused kernel where the backend has one; with dropout in
   # training the einsum path runs)
@@ -318,7 +324,13 @@ def validate(c) -> None:
   _require(m.n_kv_head == 0 or m.n_head % m.n_kv_head == 0, "model.n_kv_head", m.n_kv_head,
            f"model.n_head={m.n_head} must divide by it (each key/value head serves "
            f"n_head / n_kv_head query heads)")
-  _require(m.dtype in ("float32", "bfloat16"), "model.dtype", m.dtype, "use 'float32' or 'bfloat16'")
+  _require(m.dtype in ("auto", "float32", "bfloat16"), "model.dtype", m.dtype,
+           "use 'auto', 'float32' or 'bfloat16'")
+  _require(m.dropout_bits in (8, 16, 32), "model.dropout_bits", m.dropout_bits,
+           "use 8, 16 or 32")
+  _require(round(m.dropout * 2 ** m.dropout_bits) < 2 ** m.dropout_bits, "model.dropout",
+           m.dropout, f"with model.dropout_bits={m.dropout_bits} it rounds to 1: lower it or "
+           f"use more bits")
   _require(m.attention in ("einsum", "dot_product"), "model.attention", m.attention,
            "use 'einsum' or 'dot_product'")
   for field in ("batch_size", "grad_accum_steps", "max_steps", "eval_interval", "eval_iters",

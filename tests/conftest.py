@@ -19,6 +19,13 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="llm_jax_xla_cache_")
   atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+# the tests compare two paths to 1e-5 (mesh and one device, cached and full decoding): model.dtype
+# 'auto' is float32 on every machine here; tests/test_precision.py tests bf16 and the choice. The
+# measured matmul peaks 'auto' reads are kept in a file: one for the session
+os.environ.setdefault("LLM_JAX_AUTO_DTYPE", "float32")
+if "LLM_JAX_CACHE_DIR" not in os.environ:
+  os.environ["LLM_JAX_CACHE_DIR"] = tempfile.mkdtemp(prefix="llm_jax_cache_")
+  atexit.register(shutil.rmtree, os.environ["LLM_JAX_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 

@@ -1,6 +1,7 @@
 """The peak a model's FLOP/s is measured against: a jitted square matmul, timed on this machine.
 
     python -m llm_jax.bench.peak        # prints {"float32": GFLOP/s, "bfloat16": GFLOP/s, ...}
+    python -m llm_jax.bench.peak --cached   # this machine's figures in the cache (measured if not)
 
 MFU (model FLOPs utilization) = the model's useful FLOP/s / a peak. A datasheet peak says little on a
 CPU (it depends on the cores JAX gets, the vector units XLA uses, the clock under load), so the
@@ -8,10 +9,21 @@ peak is measured in the same run: C = A @ B with A, B of n x n (2 n^3 FLOPs), in
 bfloat16 inputs with float32 accumulation (what a bf16 model's matmuls do). The best of a few
 timed calls is kept, as a peak should be. On a known accelerator the datasheet's dense peak is
 reported too.
+
+`cached()` keeps the figures in a file (LLM_JAX_CACHE_DIR, by default ~/.cache/llm-jax), one
+entry per machine (backend, device kind, CPU model and its flags, device count, jax version):
+model.dtype='auto' reads them there (models/precision.py) and measures only on a machine it has
+not seen.
 """
 
+import hashlib
 import json
+import os
+import platform
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -58,5 +70,56 @@ def measure(n: int = 2048, repeats: int = 5) -> dict:
           "datasheet_tflops": datasheet_tflops(kind)}
 
 
+def cache_file() -> Path:
+  """Where the measured peaks are kept: $LLM_JAX_CACHE_DIR/peaks.json, by default under
+  $XDG_CACHE_HOME (~/.cache)/llm-jax."""
+  root = os.environ.get("LLM_JAX_CACHE_DIR") or (
+      Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llm-jax")
+  return Path(root) / "peaks.json"
+
+
+def machine() -> str:
+  """What the peaks depend on, as one key: a CPU's model name and a digest of its feature flags
+  (the same model name covers CPUs with and without AMX), the accelerator's kind, jax's version."""
+  cpu = platform.processor()
+  try:
+    info = Path("/proc/cpuinfo").read_text()
+    lines = dict(l.split(":", 1) for l in info.splitlines() if ":" in l)
+    cpu = lines.get("model name\t", cpu).strip()
+    flags = next((v for k, v in lines.items() if k.strip() == "flags"), "")
+    cpu += " " + hashlib.sha256(flags.encode()).hexdigest()[:12]
+  except OSError:
+    pass
+  return (f"{jax.default_backend()} | {jax.devices()[0].device_kind} x{jax.device_count()} | "
+          f"{cpu} | jax {jax.__version__}")
+
+
+_SEEN = {}  # (cache file, machine) -> peaks, this process's
+
+
+def cached() -> dict:
+  """This machine's measured peaks from the cache file; measured and written there if missing
+  (or if the file is unreadable)."""
+  path, key = cache_file(), machine()
+  if (path, key) in _SEEN:
+    return _SEEN[path, key]
+  try:
+    table = json.loads(path.read_text())
+  except (OSError, ValueError):
+    table = {}
+  if key not in table:
+    table[key] = measure(repeats=3)
+    try:  # written whole, then renamed: a reader never sees half of it
+      path.parent.mkdir(parents=True, exist_ok=True)
+      fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".peaks.")
+      with os.fdopen(fd, "w") as f:
+        json.dump(table, f, indent=1)
+      os.replace(tmp, path)
+    except OSError as e:  # a read-only home: measured again next time
+      print(f"warning: could not keep the measured matmul peaks in {path}: {e}", file=sys.stderr)
+  _SEEN[path, key] = table[key]
+  return table[key]
+
+
 if __name__ == "__main__":
-  print(json.dumps(measure(), indent=2))
+  print(json.dumps(cached() if "--cached" in sys.argv else measure(), indent=2))

@@ -28,7 +28,7 @@ from llm_jax import decoding
 from llm_jax.bench import peak
 from llm_jax.config import validate
 from llm_jax.errors import UserError
-from llm_jax.models import FAMILIES, build_model, flops_per_token
+from llm_jax.models import FAMILIES, build_model, flops_per_token, precision
 from llm_jax.models.flops import count_params
 from llm_jax.training import parallel
 from llm_jax.training.losses import make_loss_fn
@@ -134,12 +134,14 @@ def run(config, steps: int = 20, warmup: int = 3, vocab_size: int = 65, decode_t
   tokens_per_step = A * B * T
   fpt = flops_per_token(m, n_params_flops)
   achieved = fpt * tokens_per_step / median_s
-  peak_gflops = peaks["bfloat16" if m.dtype == "bfloat16" else "float32"]
+  dtype = precision.resolve(m.dtype)  # 'auto' as the model resolved it
+  peak_gflops = peaks[dtype]
   sheet = peaks["datasheet_tflops"]
   return {
       "benchmark": "train",
-      "model": {k: m[k] for k in ("name", "n_layer", "n_head", "n_embd", "block_size", "dtype",
-                                  "dropout", "attention")},
+      "model": {**{k: m[k] for k in ("name", "n_layer", "n_head", "n_embd", "block_size",
+                                     "dropout", "dropout_bits", "attention")}, "dtype": dtype,
+                "dtype_asked": m.dtype},
       "batch_size": B, "grad_accum_steps": A, "tokens_per_step": tokens_per_step,
       "params": n_params, "params_for_flops": n_params_flops, "flops_per_token": fpt,
       "device": peaks["device_kind"], "parallel": place.description, "devices": place.n_devices,
@@ -155,7 +157,7 @@ def run(config, steps: int = 20, warmup: int = 3, vocab_size: int = 65, decode_t
       "peak_gflops": {"float32": peaks["float32"], "bfloat16": peaks["bfloat16"],
                       "matmul_n": peaks["matmul_n"]},
       "mfu": round(achieved / (peak_gflops * 1e9), 4),
-      "mfu_datasheet": (round(achieved / (sheet[m.dtype] * 1e12), 4) if sheet else None),
+      "mfu_datasheet": (round(achieved / (sheet[dtype] * 1e12), 4) if sheet else None),
       "host_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
       "device_memory": _device_memory(),
       # per device: the train state's bytes (params + optimizer), that of one unsharded copy,

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from llm_jax.models import precision
 from llm_jax.models.axes import param_init
 from llm_jax.models.dropout import Dropout, may_drop
 from llm_jax.models.model_config import ModelConfig
@@ -71,7 +72,8 @@ class MultiHeadAttention(nn.Module):
     D = C // H
     # kernels (C, *shape) and biases (*shape), their axes named (axes.py)
     dense = lambda shape, axes, name: nn.DenseGeneral(
-        shape, use_bias=cfg.use_bias, dtype=dtype, name=name,
+        shape, use_bias=cfg.use_bias, dtype=dtype, dot_general=precision.dot_general(dtype),
+        name=name,
         kernel_init=param_init(nn.initializers.normal(0.02), "embed", *axes),
         bias_init=param_init(nn.initializers.zeros, *axes))
     # the projections see (rows, C): XLA's CPU backend lays out their gradients far better in 2-D
@@ -92,7 +94,7 @@ class MultiHeadAttention(nn.Module):
 
     if cfg.qk_norm:
       head_norm = lambda name: nn.RMSNorm(
-          epsilon=cfg.norm_eps, dtype=dtype, name=name,
+          epsilon=cfg.norm_eps, name=name,
           scale_init=param_init(nn.initializers.ones, "head_dim"))
       q_BTHD = head_norm("q_norm")(q_BTHD)
       k_BSKD = head_norm("k_norm")(k_BSKD)
@@ -113,20 +115,24 @@ class MultiHeadAttention(nn.Module):
     else:  # query head h = k G + g reads key/value head k
       G, S = H // K, k_BSKD.shape[1]
       q_BTKGD = q_BTHD.reshape(B, T, K, G, D)
-      scores_BKGTS = jnp.einsum("btkgd,bskd->bkgts", q_BTKGD, k_BSKD) / jnp.sqrt(D).astype(dtype)
+      scores_BKGTS = precision.einsum("btkgd,bskd->bkgts", q_BTKGD, k_BSKD, dtype) / jnp.sqrt(
+          jnp.float32(D))
       scores_BHTS = scores_BKGTS.reshape(B, H, T, S).astype(jnp.float32)
       if mask is not None:
         scores_BHTS = jnp.where(mask, scores_BHTS, jnp.finfo(jnp.float32).min)
       probs_BHTS = jax.nn.softmax(scores_BHTS, axis=-1)
-      probs_BHTS = Dropout(cfg.dropout)(probs_BHTS, deterministic=not train)
-      probs_BKGTS = probs_BHTS.astype(dtype).reshape(B, K, G, T, S)
-      out_BTHD = jnp.einsum("bkgts,bskd->btkgd", probs_BKGTS, v_BSKD).reshape(B, T, H, D)
+      probs_BHTS = Dropout(cfg.dropout, cfg.dropout_bits)(probs_BHTS, deterministic=not train)
+      probs_BKGTS = probs_BHTS.reshape(B, K, G, T, S)
+      out_BTHD = precision.einsum("bkgts,bskd->btkgd", probs_BKGTS, v_BSKD, dtype).reshape(
+          B, T, H, D)
     y_NC = nn.DenseGeneral(
-        C, axis=(-2, -1), use_bias=cfg.use_bias, dtype=dtype, name="out",
+        C, axis=(-2, -1), use_bias=cfg.use_bias, dtype=dtype,
+        dot_general=precision.dot_general(dtype), name="out",
         kernel_init=param_init(nn.initializers.normal(self.out_init_std), "heads", "head_dim",
                                "embed"),
         bias_init=param_init(nn.initializers.zeros, "norm"))(out_BTHD.reshape(B * T, H, D))
-    return Dropout(cfg.dropout)(y_NC.reshape(B, T, C), deterministic=not train)
+    drop = Dropout(cfg.dropout, cfg.dropout_bits)
+    return drop(y_NC.reshape(B, T, C), deterministic=not train)
 
   def _update_cache(self, k_BTKD, v_BTKD, index):
     """Writes the new keys/values at `index`; returns all cached ones and the causal mask over them."""

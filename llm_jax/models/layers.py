@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from llm_jax.models import precision
 from llm_jax.models.attention import MultiHeadAttention
 from llm_jax.models.axes import STREAM, constrain, param_init
 from llm_jax.models.dropout import Dropout
@@ -81,18 +82,21 @@ class FeedForward(nn.Module):
     B, T, C = x_BTC.shape
     x_NC = x_BTC.reshape(B * T, C)
     dense = lambda name: nn.Dense(
-        cfg.ffn_hidden, use_bias=cfg.use_bias, dtype=dtype, name=name,
+        cfg.ffn_hidden, use_bias=cfg.use_bias, dtype=dtype,
+        dot_general=precision.dot_general(dtype), name=name,
         kernel_init=param_init(nn.initializers.normal(0.02), "embed", "mlp"),
         bias_init=param_init(nn.initializers.zeros, "mlp"))
     if cfg.activation in GATED:
       h_NF = ACTIVATIONS[cfg.activation](dense("gate")(x_NC)) * dense("up")(x_NC)
     else:
       h_NF = ACTIVATIONS[cfg.activation](dense("fc")(x_NC))
-    y_NC = nn.Dense(C, use_bias=cfg.use_bias, dtype=dtype, name="proj",
+    y_NC = nn.Dense(C, use_bias=cfg.use_bias, dtype=dtype,
+                    dot_general=precision.dot_general(dtype), name="proj",
                     kernel_init=param_init(nn.initializers.normal(self.out_init_std), "mlp",
                                            "embed"),
                     bias_init=param_init(nn.initializers.zeros, "norm"))(h_NF)
-    return Dropout(cfg.dropout)(y_NC.reshape(B, T, C), deterministic=not train)
+    drop = Dropout(cfg.dropout, cfg.dropout_bits)
+    return drop(y_NC.reshape(B, T, C), deterministic=not train)
 
 
 class Block(nn.Module):
@@ -178,7 +182,7 @@ class Stack(nn.Module):
       x_BTC = x_BTC * self.embed_scale
     x_BTC = PositionalEncoding(cfg.pos, cfg.max_len, name=self.pos_name)(
         x_BTC, start + jnp.arange(T))
-    x_BTC = Dropout(cfg.dropout)(x_BTC, deterministic=not train).astype(jnp.dtype(cfg.dtype))
+    x_BTC = Dropout(cfg.dropout, cfg.dropout_bits)(x_BTC, deterministic=not train)
     x_BTC = constrain(x_BTC, STREAM)  # (B, T, C)
     if cfg.scan_layers:  # each layer its own parameters, cache and dropout key
       stack = nn.scan(ScannedBlock, variable_axes={"params": 0, "cache": 0},

@@ -7,6 +7,7 @@ import dataclasses
 from typing import Any
 
 from llm_jax.errors import UserError
+from llm_jax.models import precision
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +27,7 @@ class ModelConfig:
   max_len: int
   # a float, or a traced scalar (one per vmapped variant, training/vectorized.py)
   dropout: Any
+  dropout_bits: int
   norm: str
   norm_type: str
   norm_eps: float
@@ -37,6 +39,7 @@ class ModelConfig:
   share_embeddings: bool
   scale_embeddings: bool
   use_bias: bool
+  # the matmuls' input dtype, config's 'auto' resolved (precision.py)
   dtype: str
   attention: str
   scan_layers: bool
@@ -56,6 +59,7 @@ class ModelConfig:
     return cls(**{**fields, "vocab_size": m.vocab_size or vocab_size,
                   "max_len": m.max_len or m.block_size,
                   "n_kv_head": m.n_kv_head or m.n_head,
+                  "dtype": precision.resolve(m.dtype),
                   "ffn_hidden": m.ffn_hidden or default_ffn_hidden(m.n_embd, m.activation)})
 
 

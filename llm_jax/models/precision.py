@@ -1,0 +1,133 @@
+"""Mixed precision: the matmuls multiply in cfg.dtype, everything else computes in float32.
+
+With dtype='bfloat16' every matmul of the models (Dense layers, attention's two einsums, the tied
+output head) takes bfloat16 inputs and accumulates and returns float32; parameters, norms,
+softmax, activations, residual stream and loss stay float32. That is the policy of mixed-precision
+training (Micikevicius et al. 2018) and the one that is fast on a CPU with AMX/AVX-512 BF16: its
+bf16 x bf16 -> f32 kernels run at several times the f32 peak, while bf16 x bf16 -> bf16 dots take
+a slower path than f32 (experiments/perf). The backward pass needs the same care: JAX's transpose
+of a dot with a float32 output multiplies the float32 cotangent with the bf16 operand upcast, an
+f32 matmul. `einsum` therefore has its own VJP: the cotangent is rounded to bf16, and each of the
+two gradients is again a bf16 x bf16 -> f32 einsum.
+
+dtype='float32' is the plain jnp.einsum. dtype='auto' (`resolve`) is bfloat16 where this machine
+multiplies bf16 at least BF16_GAIN times as fast as f32 (its measured matmul peaks, measured once
+and cached: bench/peak.py), float32 elsewhere (e.g. a CPU without bf16 arithmetic).
+"""
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from llm_jax.errors import UserError
+
+
+# how much faster bf16 matmuls must be than f32 ones for dtype='auto' to choose bf16: below that
+# the rounding's cost in accuracy buys too little
+BF16_GAIN = 2.0
+
+
+# overrides the measurement for model.dtype='auto' (the test suite, whose comparisons of two
+# paths want float32 on every machine, sets it to float32)
+AUTO_ENV = "LLM_JAX_AUTO_DTYPE"
+
+
+def resolve(dtype: str) -> str:
+  """config.model.dtype -> the dtype the matmuls multiply in: 'auto' -> $LLM_JAX_AUTO_DTYPE if set,
+  else 'bfloat16' or 'float32' from the measured peaks; anything else as it is."""
+  if dtype != "auto":
+    return dtype
+  if os.environ.get(AUTO_ENV):
+    if os.environ[AUTO_ENV] not in ("float32", "bfloat16"):
+      raise UserError(f"{AUTO_ENV}={os.environ[AUTO_ENV]!r}: use float32 or bfloat16 (or unset "
+                      f"it: the measured matmul peaks decide)")
+    return os.environ[AUTO_ENV]
+  from llm_jax.bench import peak  # the measurement is the benchmark's; only 'auto' needs it
+  peaks = peak.cached()
+  return "bfloat16" if peaks["bfloat16"] >= BF16_GAIN * peaks["float32"] else "float32"
+
+
+def _einsum(spec: str, a, b):
+  return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _low_einsum(spec, a, b):
+  return _einsum(spec, a, b)
+
+
+def _low_fwd(spec, a, b):
+  return _einsum(spec, a, b), (a, b)
+
+
+def _low_bwd(spec, res, g):
+  a, b = res
+  (ia, ib), out = spec.split("->")[0].split(","), spec.split("->")[1]
+  g = g.astype(a.dtype)
+  # spec 'A,B->C': dA = einsum('C,B->A', g, b), dB = einsum('C,A->B', g, a); exact when every
+  # index of A is in B or C (nothing is summed over one operand alone), checked in `einsum`
+  return (_einsum(f"{out},{ib}->{ia}", g, b).astype(a.dtype),
+          _einsum(f"{out},{ia}->{ib}", g, a).astype(b.dtype))
+
+
+_low_einsum.defvjp(_low_fwd, _low_bwd)
+
+
+def einsum(spec: str, a, b, dtype):
+  """jnp.einsum(spec, a, b) with a and b cast to `dtype`, accumulated and returned in float32
+  (float32 inputs: the plain einsum). spec is explicit: 'ab,bc->ac'."""
+  dtype = jnp.dtype(dtype)
+  if dtype == jnp.float32:
+    return jnp.einsum(spec, a, b)
+  (ia, ib), out = spec.split("->")[0].split(","), spec.split("->")[1]
+  if not (set(ia) <= set(ib + out) and set(ib) <= set(ia + out)):
+    raise ValueError(f"einsum {spec!r}: an index summed over one operand alone")
+  return _low_einsum(spec, a.astype(dtype), b.astype(dtype))
+
+
+@jax.custom_vjp
+def _low_matmul(x_NK, w_KM):
+  return _einsum("nk,km->nm", x_NK, w_KM)
+
+
+def _matmul_fwd(x_NK, w_KM):
+  return _low_matmul(x_NK, w_KM), (x_NK, w_KM)
+
+
+def _matmul_bwd(res, g_NM):
+  x_NK, w_KM = res
+  g_NM = g_NM.astype(x_NK.dtype)
+  # the weight's gradient x^T g contracts both operands' rows: XLA's CPU backend sends that dot
+  # to its generic kernel, which has no bf16 x bf16 -> f32. x^T written out (a barrier keeps the
+  # transpose from being folded back into the dot) makes it a plain row-major matmul
+  x_KN = jax.lax.optimization_barrier(x_NK.T)
+  return (_einsum("nm,km->nk", g_NM, w_KM).astype(x_NK.dtype),
+          _einsum("kn,nm->km", x_KN, g_NM).astype(w_KM.dtype))
+
+
+_low_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+def dot_general(dtype):
+  """A `dot_general` for flax's Dense and DenseGeneral (their `dot_general=` argument): the
+  contraction of the inputs' trailing axes with the kernel's leading ones, as one (rows, K) x
+  (K, M) matmul in `dtype` accumulated in float32 (float32: lax.dot_general, flax's default)."""
+  dtype = jnp.dtype(dtype)
+  if dtype == jnp.float32:
+    return jax.lax.dot_general
+
+  def dot(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    (lc, rc), (lb, rb) = dimension_numbers
+    n_c = len(lc)
+    if lb or rb or tuple(lc) != tuple(range(lhs.ndim - n_c, lhs.ndim)) or \
+        tuple(rc) != tuple(range(n_c)):
+      raise ValueError(f"dot_general {dimension_numbers}: only a Dense's contraction")
+    free_l, con, free_r = lhs.shape[:lhs.ndim - n_c], rhs.shape[:n_c], rhs.shape[n_c:]
+    K = int(np.prod(con))
+    y = _low_matmul(lhs.reshape(-1, K).astype(dtype), rhs.reshape(K, -1).astype(dtype))
+    return y.reshape(*free_l, *free_r)
+
+  return dot

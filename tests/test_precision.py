@@ -1,0 +1,144 @@
+"""models/precision.py (bf16 matmuls, f32 accumulation and gradients; model.dtype='auto') and
+models/dropout.py (masks from 8/16/32-bit random integers)."""
+
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from llm_jax.bench import peak
+from llm_jax.config import validate
+from llm_jax.errors import UserError
+from llm_jax.models import precision
+from llm_jax.models.dropout import Dropout, random_uints
+from llm_jax.training.loop import train_and_evaluate
+
+bf16 = jnp.bfloat16
+rounded = lambda x: x.astype(bf16).astype(jnp.float32)  # what the bf16 matmuls multiply
+
+
+@pytest.mark.parametrize("spec,sa,sb", [
+    ("btkgd,bskd->bkgts", (2, 5, 2, 3, 8), (2, 7, 2, 8)),  # attention's scores
+    ("bkgts,bskd->btkgd", (2, 2, 3, 5, 7), (2, 7, 2, 8)),  # attention's values
+])
+def test_bf16_einsum_and_its_gradients_are_f32_sums_of_bf16_products(spec, sa, sb):
+  a, b = (jax.random.normal(jax.random.key(i), s) for i, s in enumerate((sa, sb)))
+  out_shape = jnp.einsum(spec, a, b).shape
+  g = jax.random.normal(jax.random.key(2), out_shape)
+  y, vjp = jax.vjp(lambda a, b: precision.einsum(spec, a, b, bf16), a, b)
+  da, db = vjp(g)
+  assert y.dtype == jnp.float32 and da.dtype == a.dtype == db.dtype
+  # products of bf16 numbers are exact in f32: the results are the f32 einsums of rounded inputs
+  exact = lambda s, x, y: jnp.einsum(s, rounded(x), rounded(y), precision="highest")
+  ia, ib = spec.split("->")[0].split(",")
+  out = spec.split("->")[1]
+  np.testing.assert_allclose(y, exact(spec, a, b), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(da, rounded(exact(f"{out},{ib}->{ia}", g, b)), rtol=1e-2, atol=1e-5)
+  np.testing.assert_allclose(db, rounded(exact(f"{out},{ia}->{ib}", g, a)), rtol=1e-2, atol=1e-5)
+  # and near the f32 einsum's, to bf16's precision
+  np.testing.assert_allclose(y, jnp.einsum(spec, a, b), rtol=0.05, atol=0.05)
+
+
+def test_bf16_dense_matches_f32_dense_to_bf16_precision():
+  x = jax.random.normal(jax.random.key(0), (4, 6, 32))
+  dense = lambda dtype: nn.DenseGeneral((2, 16), dtype=dtype,
+                                        dot_general=precision.dot_general(dtype))
+  params = dense(jnp.float32).init(jax.random.key(1), x)
+  loss = lambda p, dtype: jnp.sum(jnp.sin(dense(dtype).apply(p, x)))
+  (l32, g32), (l16, g16) = (jax.value_and_grad(loss)(params, d) for d in (jnp.float32, bf16))
+  assert precision.dot_general(jnp.float32) is jax.lax.dot_general
+  np.testing.assert_allclose(l16, l32, rtol=2e-2)
+  for a, b in zip(jax.tree.leaves(g16), jax.tree.leaves(g32)):
+    assert a.dtype == jnp.float32
+    np.testing.assert_allclose(a, b, rtol=0.05, atol=0.05 * float(jnp.abs(b).max()))
+
+
+def test_bf16_gpt_trains_as_the_f32_one(toy_corpus, tmp_path):
+  runs = {}
+  for dtype in ("float32", "bfloat16"):
+    c = tiny_config(toy_corpus, max_steps=60, lr_decay_steps=60, eval_interval=60,
+                    learning_rate=1e-2)
+    c.model.dtype = dtype
+    runs[dtype] = train_and_evaluate(c, str(tmp_path / dtype))
+  first = json.loads((tmp_path / "bfloat16" / "metrics.jsonl").read_text().splitlines()[0])
+  assert runs["bfloat16"]["val_loss"] < 0.6 * first["val_loss"]
+  assert abs(runs["bfloat16"]["val_loss"] - runs["float32"]["val_loss"]) < 0.05, runs
+
+
+@pytest.fixture
+def measured(monkeypatch, tmp_path):
+  """'auto' decided by the peaks: no override, a fresh cache file, measure() counted."""
+  monkeypatch.delenv(precision.AUTO_ENV, raising=False)
+  monkeypatch.setenv("LLM_JAX_CACHE_DIR", str(tmp_path / "cache"))
+  calls = []
+  def measure(**kw):
+    calls.append(kw)
+    return {"float32": 100.0, "bfloat16": measure.bf16}
+  measure.bf16 = 300.0
+  monkeypatch.setattr(peak, "measure", measure)
+  monkeypatch.setattr(peak, "_SEEN", {})
+  return measure, calls
+
+
+def test_auto_measures_once_keeps_the_peaks_and_chooses_bf16_only_where_it_is_twice_as_fast(
+    measured, monkeypatch):
+  measure, calls = measured
+  assert precision.resolve("auto") == "bfloat16"
+  table = json.loads(peak.cache_file().read_text())
+  assert list(table) == [peak.machine()] and len(calls) == 1
+  monkeypatch.setattr(peak, "_SEEN", {})  # a new process: the file answers
+  assert precision.resolve("auto") == "bfloat16" and len(calls) == 1
+  measure.bf16 = 150.0  # another machine, whose bf16 is 1.5x its f32
+  monkeypatch.setattr(peak, "_SEEN", {})
+  monkeypatch.setattr(peak, "machine", lambda: "another machine")
+  assert precision.resolve("auto") == "float32" and len(calls) == 2
+  assert len(json.loads(peak.cache_file().read_text())) == 2
+  assert precision.resolve("float32") == "float32" and precision.resolve("bfloat16") == "bfloat16"
+
+
+def test_auto_is_overridden_by_the_environment_and_a_bad_value_is_one_line(measured, monkeypatch):
+  _, calls = measured
+  monkeypatch.setenv(precision.AUTO_ENV, "float32")
+  assert precision.resolve("auto") == "float32" and not calls
+  monkeypatch.setenv(precision.AUTO_ENV, "fp8")
+  with pytest.raises(UserError, match=precision.AUTO_ENV):
+    precision.resolve("auto")
+
+
+@pytest.mark.parametrize("bits", [8, 16, 32])
+def test_dropout_drops_the_rounded_rate_and_keeps_the_mean(bits):
+  rate = 0.2
+  x = jnp.ones((64, 3, 1001))  # a last axis no multiple of 4 or 2
+  y = Dropout(rate, bits).apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)})
+  levels = 2 ** bits
+  expected = min(round(rate * levels), levels) / levels if bits < 32 else rate
+  dropped = float(jnp.mean(y == 0))
+  sigma = np.sqrt(expected * (1 - expected) / x.size)
+  assert abs(dropped - expected) < 5 * sigma, (dropped, expected)
+  assert abs(float(jnp.mean(y)) - 1.0) < 5 * sigma / (1 - expected)
+  np.testing.assert_allclose(y[y != 0], 1 / (1 - expected), rtol=1e-6)
+
+
+def test_random_uints_are_uniform_and_a_traced_rate_drops_its_share():
+  u = random_uints(jax.random.key(1), (100, 4003), 8)
+  assert u.shape == (100, 4003) and u.dtype == jnp.uint8
+  counts = np.bincount(np.asarray(u).ravel(), minlength=256)
+  assert counts.min() > 0.8 * u.size / 256 and counts.max() < 1.2 * u.size / 256
+  x = jnp.ones((256, 512))
+  drop = lambda rate: Dropout(rate, 8).apply({}, x, deterministic=False,
+                                             rngs={"dropout": jax.random.key(2)})
+  shares = jax.vmap(lambda r: jnp.mean(drop(r) == 0))(jnp.array([0.0, 0.1, 0.5]))
+  np.testing.assert_allclose(shares, [0.0, 26 / 256, 0.5], atol=0.01)
+
+
+def test_a_rate_that_rounds_to_one_is_a_config_error(toy_corpus):
+  c = tiny_config(toy_corpus)
+  c.model.dropout = 0.999
+  with pytest.raises(UserError, match="model.dropout.*dropout_bits=8"):
+    validate(c)
+  c.model.dropout_bits = 16
+  validate(c)
