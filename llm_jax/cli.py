@@ -123,7 +123,14 @@ def define_config_flag(argv, flag_values=FLAGS):
 def _define_train(argv):
   define_config_flag(argv)
   flags.DEFINE_string("workdir", None, "run directory: checkpoints, metrics; resumed if it exists")
+  _define_profile()
   _required(["config", "workdir"])
+
+
+def _define_profile():
+  flags.DEFINE_string("profile_dir", None, "trace --profile_steps steps there with jax.profiler "
+                      "(TensorBoard, Perfetto) and print the costliest operations")
+  flags.DEFINE_integer("profile_steps", 5, "steps traced with --profile_dir")
 
 
 def _train(argv):
@@ -132,7 +139,8 @@ def _train(argv):
   from llm_jax.training.loop import train_and_evaluate
   validate(FLAGS.config)  # before the device count is set from it
   parallel.set_cpu_devices(FLAGS.config)
-  train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  train_and_evaluate(FLAGS.config, FLAGS.workdir, profile_dir=FLAGS.profile_dir,
+                     profile_steps=FLAGS.profile_steps)
 
 
 def _define_bpe(argv):
@@ -292,6 +300,7 @@ def _define_bench(argv):
   flags.DEFINE_integer("vocab_size", 65, "vocabulary of the benchmarked model (65: Tiny Shakespeare's)")
   flags.DEFINE_integer("decode_tokens", 100, "tokens decoded (batch 1, KV cache) for the decode speed")
   flags.DEFINE_string("json_out", None, "also write the JSON figures to this file")
+  _define_profile()
   _required(["config"])
 
 
@@ -302,7 +311,8 @@ def _bench(argv):
   validate(FLAGS.config)
   parallel.set_cpu_devices(FLAGS.config)
   bench_train.main(FLAGS.config, FLAGS.steps, FLAGS.warmup, FLAGS.vocab_size, FLAGS.decode_tokens,
-                   FLAGS.json_out)
+                   FLAGS.json_out, profile_dir=FLAGS.profile_dir,
+                   profile_steps=FLAGS.profile_steps)
 
 
 COMMANDS["bench"] = (_define_bench, _bench)
@@ -449,6 +459,9 @@ def _run(command_main, takes_args=False, compiles=False):
 
 def main(argv=None):
   if argv is None and len(sys.argv) > 1 and sys.argv[1] in COMPILES:
+    if any(a.startswith("--profile_dir") for a in sys.argv):  # read when the backend starts
+      from llm_jax.training.profile import flags_for_tracing
+      os.environ["XLA_FLAGS"] = flags_for_tracing(os.environ)
     hostmem.reexec_with_hugepages(sys.argv)  # the program itself, not a call from Python
   argv = list(sys.argv if argv is None else argv)
   if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):

@@ -30,7 +30,7 @@ from llm_jax.config import validate
 from llm_jax.errors import UserError
 from llm_jax.models import FAMILIES, build_model, flops_per_token, precision
 from llm_jax.models.flops import count_params
-from llm_jax.training import parallel
+from llm_jax.training import parallel, profile
 from llm_jax.training.losses import make_loss_fn
 from llm_jax.training.optimizer import make_optimizer
 from llm_jax.training.steps import init_state, make_evaluate, make_train_step
@@ -62,8 +62,10 @@ def _random_batch(rng, shape, vocab_size):
 
 
 def run(config, steps: int = 20, warmup: int = 3, vocab_size: int = 65, decode_tokens: int = 100,
-        eval_repeats: int = 5, peak_n: int = 2048) -> dict:
-  """Benchmarks config's language model; returns the figures (see the module docstring)."""
+        eval_repeats: int = 5, peak_n: int = 2048, profile_dir: str | None = None,
+        profile_steps: int = 5) -> dict:
+  """Benchmarks config's language model; returns the figures (see the module docstring). With
+  profile_dir, profile_steps more steps are traced there after the timed ones (profile.py)."""
   validate(config)
   m, tc = config.model, config.train
   if FAMILIES[m.name].task != "lm":
@@ -103,6 +105,7 @@ def run(config, steps: int = 20, warmup: int = 3, vocab_size: int = 65, decode_t
   step_s = [timed_step() for _ in range(steps)]
   cpu_ms = (_cpu_seconds() - cpu0) / steps * 1e3
   median_s = float(np.median(step_s))
+  traced = profile.trace(timed_step, profile_steps, profile_dir) if profile_dir else None
 
   t = time.perf_counter()
   jax.block_until_ready(evaluate(state, eval_batch))
@@ -160,6 +163,7 @@ def run(config, steps: int = 20, warmup: int = 3, vocab_size: int = 65, decode_t
       "mfu_datasheet": (round(achieved / (sheet[dtype] * 1e12), 4) if sheet else None),
       "host_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
       "device_memory": _device_memory(),
+      "profile": traced,
       # per device: the train state's bytes (params + optimizer), that of one unsharded copy,
       # and the compiled step's (XLA's memory_analysis; argument, output, temporaries)
       "state_memory": memory,
@@ -200,14 +204,16 @@ def table(r: dict) -> str:
                  (f"; device peak {r['device_memory'].get('peak_bytes_in_use', 0) / 2**20:.0f} MB"
                   if r["device_memory"] else "")),
       ("load average", " ".join(f"{x:.2f}" for x in r["loadavg"])),
-  ]
+  ] + ([("profile", f"{r['profile']['dir']}; ms per step: " + ", ".join(
+      f"{name} {ms}" for name, ms in r["profile"]["top_ops"][:6]))] if r.get("profile") else [])
   width = max(len(k) for k, _ in rows)
   return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def main(config, steps, warmup, vocab_size, decode_tokens, json_out=None) -> dict:
+def main(config, steps, warmup, vocab_size, decode_tokens, json_out=None, **profiling) -> dict:
   """The `llm-jax bench` command: JSON on stdout (and in json_out), the table on stderr."""
-  r = run(config, steps=steps, warmup=warmup, vocab_size=vocab_size, decode_tokens=decode_tokens)
+  r = run(config, steps=steps, warmup=warmup, vocab_size=vocab_size, decode_tokens=decode_tokens,
+          **profiling)
   text = json.dumps(r, indent=2)
   print(text, flush=True)
   if json_out:

@@ -34,7 +34,7 @@ from llm_jax.models.flops import count_params
 from llm_jax.tasks import build_task
 from llm_jax.errors import UserError
 from llm_jax.fileio import atomic_write, read_metrics, write_json
-from llm_jax.training import (checkpoint, finetune, guards, parallel, signals, vectorized,
+from llm_jax.training import (checkpoint, finetune, guards, parallel, profile, signals, vectorized,
                               workdir as workdir_lib)
 from llm_jax.training.events import EventWriter
 from llm_jax.training.losses import make_loss_fn
@@ -165,15 +165,17 @@ class Run:
       self.events.close()
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
+def train_and_evaluate(config, workdir: str, **profiling) -> dict:
   """Trains config's model in workdir (resuming what is there). Returns the run's summary."""
-  return train_runs([config], [workdir])[0]
+  return train_runs([config], [workdir], **profiling)[0]
 
 
-def train_runs(configs, workdirs) -> list[dict]:
+def train_runs(configs, workdirs, profile_dir: str | None = None, profile_steps: int = 5
+               ) -> list[dict]:
   """Trains configs[k] in workdirs[k] (resuming what is there). One config: a single run; several:
   one vmapped program (they may differ only in vectorized.VMAPPABLE fields). Returns the
-  summaries."""
+  summaries. With profile_dir, profile_steps steps after the first logged interval are traced
+  there (training/profile.py)."""
   if len(configs) != len(workdirs) or not configs:
     raise ValueError("one workdir per config")
   for c in configs:
@@ -283,15 +285,20 @@ def train_runs(configs, workdirs) -> list[dict]:
   t_line = t_start
   one_process = jax.process_count() == 1
   prog = "llm-jax sweep worker" if several else "llm-jax train"
+  tracer = profile.StepTracer(profile_dir if is_main_process else None,
+                              min(start + tc.log_interval, tc.max_steps - 1), profile_steps,
+                              print_main)
   try:
     with signals.StopRequest(prog) as stop:
       for step in range(start, tc.max_steps):
         host_batch = (stack([t.train_batch(step) for t in tasks]) if several
                       else task.train_batch(step))
+        tracer.before(step)
         state, metrics = train_step(state, place.put_batch(host_batch))
         pending.append(metrics)
         n_since += 1
         steps_done = step + 1
+        tracer.after(steps_done, state, last=steps_done == tc.max_steps)
         # one process stops at the next step; several, all at the next log step
         stopping = stop.signum if one_process else None
         if steps_done % tc.log_interval == 0 or steps_done == tc.max_steps:
@@ -340,6 +347,7 @@ def train_runs(configs, workdirs) -> list[dict]:
           raise signals.Interrupted(stopping, steps_done, ", ".join(r.workdir for r in runs))
         t_last = time.perf_counter() if n_since == 0 else t_last
   finally:
+    tracer.close()
     bar.close()
     for r in runs:
       r.close()
