@@ -135,3 +135,19 @@ def test_the_same_seed_gives_the_same_sample_and_seeds_differ():
   a = decoding.generate(m, params, prompt, jax.random.key(7), **kw)
   np.testing.assert_array_equal(a, decoding.generate(m, params, prompt, jax.random.key(7), **kw))
   assert not np.array_equal(a, decoding.generate(m, params, prompt, jax.random.key(8), **kw))
+
+
+def test_lengths_in_one_buffer_share_one_program_and_each_is_a_prefix_of_the_longer():
+  m, params = make()
+  prompt = jnp.zeros((2, 1), jnp.int32)
+  gen = lambda n: decoding.generate(m, params, prompt, jax.random.key(3), max_new_tokens=n,
+                                    block_size=L, temperature=1.0)
+  assert decoding.buffer_length(1, 9, L) == decoding.buffer_length(1, 14, L) == 16
+  before = decoding.lm._generate._cache_size()
+  short, long = gen(9), gen(14)  # both past block_size: cached steps, then window steps
+  assert decoding.lm._generate._cache_size() == before + 1
+  assert short.shape == (2, 10) and long.shape == (2, 15)
+  np.testing.assert_array_equal(short, long[:, :10])
+  ref = decoding.generate_uncached(m, params, prompt, jax.random.key(3), max_new_tokens=14,
+                                   block_size=L, temperature=1.0)
+  np.testing.assert_array_equal(long, ref)

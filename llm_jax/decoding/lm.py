@@ -1,4 +1,4 @@
-"""Autoregressive decoding for the language models, one jitted program per (batch, prompt, length).
+"""Autoregressive decoding for the language models, one jitted program per (batch, prompt, buffer).
 
 Sampling (`sample_next`): greedy = argmax; otherwise logits / temperature, then top-k keeps the k
 largest, top-p keeps the smallest set of tokens whose probability reaches p, and a token is drawn
@@ -18,6 +18,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def sample_next(logits_BV, rng, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
@@ -83,11 +84,29 @@ def init_cache(model, batch_size: int, block_size: int):
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes.get("cache", {}))
 
 
+def buffer_length(prompt_len: int, max_new_tokens: int, block_size: int) -> int:
+  """The token buffer one compiled `generate` program serves: the next power of two that holds
+  prompt and new tokens (at least block_size), so that requests of other lengths in it reuse it."""
+  need = max(prompt_len + max_new_tokens, block_size)
+  return 1 << (need - 1).bit_length()
+
+
+def generate(model, params, prompt_BP, rng, *, max_new_tokens, block_size, temperature=1.0,
+             top_k=0, top_p=1.0, greedy=False):
+  """(B, P) prompt -> (B, P + max_new_tokens) numpy tokens, with a KV cache while the sequence
+  fits block_size. max_new_tokens is a value of the program, not its shape: one program (per
+  buffer_length) serves every length."""
+  P = prompt_BP.shape[1]
+  seq = _generate(model, params, prompt_BP, rng, jnp.int32(max_new_tokens),
+                  buffer_len=buffer_length(P, max_new_tokens, block_size), block_size=block_size,
+                  temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
+  return np.asarray(seq)[:, :P + max_new_tokens]  # on the host: no program per length
+
+
 @partial(jax.jit, static_argnums=(0,), static_argnames=(
-    "max_new_tokens", "block_size", "temperature", "top_k", "top_p", "greedy"))
-def generate(model, params, prompt_BP, rng, *, max_new_tokens, block_size,
-             temperature=1.0, top_k=0, top_p=1.0, greedy=False):
-  """(B, P) prompt -> (B, P + max_new_tokens), with a KV cache while the sequence fits block_size."""
+    "buffer_len", "block_size", "temperature", "top_k", "top_p", "greedy"))
+def _generate(model, params, prompt_BP, rng, n_new, *, buffer_len, block_size, temperature,
+              top_k, top_p, greedy):
   B, P = prompt_BP.shape
   L = block_size
   sample = partial(sample_next, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
@@ -97,7 +116,7 @@ def generate(model, params, prompt_BP, rng, *, max_new_tokens, block_size,
                                   mutable=["cache"])
     return logits_BTV[:, -1], out.get("cache", {})
 
-  seq = _buffer(prompt_BP, max_new_tokens, L)
+  seq = jnp.zeros((B, buffer_len), jnp.int32).at[:, :P].set(prompt_BP)
   cache = init_cache(model, B, L)
   if P <= L:  # prefill the prompt into the cache in one pass
     logits_BV, cache = cached(prompt_BP, cache)
@@ -108,20 +127,18 @@ def generate(model, params, prompt_BP, rng, *, max_new_tokens, block_size,
     tok_B = sample(logits_BV, jax.random.fold_in(rng, i))
     return tok_B, jax.lax.dynamic_update_slice_in_dim(seq, tok_B[:, None], P + i, axis=1)
 
-  def cached_step(carry, i):  # token P + i still has a slot in the cache
+  def cached_step(i, carry):  # token P + i still has a slot in the cache
     seq, logits_BV, cache = carry
     tok_B, seq = draw(seq, logits_BV, i)
     logits_BV, cache = cached(tok_B[:, None], cache)
-    return (seq, logits_BV, cache), None
+    return seq, logits_BV, cache
 
-  def window_step(carry, i):  # past block_size: a full forward over the last block_size tokens
+  def window_step(i, carry):  # past block_size: a full forward over the last block_size tokens
     seq, logits_BV = carry
     tok_B, seq = draw(seq, logits_BV, i)
-    return (seq, _window_logits(model, params, seq, P + i + 1, L)), None
+    return seq, _window_logits(model, params, seq, P + i + 1, L)
 
-  n_cached = min(max(L - P, 0), max_new_tokens)  # steps whose new token fits in the cache
-  (seq, logits_BV, _), _ = jax.lax.scan(cached_step, (seq, logits_BV, cache),
-                                        jnp.arange(n_cached))
-  (seq, _), _ = jax.lax.scan(window_step, (seq, logits_BV),
-                             jnp.arange(n_cached, max_new_tokens))
-  return seq[:, :P + max_new_tokens]
+  n_cached = jnp.clip(L - P, 0, n_new)  # steps whose new token fits in the cache
+  seq, logits_BV, _ = jax.lax.fori_loop(0, n_cached, cached_step, (seq, logits_BV, cache))
+  seq, _ = jax.lax.fori_loop(n_cached, n_new, window_step, (seq, logits_BV))
+  return seq
