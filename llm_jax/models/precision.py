@@ -1,8 +1,8 @@
 """Mixed precision: the matmuls multiply in cfg.dtype, everything else computes in float32.
 
-With dtype='bfloat16' every matmul of the models (Dense layers, attention's two einsums, the tied
-output head) takes bfloat16 inputs and accumulates and returns float32; parameters, norms,
-softmax, activations, residual stream and loss stay float32. That is the policy of mixed-precision
+With dtype='bfloat16' the matmuls of the blocks (every Dense layer, attention's two einsums) take
+bfloat16 inputs and accumulate and return float32; parameters, norms, softmax, activations,
+residual stream, the output head's logits and the loss stay float32. That is the policy of mixed-precision
 training (Micikevicius et al. 2018) and the one that is fast on a CPU with AMX/AVX-512 BF16: its
 bf16 x bf16 -> f32 kernels run at several times the f32 peak, while bf16 x bf16 -> bf16 dots take
 a slower path than f32 (experiments/perf). The backward pass needs the same care: JAX's transpose
