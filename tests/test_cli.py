@@ -41,10 +41,17 @@ def test_train_runs_resumes_and_prints_a_sample(corpus, tmp_path):
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["3", "6"]
   for name in ("config.json", "tokenizer.json", "metrics.jsonl", "summary.json"):
     assert (workdir / name).exists()
-  # the same command with more steps continues from step 6
-  r = llm_jax(*args[:-1], "--config.train.max_steps=9", "--config.train.sample_tokens=0")
+  # the same command with more steps continues from step 6; --profile_dir traces the steps after
+  # the first logged interval (here only step 8, the last) and names their costliest operations
+  r = llm_jax(*args[:-1], "--config.train.max_steps=9", "--config.train.sample_tokens=0",
+              f"--profile_dir={tmp_path / 'prof'}")
   assert r.returncode == 0, r.stderr
   assert "resuming at step 6" in r.stdout and "step 9: train loss" in r.stdout
+  line = next(l for l in r.stdout.splitlines() if "llm-jax: profile of steps" in l)
+  assert line.startswith(f"llm-jax: profile of steps 8-8 in {tmp_path / 'prof'}"), line
+  ops = line.split("by operation: ")[1].split(", ")
+  assert any("fusion" in op for op in ops), ops  # XLA's operations, not the runtime's
+  assert list((tmp_path / "prof").glob("plugins/profile/*/perfetto_trace.json.gz"))
 
 
 @pytest.mark.parametrize("extra,expect", [
@@ -134,16 +141,3 @@ def test_the_command_line_reexecutes_itself_once_with_huge_pages(monkeypatch):
   hostmem.reexec_with_hugepages(["llm-jax", "train"])
   assert len(calls) == 1
 
-
-def test_profile_dir_traces_steps_after_the_first_interval_and_names_their_operations(
-    corpus, tmp_path):
-  r = llm_jax("train", "--config=configs/gpt_char.py", f"--workdir={tmp_path / 'run'}",
-              "--config.data.corpus=text_file", f"--config.data.path={corpus}", *TINY,
-              f"--profile_dir={tmp_path / 'prof'}", "--profile_steps=2")
-  assert r.returncode == 0, r.stderr
-  line = next(l for l in r.stdout.splitlines() if "llm-jax: profile of steps" in l)
-  assert line.startswith(f"llm-jax: profile of steps 3-4 in {tmp_path / 'prof'}"), line
-  ops = line.split("by operation: ")[1].split(", ")
-  assert any("fusion" in op for op in ops), ops  # XLA's operations, not the runtime's
-  assert list((tmp_path / "prof").glob("plugins/profile/*/perfetto_trace.json.gz"))
-  assert "step 6: train loss" in r.stdout

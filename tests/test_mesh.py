@@ -60,6 +60,7 @@ def corpus(tmp_path_factory):
 def test_every_mesh_gives_the_losses_of_one_device(family, corpus, tmp_path):
   assert jax.device_count() == 8
   c = gpt_config(corpus) if family == "gpt" else transformer_config()
+  c.train.checkpoint_every = STEPS  # (the resume tests below save mid-run)
   one_train, one_eval = train(c, tmp_path / "one", "none")
   assert len(one_train) == STEPS and one_train[STEPS] < one_train[1] - 0.5  # it learned
   for name, mesh in MESHES.items():
