@@ -14,6 +14,7 @@ from llm_jax.data.seq2seq import SEQ2SEQ_TASKS
 from llm_jax.data.tokenizers import NORMALIZATIONS, TIKTOKEN_ENCODINGS, bpe_path
 from llm_jax.errors import UserError
 from llm_jax.models import FAMILIES
+from llm_jax.models.dropout import BITS as DROPOUT_BITS
 from llm_jax.models.layers import ACTIVATIONS
 
 
@@ -326,7 +327,7 @@ def validate(c) -> None:
            f"n_head / n_kv_head query heads)")
   _require(m.dtype in ("auto", "float32", "bfloat16"), "model.dtype", m.dtype,
            "use 'auto', 'float32' or 'bfloat16'")
-  _require(m.dropout_bits in (8, 16, 32), "model.dropout_bits", m.dropout_bits,
+  _require(m.dropout_bits in DROPOUT_BITS, "model.dropout_bits", m.dropout_bits,
            "use 8, 16 or 32")
   _require(round(m.dropout * 2 ** m.dropout_bits) < 2 ** m.dropout_bits, "model.dropout",
            m.dropout, f"with model.dropout_bits={m.dropout_bits} it rounds to 1: lower it or "

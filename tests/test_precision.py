@@ -142,3 +142,6 @@ def test_a_rate_that_rounds_to_one_is_a_config_error(toy_corpus):
     validate(c)
   c.model.dropout_bits = 16
   validate(c)
+  c.model.dropout_bits = 12
+  with pytest.raises(UserError, match="model.dropout_bits=12 is invalid: use 8, 16 or 32"):
+    validate(c)
