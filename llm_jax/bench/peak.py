@@ -10,10 +10,10 @@ bfloat16 inputs with float32 accumulation (what a bf16 model's matmuls do). The 
 timed calls is kept, as a peak should be. On a known accelerator the datasheet's dense peak is
 reported too.
 
-`cached()` keeps the figures in a file (LLM_JAX_CACHE_DIR, by default ~/.cache/llm-jax), one
-entry per machine (backend, device kind, CPU model and its flags, device count, jax version):
-model.dtype='auto' reads them there (models/precision.py) and measures only on a machine it has
-not seen.
+`cached()` keeps the figures in a file (LLM_JAX_CACHE_DIR, by default ~/.cache/llm_jax, beside
+the compilation cache's xla/), one entry per machine (backend, device kind, CPU model and its
+flags, device count, jax version): model.dtype='auto' reads them there (models/precision.py)
+and measures only on a machine it has not seen.
 """
 
 import hashlib
@@ -71,10 +71,9 @@ def measure(n: int = 2048, repeats: int = 5) -> dict:
 
 
 def cache_file() -> Path:
-  """Where the measured peaks are kept: $LLM_JAX_CACHE_DIR/peaks.json, by default under
-  $XDG_CACHE_HOME (~/.cache)/llm-jax."""
-  root = os.environ.get("LLM_JAX_CACHE_DIR") or (
-      Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llm-jax")
+  """Where the measured peaks are kept: $LLM_JAX_CACHE_DIR/peaks.json, by default
+  ~/.cache/llm_jax/peaks.json."""
+  root = os.environ.get("LLM_JAX_CACHE_DIR") or Path.home() / ".cache" / "llm_jax"
   return Path(root) / "peaks.json"
 
 
