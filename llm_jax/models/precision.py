@@ -2,13 +2,13 @@
 
 With dtype='bfloat16' the matmuls of the blocks (every Dense layer, attention's two einsums) take
 bfloat16 inputs and accumulate and return float32; parameters, norms, softmax, activations,
-residual stream, the output head's logits and the loss stay float32. That is the policy of mixed-precision
-training (Micikevicius et al. 2018) and the one that is fast on a CPU with AMX/AVX-512 BF16: its
-bf16 x bf16 -> f32 kernels run at several times the f32 peak, while bf16 x bf16 -> bf16 dots take
-a slower path than f32 (experiments/perf). The backward pass needs the same care: JAX's transpose
-of a dot with a float32 output multiplies the float32 cotangent with the bf16 operand upcast, an
-f32 matmul. `einsum` therefore has its own VJP: the cotangent is rounded to bf16, and each of the
-two gradients is again a bf16 x bf16 -> f32 einsum.
+residual stream, the output head's logits and the loss stay float32. That is the policy of
+mixed-precision training (Micikevicius et al. 2018), and the one that is fast on a CPU with
+AMX/AVX-512 BF16: its bf16 x bf16 -> f32 kernels run at several times the f32 peak, while
+bf16 x bf16 -> bf16 dots take a slower path than f32 (experiments/perf). The backward pass needs
+the same care: JAX's transpose of a dot with a float32 output multiplies the float32 cotangent
+with the bf16 operand upcast, an f32 matmul. The matmuls therefore have their own VJPs: the
+cotangent is rounded to bf16, and each of the two gradients is again a bf16 x bf16 -> f32 matmul.
 
 dtype='float32' is the plain jnp.einsum. dtype='auto' (`resolve`) is bfloat16 where this machine
 multiplies bf16 at least BF16_GAIN times as fast as f32 (its measured matmul peaks, measured once

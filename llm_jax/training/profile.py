@@ -6,10 +6,10 @@
 writes a trace that TensorBoard's profile plugin (`tensorboard --logdir=/tmp/prof`) and Perfetto
 (ui.perfetto.dev, open plugins/profile/*/perfetto_trace.json.gz) show, and prints the operations
 that took the most time per step, summed over the threads (devices) that ran them. The training
-loop traces the steps after its first logged interval (compilation is over by then). On a CPU, XLA records
-its operations only with XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true (`flags_for_tracing`
-adds it; it must be set before JAX starts). The Python tracer is off: it records every Python
-call, and the trace would hold nothing else.
+loop traces the steps after its first logged interval (compilation is over by then). On a CPU,
+XLA records its operations only with XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true
+(`flags_for_tracing` adds it; it must be set before JAX starts). The Python tracer is off: it
+records every Python call, and the trace would hold nothing else.
 """
 
 import collections
@@ -33,24 +33,33 @@ def flags_for_tracing(environ) -> str:
   return flags if CPU_TRACE_FLAG in flags else f"{flags} {CPU_TRACE_FLAG}".strip()
 
 
+def _start(log_dir: str) -> str:
+  log_dir = os.path.abspath(log_dir)  # (the profiler, as Orbax, wants it absolute)
+  options = jax.profiler.ProfileOptions()
+  options.python_tracer_level = 0
+  jax.profiler.start_trace(log_dir, create_perfetto_trace=True, profiler_options=options)
+  return log_dir
+
+
 def trace(fn, calls: int, log_dir: str, top: int = 15) -> dict:
   """Runs fn() `calls` times under the profiler into log_dir; returns {'dir', 'calls',
   'top_ops': [[name, ms per call], ...]}, the operations' names without their numeric suffix."""
-  log_dir = os.path.abspath(log_dir)
-  options = jax.profiler.ProfileOptions()
-  options.python_tracer_level = 0
-  with jax.profiler.trace(log_dir, create_perfetto_trace=True, profiler_options=options):
+  log_dir = _start(log_dir)
+  try:
     for _ in range(calls):
       jax.block_until_ready(fn())
+  finally:
+    jax.profiler.stop_trace()
+  return {"dir": log_dir, "calls": calls, "top_ops": top_ops(log_dir, calls, top)}
+
+
+def top_ops(log_dir: str, calls: int, top: int) -> list:
+  """The `top` operations by total duration in log_dir's newest Perfetto trace, in ms per call."""
   files = sorted(glob.glob(os.path.join(log_dir, "plugins/profile/*/perfetto_trace.json.gz")),
                  key=os.path.getmtime)
-  return {"dir": log_dir, "calls": calls,
-          "top_ops": top_ops(files[-1], calls, top) if files else []}
-
-
-def top_ops(perfetto_file: str, calls: int, top: int) -> list:
-  """The `top` operations by total duration in a Perfetto trace, in ms per call."""
-  with gzip.open(perfetto_file) as f:
+  if not files:
+    return []
+  with gzip.open(files[-1]) as f:
     events = json.load(f)
   events = events["traceEvents"] if isinstance(events, dict) else events
   total = collections.Counter()
@@ -71,22 +80,14 @@ class StepTracer:
 
   def before(self, step: int):
     if self.log_dir and step == self.first:
-      options = jax.profiler.ProfileOptions()
-      options.python_tracer_level = 0
-      self.log_dir = os.path.abspath(self.log_dir)
-      jax.profiler.start_trace(self.log_dir, create_perfetto_trace=True,
-                               profiler_options=options)
+      self.log_dir = _start(self.log_dir)
       self.on = True
 
   def after(self, steps_done: int, state, last: bool):
     if self.on and (steps_done == self.first + self.n or last):
       jax.block_until_ready(state)
       self.close()
-      files = sorted(glob.glob(os.path.join(self.log_dir,
-                                            "plugins/profile/*/perfetto_trace.json.gz")),
-                     key=os.path.getmtime)
-      n = steps_done - self.first
-      ops = top_ops(files[-1], n, 8) if files else []
+      ops = top_ops(self.log_dir, steps_done - self.first, 8)
       self.print(f"llm-jax: profile of steps {self.first}-{steps_done - 1} in {self.log_dir}; "
                  f"ms per step by operation: " + ", ".join(f"{name} {ms}" for name, ms in ops),
                  flush=True)
