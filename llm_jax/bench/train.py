@@ -28,7 +28,7 @@ from llm_jax import decoding
 from llm_jax.bench import peak
 from llm_jax.config import validate
 from llm_jax.errors import UserError
-from llm_jax.models import FAMILIES, build_model, flops_per_token, precision
+from llm_jax.models import FAMILIES, build_model, flops_per_token
 from llm_jax.models.flops import count_params
 from llm_jax.training import parallel, profile
 from llm_jax.training.losses import make_loss_fn
@@ -137,7 +137,7 @@ def run(config, steps: int = 20, warmup: int = 3, vocab_size: int = 65, decode_t
   tokens_per_step = A * B * T
   fpt = flops_per_token(m, n_params_flops)
   achieved = fpt * tokens_per_step / median_s
-  dtype = precision.resolve(m.dtype)  # 'auto' as the model resolved it
+  dtype = model.cfg.dtype  # 'auto' as the model resolved it
   peak_gflops = peaks[dtype]
   sheet = peaks["datasheet_tflops"]
   return {

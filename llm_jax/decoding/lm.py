@@ -52,10 +52,10 @@ def _window_logits(model, params, seq_BN, n, block_size):
   return jax.lax.dynamic_index_in_dim(logits_BLV, n - 1 - start, axis=1, keepdims=False)
 
 
-def _buffer(prompt_BP, max_new_tokens, block_size):
+def _buffer(prompt_BP, length: int):
+  """(B, length) int32 tokens: the prompt, then zeros where the new tokens will go."""
   B, P = prompt_BP.shape
-  seq = jnp.zeros((B, max(P + max_new_tokens, block_size)), jnp.int32)
-  return seq.at[:, :P].set(prompt_BP)
+  return jnp.zeros((B, length), jnp.int32).at[:, :P].set(prompt_BP)
 
 
 @partial(jax.jit, static_argnums=(0,), static_argnames=(
@@ -72,7 +72,7 @@ def generate_uncached(model, params, prompt_BP, rng, *, max_new_tokens, block_si
     tok_B = sample(logits_BV, jax.random.fold_in(rng, i))
     return jax.lax.dynamic_update_slice_in_dim(seq, tok_B[:, None], n, axis=1), None
 
-  seq, _ = jax.lax.scan(step, _buffer(prompt_BP, max_new_tokens, block_size),
+  seq, _ = jax.lax.scan(step, _buffer(prompt_BP, max(P + max_new_tokens, block_size)),
                         jnp.arange(max_new_tokens))
   return seq[:, :P + max_new_tokens]
 
@@ -116,7 +116,7 @@ def _generate(model, params, prompt_BP, rng, n_new, *, buffer_len, block_size, t
                                   mutable=["cache"])
     return logits_BTV[:, -1], out.get("cache", {})
 
-  seq = jnp.zeros((B, buffer_len), jnp.int32).at[:, :P].set(prompt_BP)
+  seq = _buffer(prompt_BP, buffer_len)
   cache = init_cache(model, B, L)
   if P <= L:  # prefill the prompt into the cache in one pass
     logits_BV, cache = cached(prompt_BP, cache)

@@ -219,8 +219,7 @@ class MeshPlacement:
     """A global host batch (the same on every process) -> global arrays split over (data, fsdp)
     along its batch axis; each process transfers only the rows its devices hold."""
     s = sharding.batch_sharding(self.mesh, self.batch_axis)
-    return {k: jax.make_array_from_callback(v.shape, s, lambda i, v=v: v[i])
-            for k, v in batch.items()}
+    return self.put(batch, {k: s for k in batch})
 
   def local(self, tree):
     """A replicated result (metrics, a norm) -> numpy, read from this process's first shard,
