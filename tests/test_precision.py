@@ -2,6 +2,7 @@
 models/dropout.py (masks from 8/16/32-bit random integers)."""
 
 import json
+import re
 
 import flax.linen as nn
 import jax
@@ -13,9 +14,13 @@ from conftest import tiny_config
 from llm_jax.bench import peak
 from llm_jax.config import validate
 from llm_jax.errors import UserError
-from llm_jax.models import precision
+from llm_jax.models import build_model, precision
 from llm_jax.models.dropout import Dropout, random_uints
+from llm_jax.training import parallel
+from llm_jax.training.losses import make_loss_fn
 from llm_jax.training.loop import train_and_evaluate
+from llm_jax.training.optimizer import make_optimizer
+from llm_jax.training.steps import init_state, make_evaluate, make_train_step
 
 bf16 = jnp.bfloat16
 rounded = lambda x: x.astype(bf16).astype(jnp.float32)  # what the bf16 matmuls multiply
@@ -67,6 +72,40 @@ def test_bf16_gpt_trains_as_the_f32_one(toy_corpus, tmp_path):
   first = json.loads((tmp_path / "bfloat16" / "metrics.jsonl").read_text().splitlines()[0])
   assert runs["bfloat16"]["val_loss"] < 0.6 * first["val_loss"]
   assert abs(runs["bfloat16"]["val_loss"] - runs["float32"]["val_loss"]) < 0.05, runs
+
+
+def dot_operand_types(hlo: str) -> dict:
+  """{op_name of each dot in compiled HLO text: its two operands' element types}."""
+  types = dict(re.findall(r"%([\w.\-]+) = (\w+)\[", hlo))
+  dots = re.findall(r" dot\(%([\w.\-]+), %([\w.\-]+)\)[^\n]*?op_name=\"([^\"]+)\"", hlo)
+  return {op: (types[a], types[b]) for a, b, op in dots}
+
+
+@pytest.mark.parametrize("mesh", [{"data": 8}, {"data": 2, "fsdp": 2, "tensor": 2}])
+def test_the_backward_matmuls_of_a_bf16_step_multiply_as_the_forward_ones(toy_corpus, mesh):
+  # XLA's CPU backend upcasts a bf16 dot to float32 where its operands' layout is not one its
+  # fast kernels take: the weights' gradients x^T g did so (a quarter of the step's matmuls at
+  # a fifth of the speed) until precision.py wrote x^T out. A machine without bf16 kernels may
+  # upcast them all: the test asks that every matmul of the blocks multiplies alike
+  c = tiny_config(toy_corpus)
+  c.parallel = "auto"
+  c.mesh.update(mesh)
+  c.model.update(dtype="bfloat16", n_head=4)
+  model, tx = build_model(c.model, 64), make_optimizer(c.train)
+  place = parallel.placement(c, model, tx)
+  state = place.create_state(lambda: init_state(model, c.model, tx, jax.random.key(0)))
+  loss_fn = make_loss_fn(model)
+  step, _ = place.steps(make_train_step(loss_fn, tx, place.axis_name),
+                        make_evaluate(loss_fn, place.axis_name), jax.random.key(1))
+  tokens = np.zeros((1, c.train.batch_size, c.model.block_size), np.int32)
+  batch = place.put_batch({"inputs": tokens, "targets": tokens})
+  hlo = step.lower(state, batch).compile().as_text()
+  blocks = {op: t for op, t in dot_operand_types(hlo).items() if "_sublayer" in op}
+  backward = [op for op in blocks if "transpose(" in op]
+  # per layer: 4 projections and 2 attention products forward, twice that backward
+  assert len(blocks) >= 3 * 6 and len(backward) >= 2 * 6, sorted(blocks)
+  assert len(set(blocks.values())) == 1, {t: [op for op in blocks if blocks[op] == t][:3]
+                                          for t in set(blocks.values())}
 
 
 @pytest.fixture

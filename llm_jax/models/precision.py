@@ -100,10 +100,14 @@ def _matmul_fwd(x_NK, w_KM):
 def _matmul_bwd(res, g_NM):
   x_NK, w_KM = res
   g_NM = g_NM.astype(x_NK.dtype)
-  # the weight's gradient x^T g contracts both operands' rows: XLA's CPU backend sends that dot
-  # to its generic kernel, which has no bf16 x bf16 -> f32. x^T written out (a barrier keeps the
-  # transpose from being folded back into the dot) makes it a plain row-major matmul
-  x_KN = jax.lax.optimization_barrier(x_NK.T)
+  # the weight's gradient x^T g contracts both operands' rows. XLA's CPU backend has fast bf16
+  # kernels for row-major (K, N) x (N, M) only: x^T.g as written, or x.T as a transpose that
+  # XLA may make a mere change of layout, is upcast to a float32 matmul. x^T is therefore
+  # written out row-major: a 3-D transpose behind a barrier, whose reshape to 2-D is the copy
+  # (a layout constraint would do it too, but it loses the batch axis's sharding on a mesh)
+  n, k = x_NK.shape
+  x_KN1 = jax.lax.optimization_barrier(x_NK.reshape(n, k, 1).transpose(1, 0, 2))
+  x_KN = x_KN1.reshape(k, n)
   return (_einsum("nm,km->nk", g_NM, w_KM).astype(x_NK.dtype),
           _einsum("kn,nm->km", x_KN, g_NM).astype(w_KM.dtype))
 
