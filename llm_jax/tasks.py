@@ -12,6 +12,7 @@ split). `build_task(config)` builds the task of config.model's kind.
 """
 
 import math
+import os
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -135,9 +136,13 @@ def lm_generate(config, tokenizer, model, params, prompt, *, max_new_tokens, tem
     raise UserError(f"--prompt={prompt!r} encodes to no tokens with this run's tokenizer (it drops "
                     f"such text): give a prompt with words in it")
   prompt_BP = jnp.asarray(np.tile(prompt_ids, (num_samples, 1)))
+  # with JAX's persistent compilation cache on (the CLI's default) the decode program is kept
+  # there too, exported: a later `llm-jax generate` of the same shapes does not trace the model
+  xla_cache = jax.config.jax_compilation_cache_dir
   out_BN = decoding.generate(model, params, prompt_BP, jax.random.key(seed),
                              max_new_tokens=max_new_tokens, block_size=config.model.block_size,
-                             temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
+                             temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
+                             program_dir=xla_cache and os.path.join(xla_cache, "llm_jax_decode"))
   return [tokenizer.decode(row[len(prompt_ids):]) for row in np.asarray(out_BN)]
 
 

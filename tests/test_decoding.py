@@ -137,6 +137,32 @@ def test_the_same_seed_gives_the_same_sample_and_seeds_differ():
   assert not np.array_equal(a, decoding.generate(m, params, prompt, jax.random.key(8), **kw))
 
 
+def test_an_exported_program_gives_the_same_tokens_without_tracing_the_model(tmp_path):
+  m, params = make()
+  prompt = jnp.asarray([[1, 2, 3]], jnp.int32)
+  gen = lambda n, seed=3: decoding.generate(m, params, prompt, jax.random.key(seed),
+                                            max_new_tokens=n, block_size=L, temperature=1.0,
+                                            program_dir=str(tmp_path))
+  plain = decoding.generate(m, params, prompt, jax.random.key(3), max_new_tokens=12,
+                            block_size=L, temperature=1.0)
+  first = gen(12)  # traces and exports the program
+  np.testing.assert_array_equal(first, plain)
+  assert len(list(tmp_path.glob("*.jaxexport"))) == 1
+  decoding.lm._generate.clear_cache()  # as a new process
+  again, shorter, other_seed = gen(12), gen(10), gen(12, seed=4)  # one buffer: the saved program
+  assert decoding.lm._generate._cache_size() == 0  # the model was not traced
+  np.testing.assert_array_equal(again, plain)
+  np.testing.assert_array_equal(shorter, plain[:, :13])
+  assert not np.array_equal(other_seed, plain)
+  # a damaged file is exported anew, and another model does not read this one's program
+  next(tmp_path.glob("*.jaxexport")).write_bytes(b"not a program")
+  np.testing.assert_array_equal(gen(12), plain)
+  m2, params2 = make(n_layer=1)
+  decoding.generate(m2, params2, prompt, jax.random.key(3), max_new_tokens=12, block_size=L,
+                    program_dir=str(tmp_path))
+  assert len(list(tmp_path.glob("*.jaxexport"))) == 2
+
+
 def test_lengths_in_one_buffer_share_one_program_and_each_is_a_prefix_of_the_longer():
   m, params = make()
   prompt = jnp.zeros((2, 1), jnp.int32)

@@ -14,6 +14,8 @@ token is computed by a full forward pass over the last block_size tokens. `gener
 always does that full pass: the reference the cached path is tested against.
 """
 
+import hashlib
+import os
 from functools import partial
 
 import jax
@@ -92,22 +94,55 @@ def buffer_length(prompt_len: int, max_new_tokens: int, block_size: int) -> int:
 
 
 def generate(model, params, prompt_BP, rng, *, max_new_tokens, block_size, temperature=1.0,
-             top_k=0, top_p=1.0, greedy=False):
+             top_k=0, top_p=1.0, greedy=False, program_dir=None):
   """(B, P) prompt -> (B, P + max_new_tokens) numpy tokens, with a KV cache while the sequence
   fits block_size. max_new_tokens is a value of the program, not its shape: one program (per
-  buffer_length) serves every length."""
+  buffer_length) serves every length. With program_dir the program is also kept there, exported
+  (`exported_program`), and a later process runs it without tracing the model again."""
   P = prompt_BP.shape[1]
-  seq = _generate(model, params, prompt_BP, rng, jnp.int32(max_new_tokens),
-                  buffer_len=buffer_length(P, max_new_tokens, block_size), block_size=block_size,
-                  temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
+  static = dict(buffer_len=buffer_length(P, max_new_tokens, block_size), block_size=block_size,
+                temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
+                key_impl=str(jax.random.key_impl(rng)))
+  args = (params, jnp.asarray(prompt_BP, jnp.int32), jax.random.key_data(rng),
+          jnp.int32(max_new_tokens))
+  fn = partial(_generate, model, **static)
+  if program_dir:
+    fn = exported_program(fn, args, program_dir, key=(repr(model), sorted(static.items())))
+  seq = fn(*args)
   return np.asarray(seq)[:, :P + max_new_tokens]  # on the host: no program per length
 
 
+def exported_program(fn, args, directory: str, key):
+  """fn (jittable) as a jax.export program for args' shapes, kept in `directory` under a digest
+  of `key` (what fn is besides its arguments), the arguments' shapes and dtypes, the JAX version
+  and the devices. The first call exports and saves it; a later process loads it instead of
+  tracing fn (for a flax model, most of a short decode's time). An unreadable file is exported
+  anew."""
+  leaves, tree = jax.tree.flatten(args)
+  device = jax.devices()[0]
+  ident = repr((key, str(tree), [(x.shape, str(x.dtype)) for x in leaves], jax.__version__,
+                device.platform, device.device_kind))
+  path = os.path.join(directory, hashlib.sha256(ident.encode()).hexdigest()[:32] + ".jaxexport")
+  try:
+    with open(path, "rb") as f:
+      return jax.export.deserialize(bytearray(f.read())).call
+  except Exception:  # noqa: BLE001 -- missing, or damaged (in many ways): export it anew
+    pass
+  exported = jax.export.export(jax.jit(fn))(*args)
+  os.makedirs(directory, exist_ok=True)
+  tmp = f"{path}.{os.getpid()}.tmp"
+  with open(tmp, "wb") as f:
+    f.write(exported.serialize())
+  os.replace(tmp, path)  # whole or not at all, with other processes writing the same program
+  return exported.call
+
+
 @partial(jax.jit, static_argnums=(0,), static_argnames=(
-    "buffer_len", "block_size", "temperature", "top_k", "top_p", "greedy"))
-def _generate(model, params, prompt_BP, rng, n_new, *, buffer_len, block_size, temperature,
-              top_k, top_p, greedy):
+    "buffer_len", "block_size", "temperature", "top_k", "top_p", "greedy", "key_impl"))
+def _generate(model, params, prompt_BP, rng_data, n_new, *, buffer_len, block_size, temperature,
+              top_k, top_p, greedy, key_impl):
   B, P = prompt_BP.shape
+  rng = jax.random.wrap_key_data(rng_data, impl=key_impl)  # the key as raw data: exportable
   L = block_size
   sample = partial(sample_next, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
 
