@@ -104,10 +104,13 @@ def _matmul_bwd(res, g_NM):
   # kernels for row-major (K, N) x (N, M) only: x^T.g as written, or x.T as a transpose that
   # XLA may make a mere change of layout, is upcast to a float32 matmul. x^T is therefore
   # written out row-major: a 3-D transpose behind a barrier, whose reshape to 2-D is the copy
-  # (a layout constraint would do it too, but it loses the batch axis's sharding on a mesh)
+  # (a layout constraint would do it too, but it loses the batch axis's sharding on a mesh).
+  # A GPU's matmuls read either layout: there x^T stays a transpose for XLA to fold
   n, k = x_NK.shape
-  x_KN1 = jax.lax.optimization_barrier(x_NK.reshape(n, k, 1).transpose(1, 0, 2))
-  x_KN = x_KN1.reshape(k, n)
+  if jax.default_backend() == "cpu":
+    x_KN = jax.lax.optimization_barrier(x_NK.reshape(n, k, 1).transpose(1, 0, 2)).reshape(k, n)
+  else:
+    x_KN = x_NK.T
   return (_einsum("nm,km->nk", g_NM, w_KM).astype(x_NK.dtype),
           _einsum("kn,nm->km", x_KN, g_NM).astype(w_KM.dtype))
 
