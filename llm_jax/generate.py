@@ -39,10 +39,10 @@ def load_run(workdir: str, step: int | None = None):
     raise UserError(f"--step={step} was not saved in {workdir}: saved steps are "
                     f"{', '.join(map(str, steps))}")
   model = build_model(config.model, tokenizer.vocab_size)
+  shapes = jax.eval_shape(lambda: init_params(model, config.model, jax.random.key(0)))
   # the step and the parameters alone: a partial restore, which needs no optimizer state
   like = {"step": np.zeros((), np.int32),
-          "params": jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), _param_shapes(
-              manager, steps[-1] if step is None else step, model, config.model))}
+          "params": jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)}
   try:
     if step is None:  # the latest that restores: a damaged newest one is named and skipped
       restored, _ = checkpoint.restore_latest_good(manager, like, move_bad=False)
@@ -57,17 +57,6 @@ def load_run(workdir: str, step: int | None = None):
   finally:
     manager.close()
   return config, tokenizer, model, restored["params"], int(restored["step"])
-
-
-def _param_shapes(manager, step: int, model, model_config):
-  """The parameters' shapes and dtypes: from the checkpoint's metadata, which the run's own
-  config made (no tracing of the model's init, a noticeable part of a short `llm-jax generate`),
-  else (unreadable metadata) from the model."""
-  try:
-    on_disk = manager.item_metadata(step)["state"]["params"]
-    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), on_disk)
-  except Exception:  # noqa: BLE001 -- a damaged checkpoint: restore_latest_good names it
-    return jax.eval_shape(lambda: init_params(model, model_config, jax.random.key(0)))
 
 
 def check_sampling(max_new_tokens, temperature, top_k, top_p, num_samples, vocab_size):
