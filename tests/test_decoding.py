@@ -137,7 +137,8 @@ def test_the_same_seed_gives_the_same_sample_and_seeds_differ():
   assert not np.array_equal(a, decoding.generate(m, params, prompt, jax.random.key(8), **kw))
 
 
-def test_an_exported_program_gives_the_same_tokens_without_tracing_the_model(tmp_path):
+def test_an_exported_program_gives_the_same_tokens_without_tracing_the_model(tmp_path,
+                                                                          monkeypatch):
   m, params = make()
   prompt = jnp.asarray([[1, 2, 3]], jnp.int32)
   gen = lambda n, seed=3: decoding.generate(m, params, prompt, jax.random.key(seed),
@@ -161,6 +162,10 @@ def test_an_exported_program_gives_the_same_tokens_without_tracing_the_model(tmp
   decoding.generate(m2, params2, prompt, jax.random.key(3), max_new_tokens=12, block_size=L,
                     program_dir=str(tmp_path))
   assert len(list(tmp_path.glob("*.jaxexport"))) == 2
+  # nor does other code: the key holds a digest of models/ and decoding/
+  monkeypatch.setattr(decoding.lm, "code_digest", lambda: "other code")
+  np.testing.assert_array_equal(gen(12), plain)
+  assert len(list(tmp_path.glob("*.jaxexport"))) == 3
 
 
 def test_lengths_in_one_buffer_share_one_program_and_each_is_a_prefix_of_the_longer():

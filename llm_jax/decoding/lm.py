@@ -107,7 +107,8 @@ def generate(model, params, prompt_BP, rng, *, max_new_tokens, block_size, tempe
           jnp.int32(max_new_tokens))
   fn = partial(_generate, model, **static)
   if program_dir:
-    fn = exported_program(fn, args, program_dir, key=(repr(model), sorted(static.items())))
+    fn = exported_program(fn, args, program_dir,
+                          key=(repr(model), sorted(static.items()), code_digest()))
   seq = fn(*args)
   return np.asarray(seq)[:, :P + max_new_tokens]  # on the host: no program per length
 
@@ -117,7 +118,7 @@ def exported_program(fn, args, directory: str, key):
   of `key` (what fn is besides its arguments), the arguments' shapes and dtypes, the JAX version
   and the devices. The first call exports and saves it; a later process loads it instead of
   tracing fn (for a flax model, most of a short decode's time). An unreadable file is exported
-  anew."""
+  anew; a folder that cannot be written keeps nothing."""
   leaves, tree = jax.tree.flatten(args)
   device = jax.devices()[0]
   ident = repr((key, str(tree), [(x.shape, str(x.dtype)) for x in leaves], jax.__version__,
@@ -129,12 +130,27 @@ def exported_program(fn, args, directory: str, key):
   except Exception:  # noqa: BLE001 -- missing, or damaged (in many ways): export it anew
     pass
   exported = jax.export.export(jax.jit(fn))(*args)
-  os.makedirs(directory, exist_ok=True)
-  tmp = f"{path}.{os.getpid()}.tmp"
-  with open(tmp, "wb") as f:
-    f.write(exported.serialize())
-  os.replace(tmp, path)  # whole or not at all, with other processes writing the same program
+  try:
+    os.makedirs(directory, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+      f.write(exported.serialize())
+    os.replace(tmp, path)  # whole or not at all, with other processes writing the same program
+  except OSError:  # a cache that cannot be written costs the next process a trace, nothing more
+    pass
   return exported.call
+
+
+def code_digest() -> str:
+  """A digest of the code a decode program is made of (the packages models/ and decoding/), so
+  that an exported program of other code is never reused."""
+  root, h = os.path.dirname(os.path.dirname(os.path.abspath(__file__))), hashlib.sha256()
+  for package in ("models", "decoding"):
+    folder = os.path.join(root, package)
+    for name in sorted(n for n in os.listdir(folder) if n.endswith(".py")):
+      with open(os.path.join(folder, name), "rb") as f:
+        h.update(f"{package}/{name}".encode() + f.read())
+  return h.hexdigest()
 
 
 @partial(jax.jit, static_argnums=(0,), static_argnames=(
