@@ -156,8 +156,10 @@ def test_an_exported_program_gives_the_same_tokens_without_tracing_the_model(tmp
   np.testing.assert_array_equal(shorter, plain[:, :13])
   assert not np.array_equal(other_seed, plain)
   # a damaged file is exported anew, and another model does not read this one's program
-  next(tmp_path.glob("*.jaxexport")).write_bytes(b"not a program")
+  saved = next(tmp_path.glob("*.jaxexport"))
+  saved.write_bytes(b"not a program")
   np.testing.assert_array_equal(gen(12), plain)
+  assert saved.read_bytes() != b"not a program"
   m2, params2 = make(n_layer=1)
   decoding.generate(m2, params2, prompt, jax.random.key(3), max_new_tokens=12, block_size=L,
                     program_dir=str(tmp_path))

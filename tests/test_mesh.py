@@ -17,7 +17,7 @@ from test_parallel import assert_close, read_metrics
 from test_seq2seq import s2s_config
 
 STEPS = 60
-MESHES = {"data8": {}, "fsdp8": {"data": 1, "fsdp": 8},
+MESHES = {"fsdp8": {"data": 1, "fsdp": 8},
           "data2_fsdp2_tensor2": {"data": 2, "fsdp": 2, "tensor": 2},
           "tensor4_data2": {"data": 2, "tensor": 4}}
 
@@ -66,8 +66,7 @@ def test_every_mesh_gives_the_losses_of_one_device(family, corpus, tmp_path):
   # the GPT on the meshes of FSDP and of tensor parallelism (data=8 alone: the resume test below
   # ends there), the transformer's own rules (cross-attention, the two stacks) on the meshes that
   # use every axis
-  names = (["fsdp8", "data2_fsdp2_tensor2", "tensor4_data2"] if family == "gpt" else
-           ["data2_fsdp2_tensor2", "tensor4_data2"])
+  names = list(MESHES) if family == "gpt" else ["data2_fsdp2_tensor2", "tensor4_data2"]
   for name in names:
     mesh = MESHES[name]
     mesh_train, mesh_eval = train(c, tmp_path / name, **mesh)
