@@ -58,6 +58,23 @@ def test_tensorboard_events_hold_the_metrics_and_a_sample(run):
   assert sample.startswith("```\n") and len(sample.strip("`\n")) > 0
 
 
+def test_the_event_writer_leaves_torch_unimported_and_importable(tmp_path):
+  """tensorboardX imports torch where it is installed, about a second of every run's start."""
+  import importlib.util
+  import subprocess
+  import sys
+  if importlib.util.find_spec("torch") is None:
+    pytest.skip("torch is not installed here: there is nothing to leave out")
+  code = ("import sys; from llm_jax.training import events; assert 'torch' not in sys.modules; "
+          f"w = events.EventWriter({str(tmp_path)!r}, 0); w.train({{'step': 1, 'loss': 2.5}}); "
+          "w.close(); import torch; torch.zeros(1)")
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+  assert r.returncode == 0, r.stderr
+  acc = event_accumulator.EventAccumulator(str(tmp_path))
+  acc.Reload()
+  assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [(1, 2.5)]
+
+
 def test_start_and_end_summary_lines(run):
   workdir, summary, out = run
   lines = out.splitlines()

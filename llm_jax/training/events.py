@@ -9,8 +9,26 @@ its last checkpoint, as metrics.jsonl does.
 """
 
 import logging
+import sys
 
-from tensorboardX import SummaryWriter
+
+def _import_summary_writer():
+  """tensorboardX's SummaryWriter, imported with torch hidden unless torch is loaded already:
+  where torch is installed, tensorboardX imports it at once only to accept torch tensors (this
+  module passes numbers and strings), about a second of every run's start (experiments/perf).
+  Its functions that need torch import it themselves when called."""
+  if "torch" in sys.modules:
+    from tensorboardX import SummaryWriter
+    return SummaryWriter
+  sys.modules["torch"] = None  # `import torch` raises ImportError meanwhile
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    del sys.modules["torch"]
+  return SummaryWriter
+
+
+SummaryWriter = _import_summary_writer()
 
 # a NaN loss is reported by the run itself (guards.py): no warning per scalar
 logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
