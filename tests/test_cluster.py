@@ -60,18 +60,20 @@ def test_a_job_stopped_by_sigterm_is_requeued_and_ends_as_an_uninterrupted_run(t
   controller = int(jobs[0].job_id)
   task, = map(int, open(f"/proc/{controller}/task/{controller}/children").read().split())
   os.kill(task, signal.SIGSTOP)
-  with open(metrics) as f:
-    logged = [json.loads(line)["step"] for line in f if '"loss"' in line and line[-1] == "\n"]
-  assert max(logged) < steps - 1, logged  # so that the stop falls before the last step
-  assert states(d)["base/seed0"][0] == "running"
-  report.write_report(spec.load_experiment(d))  # the report, while it runs
-  with open(os.path.join(d, "results.csv")) as f:
-    assert next(csv.DictReader(f))["status"] == "partial"
-  # as SLURM signals a job's processes: the local controller passes SIGTERM on to its task,
-  # where it waits until the task goes on
-  os.kill(controller, signal.SIGTERM)
-  wait_until(lambda: _pending(task, signal.SIGTERM))
-  os.kill(task, signal.SIGCONT)
+  try:
+    with open(metrics) as f:
+      logged = [json.loads(line)["step"] for line in f if '"loss"' in line and line[-1] == "\n"]
+    assert max(logged) < steps - 1, logged  # so that the stop falls before the last step
+    assert states(d)["base/seed0"][0] == "running"
+    report.write_report(spec.load_experiment(d))  # the report, while it runs
+    with open(os.path.join(d, "results.csv")) as f:
+      assert next(csv.DictReader(f))["status"] == "partial"
+    # as SLURM signals a job's processes: the local controller passes SIGTERM on to its task,
+    # where it waits until the task goes on
+    os.kill(controller, signal.SIGTERM)
+    wait_until(lambda: _pending(task, signal.SIGTERM))
+  finally:
+    os.kill(task, signal.SIGCONT)
   assert jobs[0].result()["step"] == steps
   for job in jobs:
     job.wait()
