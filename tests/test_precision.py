@@ -126,6 +126,7 @@ def measured(monkeypatch, tmp_path):
 def test_auto_measures_once_keeps_the_peaks_and_chooses_bf16_only_where_it_is_1_5x_as_fast(
     measured, monkeypatch):
   measure, calls = measured
+  measure.bf16 = 174.0  # 1.74x, as a Zen 4 in a process of two devices: bf16 steps 1.6x as fast
   assert precision.resolve("auto") == "bfloat16"
   table = json.loads(peak.cache_file().read_text())
   assert list(table) == [peak.machine()] and len(calls) == 1

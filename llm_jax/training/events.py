@@ -17,14 +17,14 @@ def _import_summary_writer():
   where torch is installed, tensorboardX imports it at once only to accept torch tensors (this
   module passes numbers and strings), about a second of every run's start (experiments/perf).
   Its functions that need torch import it themselves when called."""
-  if "torch" in sys.modules:
-    from tensorboardX import SummaryWriter
-    return SummaryWriter
-  sys.modules["torch"] = None  # `import torch` raises ImportError meanwhile
+  hide = "torch" not in sys.modules
+  if hide:
+    sys.modules["torch"] = None  # `import torch` raises ImportError meanwhile
   try:
     from tensorboardX import SummaryWriter
   finally:
-    del sys.modules["torch"]
+    if hide:
+      del sys.modules["torch"]
   return SummaryWriter
 
 
