@@ -49,6 +49,17 @@ def test_cached_logits_equal_the_full_forward(variant):
   np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("variant", VARIANTS, ids=ids)
+def test_the_last_positions_logits_alone_equal_the_full_forwards_last(variant):
+  """last_only (the step past the window): the last Block's queries and FFN see one position."""
+  m, params = make(**variant)
+  idx = jax.random.randint(jax.random.key(5), (2, L), 0, V)
+  full = m.apply({"params": params}, idx)
+  last = m.apply({"params": params}, idx, last_only=True)
+  assert last.shape == (2, 1, V)
+  np.testing.assert_allclose(last, full[:, -1:], atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("variant,prompt_len", [
     (dict(norm="pre", pos="learned"), 1), (dict(norm="post", pos="sinusoidal"), L + 3),
     (dict(norm="pre", pos="learned", scan_layers=True), L + 3), (dict(name="bigram"), 5),

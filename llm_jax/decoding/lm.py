@@ -10,8 +10,9 @@ block_size is conditioned on its last block_size tokens, at positions 0..block_s
 `generate` keeps keys and values in a KV cache (the linen 'cache' collection) while the sequence
 fits in block_size, so each new token costs one position's work. Past block_size the positions of
 every kept token shift by one at each step, so, to give exactly nanoGPT's result, each further
-token is computed by a full forward pass over the last block_size tokens. `generate_uncached`
-always does that full pass: the reference the cached path is tested against.
+token is computed by a full forward pass over the last block_size tokens, of which only the
+last position's output is needed (`last_only`). `generate_uncached` always does the whole full
+pass: the reference the cached path is tested against.
 """
 
 import hashlib
@@ -52,6 +53,14 @@ def _window_logits(model, params, seq_BN, n, block_size):
   logits_BLV = model.apply({"params": params}, window_BL)
   # causal: positions after n - 1 - start (zeros not yet generated) do not affect this one
   return jax.lax.dynamic_index_in_dim(logits_BLV, n - 1 - start, axis=1, keepdims=False)
+
+
+def _past_window_logits(model, params, seq_BN, n, block_size):
+  """The same as _window_logits for n >= block_size, where the token after seq[:, :n] is the
+  window's last: only that position's logits are computed (the last layer's queries and FFN and
+  the head see it alone), the cheapest exact full forward."""
+  window_BL = jax.lax.dynamic_slice_in_dim(seq_BN, n - block_size, block_size, axis=1)
+  return model.apply({"params": params}, window_BL, last_only=True)[:, 0]
 
 
 def _buffer(prompt_BP, length: int):
@@ -172,7 +181,7 @@ def _generate(model, params, prompt_BP, rng_data, n_new, *, buffer_len, block_si
   if P <= L:  # prefill the prompt into the cache in one pass
     logits_BV, cache = cached(prompt_BP, cache)
   else:
-    logits_BV = _window_logits(model, params, seq, P, L)
+    logits_BV = _past_window_logits(model, params, seq, P, L)
 
   def draw(seq, logits_BV, i):
     tok_B = sample(logits_BV, jax.random.fold_in(rng, i))
@@ -187,7 +196,7 @@ def _generate(model, params, prompt_BP, rng_data, n_new, *, buffer_len, block_si
   def window_step(i, carry):  # past block_size: a full forward over the last block_size tokens
     seq, logits_BV = carry
     tok_B, seq = draw(seq, logits_BV, i)
-    return seq, _window_logits(model, params, seq, P + i + 1, L)
+    return seq, _past_window_logits(model, params, seq, P + i + 1, L)
 
   n_cached = jnp.clip(L - P, 0, n_new)  # steps whose new token fits in the cache
   seq, logits_BV, _ = jax.lax.fori_loop(0, n_cached, cached_step, (seq, logits_BV, cache))

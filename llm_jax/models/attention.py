@@ -64,8 +64,10 @@ class MultiHeadAttention(nn.Module):
   out_init_std: float
 
   @nn.compact
-  def __call__(self, x_BTC, mask, train: bool, memory_BSC=None, decode: bool = False):
-    """Self-attention over x_BTC, or (memory_BSC given) cross-attention from x_BTC to it."""
+  def __call__(self, x_BTC, mask, train: bool, memory_BSC=None, decode: bool = False,
+               last_query: bool = False):
+    """Self-attention over x_BTC, or (memory_BSC given) cross-attention from x_BTC to it.
+    last_query: the last position's query alone attends (over every key): (B, 1, C) out."""
     cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
     B, T, C = x_BTC.shape
     H, K = cfg.n_head, cfg.n_kv_head
@@ -106,6 +108,9 @@ class MultiHeadAttention(nn.Module):
       k_BSKD = rope(k_BSKD, positions_T, cfg.rope_theta)
     if decode:
       k_BSKD, v_BSKD, mask = self._update_cache(k_BSKD, v_BSKD, index)
+    if last_query:
+      q_BTHD, T = q_BTHD[:, -1:], 1
+      mask = None if mask is None else mask[..., -1:, :]
 
     # jax.nn.dot_product_attention has no dropout on the weights: with dropout while training the
     # einsum path runs whatever was asked

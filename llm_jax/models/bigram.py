@@ -10,8 +10,10 @@ class Bigram(nn.Module):
   cfg: ModelConfig  # only vocab_size matters
 
   @nn.compact
-  def __call__(self, idx_BT, train: bool = False, decode: bool = False):
+  def __call__(self, idx_BT, train: bool = False, decode: bool = False, last_only: bool = False):
     del train, decode  # no dropout; no context, so decoding needs no cache
+    if last_only:  # the last position's logits alone (B, 1, V)
+      idx_BT = idx_BT[:, -1:]
     V = self.cfg.vocab_size
     # a row per token: its logits, which is its embedding (of width V)
     table = nn.Embed(V, V, embedding_init=param_init(nn.initializers.normal(0.02), "vocab",

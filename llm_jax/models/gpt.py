@@ -38,10 +38,13 @@ class GPT(nn.Module):
       self.head = nn.Dense(cfg.vocab_size, use_bias=False,
                            kernel_init=param_init(nn.initializers.normal(0.02), "embed", "vocab"))
 
-  def __call__(self, idx_BT, train: bool = False, decode: bool = False):
+  def __call__(self, idx_BT, train: bool = False, decode: bool = False, last_only: bool = False):
+    """(B, T, V) logits; with last_only (B, 1, V), the last position's alone: the one a decoding
+    step samples from. Then the last Block's queries, FFN and the head see that position only."""
     # decoding: the attention builds the causal mask over its cache
     mask = None if decode else causal_mask(idx_BT.shape[1])  # (1, 1, T, T)
-    x_BTC = self.stack(idx_BT, mask, train, decode=decode).astype(jnp.float32)
+    x_BTC = self.stack(idx_BT, mask, train, decode=decode, last_only=last_only).astype(
+        jnp.float32)
     if self.cfg.tie_embeddings:
       return self.wte.attend(x_BTC)  # (B, T, V)
     return self.head(x_BTC)

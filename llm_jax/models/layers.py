@@ -112,16 +112,23 @@ class Block(nn.Module):
   out_init_std: float
   cross: bool = False
 
-  def _sublayer(self, x, f, name):
+  def _sublayer(self, x, f, name, last_only=False):
+    """last_only: f gives the last position alone, and so does the sub-layer."""
     ln = norm(self.cfg, f"ln_{name}")
+    residual = x[:, -1:] if last_only else x
     if self.cfg.norm == "pre":
-      return x + f(ln(x))
-    return ln(x + f(x))
+      return residual + f(ln(x))
+    return ln(residual + f(x))
 
   @nn.compact
-  def __call__(self, x_BTC, mask, train: bool, memory_BSC=None, memory_mask=None, decode=False):
+  def __call__(self, x_BTC, mask, train: bool, memory_BSC=None, memory_mask=None, decode=False,
+               last_only=False):
+    """(B, T, C) -> (B, T, C); with last_only (B, 1, C): the keys and values come from every
+    position, the queries (and what follows the attention) from the last one only."""
     attn = lambda name: MultiHeadAttention(self.cfg, self.out_init_std, name=name)
-    x_BTC = self._sublayer(x_BTC, lambda h: attn("attn")(h, mask, train, decode=decode), "attn")
+    x_BTC = self._sublayer(
+        x_BTC, lambda h: attn("attn")(h, mask, train, decode=decode, last_query=last_only),
+        "attn", last_only)
     if self.cross:
       x_BTC = self._sublayer(
           x_BTC, lambda h: attn("cross_attn")(h, memory_mask, train, memory_BSC=memory_BSC),
@@ -149,7 +156,8 @@ class Stack(nn.Module):
   norm -> (B, T, C): GPT's body, and each of the transformer's encoder and decoder (cross).
 
   With norm='post' every sub-layer already ends in a norm, so the final one is applied only
-  with norm='pre' (as GPT-2). With decode=True the positions continue from the cache's `index`
+  with norm='pre' (as GPT-2). With last_only the output is the last position's alone (B, 1, C),
+  and the last Block computes no more than that position needs. With decode=True the positions continue from the cache's `index`
   (the attention keeps the keys and values). With cfg.scan_layers the Blocks are one nn.scan: one
   block compiled once, parameters and KV cache stacked on a leading layer axis (params[block_name]
   instead of [f'{block_name}_0'] ... [f'{block_name}_{n_layer-1}']).
@@ -165,7 +173,7 @@ class Stack(nn.Module):
 
   @nn.compact
   def __call__(self, tokens_BT, mask, train: bool, memory_BSC=None, memory_mask=None,
-               decode: bool = False):
+               decode: bool = False, last_only: bool = False):
     cfg = self.cfg
     T = tokens_BT.shape[1]
     if decode:  # positions continue from what the cache already holds
@@ -190,10 +198,13 @@ class Stack(nn.Module):
                       length=cfg.n_layer, metadata_params={nn.PARTITION_NAME: "layers"})
       x_BTC, _ = stack(cfg, self.out_init_std, self.cross, train, decode, name=self.block_name)(
           x_BTC, mask, memory_BSC, memory_mask)
+      if last_only:  # the scanned blocks are one program: every position computed, one kept
+        x_BTC = x_BTC[:, -1:]
     else:
       for i in range(cfg.n_layer):
         x_BTC = Block(cfg, self.out_init_std, self.cross, name=f"{self.block_name}_{i}")(
-            x_BTC, mask, train, memory_BSC, memory_mask, decode=decode)
+            x_BTC, mask, train, memory_BSC, memory_mask, decode=decode,
+            last_only=last_only and i == cfg.n_layer - 1)
         x_BTC = constrain(x_BTC, STREAM)  # the stream stays split by examples between layers
     if cfg.norm == "pre":
       x_BTC = norm(cfg, "ln_f")(x_BTC)
