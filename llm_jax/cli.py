@@ -439,8 +439,8 @@ COMPILES = {"train", "generate", "evaluate", "bench"}
 HUGEPAGES = {"train", "evaluate", "bench"}
 
 # commands that write nothing: their objects are frozen out of the garbage collector when they
-# are done, which spares the interpreter's last collection (a few hundred thousand objects of
-# jax, flax and orbax) at exit. Memory goes back to the system with the process either way
+# are done, which spares the interpreter's last collection (over all that jax, flax and orbax
+# leave) at exit. Memory goes back to the system with the process either way
 READ_ONLY = {"generate", "evaluate"}
 
 

@@ -157,10 +157,11 @@ class Stack(nn.Module):
 
   With norm='post' every sub-layer already ends in a norm, so the final one is applied only
   with norm='pre' (as GPT-2). With last_only the output is the last position's alone (B, 1, C),
-  and the last Block computes no more than that position needs. With decode=True the positions continue from the cache's `index`
-  (the attention keeps the keys and values). With cfg.scan_layers the Blocks are one nn.scan: one
-  block compiled once, parameters and KV cache stacked on a leading layer axis (params[block_name]
-  instead of [f'{block_name}_0'] ... [f'{block_name}_{n_layer-1}']).
+  and the last Block computes no more than that position needs. With decode=True the positions
+  continue from the cache's `index` (the attention keeps the keys and values). With
+  cfg.scan_layers the Blocks are one nn.scan: one block compiled once, parameters and KV cache
+  stacked on a leading layer axis (params[block_name] instead of [f'{block_name}_0'] ...
+  [f'{block_name}_{n_layer-1}']).
   """
   cfg: ModelConfig
   embed: nn.Module  # the token embedding, owned by the model (it may be shared, or be the head)
