@@ -66,8 +66,9 @@ TaskPlugin=task/none
 MpiDefault=none
 ReturnToService=2
 SchedulerType=sched/backfill
-# a job that became eligible (a requeued one, after cred_expire) starts within a second or two
-SchedulerParameters=bf_interval=1
+# the scheduler looks at the queue every second: a requeued job, eligible again after
+# cred_expire, starts then (the main loop runs every 60 s by default, and on events only)
+SchedulerParameters=sched_interval=1
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU_Memory
 # a job that asks no memory gets this much per CPU, so that jobs share the node

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import sys
 import zlib
 
@@ -40,9 +41,11 @@ JOBS_FILE = "jobs.json"
 # time-limit requeues before a job gives up (preemptions do not count): each resumes where the
 # last one stopped, so a run longer than its time limit goes on over several jobs
 MAX_TIMEOUTS = 20
-# SLURM job states (sacct) of a job that waits to run, and of one that runs
+# SLURM job states (squeue's %T, sacct's State) of a job that waits to run, and of one that runs
+# (COMPLETING: its processes are ending, e.g. before a requeue); any other state (COMPLETED,
+# FAILED, CANCELLED, TIMEOUT, OUT_OF_MEMORY, ...) is a job that has ended
 SLURM_PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESIZING",
-                 "SUSPENDED", "UNKNOWN"}
+                 "SUSPENDED"}
 SLURM_RUNNING = {"RUNNING", "COMPLETING"}
 
 
@@ -72,7 +75,15 @@ class TrainRun(submitit.helpers.Checkpointable):
       if e.signum == signal.SIGINT or not callable(handler):  # not under submitit's job runner
         raise
       print(f"llm-jax sweep job: {e}; requeueing", file=sys.stderr, flush=True)
-      handler(preempt, None)  # submitit's: checkpoint(), requeue, exit (in task 0 alone)
+      try:
+        handler(preempt, None)  # submitit's: checkpoint(), requeue, exit (in task 0 alone)
+      except subprocess.CalledProcessError:  # `scontrol requeue` refused
+        # a job stopped by `scontrol requeue` (a person's, or a preemption that requeues) is
+        # pending again already ("Job is pending execution"), and it resumes all the same
+        if not _requeued_since_start(job.job_id):
+          raise  # the requeue failed: the job ends with this error
+        print("llm-jax sweep job: requeued already (scontrol requeue)", file=sys.stderr,
+              flush=True)
       sys.exit(0)  # another task: task 0's requeue ends every task
 
 
@@ -156,9 +167,60 @@ def _read(path) -> str:
     return ""
 
 
-def run_state(run, record) -> tuple[str, str]:
+def _scheduler(args: list) -> tuple[int, str]:
+  """(exit code, stdout + stderr) of a SLURM command; 127 where it is missing or hangs."""
+  try:
+    p = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+  except (OSError, subprocess.TimeoutExpired) as e:
+    return 127, str(e)
+  return p.returncode, p.stdout + p.stderr
+
+
+def _requeued_since_start(job_id: str) -> bool:
+  """Whether SLURM has requeued this job since this attempt of it started: its restart count
+  (scontrol's) is past the one this attempt started with (SLURM_RESTART_COUNT)."""
+  code, out = _scheduler(["scontrol", "show", "job", "-o", job_id])
+  restarts = re.search(r"\bRestarts=(\d+)", out)
+  return (code == 0 and restarts is not None
+          and int(restarts[1]) > int(os.environ.get("SLURM_RESTART_COUNT", "0")))
+
+
+def slurm_states(job_ids) -> dict:
+  """{job id: (state, reason)} of the SLURM jobs the scheduler knows (ids as submitit gives them,
+  '123' or an array's task '123_4'): squeue for jobs queued, running or lately ended (it forgets
+  a job MinJobAge after its end), then sacct for the rest, where a cluster keeps accounting (many
+  small ones do not, and sacct then knows nothing). A job neither knows is absent: it has ended,
+  and only its files tell how."""
+  job_ids = set(job_ids)
+  if not job_ids:
+    return {}
+  arrays = ",".join(sorted({j.split("_")[0] for j in job_ids}))  # -r: each task of an array
+  code, out = _scheduler(["squeue", "-h", "-r", "-o", "%i|%T|%r", "-j", arrays])
+  if code and "Invalid job id" not in out:  # (every job forgotten answers so)
+    raise UserError(f"squeue failed, so the jobs' states are unknown: {_last_line(out)}; check "
+                    "that the SLURM controller answers (sinfo)")
+  states = {}
+  for line in out.splitlines() if code == 0 else ():
+    job, _, rest = line.strip().partition("|")
+    state, _, reason = rest.partition("|")
+    if job in job_ids:
+      states[job] = (state, "" if reason in ("None", "(null)") else reason)
+  forgotten = job_ids - states.keys()
+  if forgotten:
+    code, out = _scheduler(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j",
+                            ",".join(sorted({j.split("_")[0] for j in forgotten}))])
+    for line in out.splitlines() if code == 0 else ():
+      job, _, state = line.strip().partition("|")
+      state = state.split()[0] if state.split() else ""  # e.g. 'CANCELLED by 1000'
+      # a job squeue does not list is not queued nor running, whatever sacct last heard
+      if job in forgotten and state and state not in SLURM_PENDING | SLURM_RUNNING:
+        states[job] = (state, "")
+  return states
+
+
+def run_state(run, record, scheduler: dict | None = None) -> tuple[str, str]:
   """(state, detail): 'finished', 'running', 'pending', 'failed' (detail: its last error line)
-  or 'not submitted'."""
+  or 'not submitted'. scheduler: slurm_states() of the runs' jobs, if already asked."""
   if is_finished(run):
     return "finished", ""
   steps = [r["step"] for r in read_metrics(os.path.join(run.workdir, "metrics.jsonl"))]
@@ -171,12 +233,17 @@ def run_state(run, record) -> tuple[str, str]:
     outcome, value = submitit.core.utils.pickle_load(job.paths.result_pickle)
     return "failed", _last_line(value) if outcome == "error" else f"ended at {at}"
   if record["cluster"] == "slurm":
-    state = job.state.split()[0]  # sacct's, e.g. 'CANCELLED by 1000'
-    if state in SLURM_PENDING:
-      return "pending", "" if state == "PENDING" else state
+    if scheduler is None:
+      scheduler = slurm_states([record["job_id"]])
+    state, reason = scheduler.get(record["job_id"], ("", ""))
+    if state in SLURM_PENDING:  # detail: why it waits (Resources, Priority, BeginTime, ...)
+      return "pending", reason if state == "PENDING" else ", ".join(filter(None, (state, reason)))
     if state in SLURM_RUNNING:
       return "running", at if steps else ""
-    return "failed", f"{state}: {_last_line(_read(job.paths.stderr)) or 'no error line'}"
+    error = _last_line(_read(job.paths.stderr))  # an ended job without a result
+    if state:
+      return "failed", f"{state}: {error or 'no error line'}"
+    return "failed", error or "the job ended without a result"
   try:  # the local executor's job id is its controller's pid (a zombie's cmdline is empty)
     with open(f"/proc/{record['job_id']}/cmdline", "rb") as f:
       alive = b"submitit" in f.read()
@@ -185,6 +252,17 @@ def run_state(run, record) -> tuple[str, str]:
   if alive:
     return ("running", at if steps else "") if job.paths.stdout.exists() else ("pending", "")
   return "failed", _last_line(_read(job.paths.stderr)) or "the job ended without a result"
+
+
+def _slurm_states_of(records: dict, runs) -> dict:
+  """slurm_states() of the runs' SLURM jobs that have no result yet, asked at once."""
+  ids = []
+  for r in runs:
+    rec = records.get(r.workdir)
+    if rec and rec["cluster"] == "slurm" and not is_finished(r) and not submitit.SlurmJob(
+        rec["folder"], rec["job_id"]).paths.result_pickle.exists():
+      ids.append(rec["job_id"])
+  return slurm_states(ids)
 
 
 def submit(directory: str, cluster: str = "slurm", params: dict | None = None) -> list:
@@ -198,7 +276,9 @@ def submit(directory: str, cluster: str = "slurm", params: dict | None = None) -
   folder = os.path.join(exp.directory, "submitit")
   records = read_jobs(exp)
   todo = runs_to_train(exp)
-  busy = [r for r in todo if run_state(r, records.get(r.workdir))[0] in ("pending", "running")]
+  scheduler = _slurm_states_of(records, todo)
+  busy = [r for r in todo
+          if run_state(r, records.get(r.workdir), scheduler)[0] in ("pending", "running")]
   todo = [r for r in todo if r not in busy]
   print(f"llm-jax sweep {exp.name}: {len(exp.runs)} runs ({len(exp.points)} points x "
         f"{len(exp.runs) // len(exp.points)} seeds), "
@@ -240,7 +320,8 @@ def status(directory: str) -> list[tuple]:
   """Prints each run's state (and a count of each); returns [(run, state, detail)]."""
   exp = load_experiment(directory)
   records = read_jobs(exp)
-  rows = [(r, *run_state(r, records.get(r.workdir))) for r in exp.runs]
+  scheduler = _slurm_states_of(records, exp.runs)
+  rows = [(r, *run_state(r, records.get(r.workdir), scheduler)) for r in exp.runs]
   width = max(len(f"{r.point}/seed{r.seed}") for r, *_ in rows)
   for r, state, detail in rows:
     job = records.get(r.workdir, {}).get("job_id", "-")
