@@ -41,13 +41,15 @@ def slurm():
   of the jobs the tests submit, which are cancelled at the end if any still runs."""
   try:
     p = subprocess.run(["sinfo", "-h", "-p", PARTITION, "-o", "%t"], capture_output=True,
-                       text=True, timeout=30, check=False)
+                       text=True, timeout=60, check=False)
     nodes = p.stdout.split() if p.returncode == 0 else []
-  except (OSError, subprocess.TimeoutExpired):
-    nodes = []
+    why = (f"partition {PARTITION!r} has no node up ({' '.join(nodes) or 'none'})" if p.returncode
+           == 0 else (p.stderr.strip().splitlines() or [f"exit code {p.returncode}"])[-1])
+  except (OSError, subprocess.TimeoutExpired) as e:
+    nodes, why = [], "not installed" if isinstance(e, FileNotFoundError) else str(e)
   if not {"idle", "mix", "alloc", "comp"} & set(nodes):
-    pytest.skip(f"no SLURM node answers here (sinfo: partition {PARTITION!r} has no node up); "
-                "start a one-node cluster with `bash tools/slurm_local.sh` (as root)")
+    pytest.skip(f"no SLURM here (sinfo: {why}): start a one-node cluster with "
+                "`bash tools/slurm_local.sh` (as root)")
   jobs = []
   yield jobs
   if jobs:  # SIGKILL, which no one catches: a plain scancel would be taken for a preemption

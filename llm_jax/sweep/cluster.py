@@ -14,8 +14,9 @@ and exits. The requeued job resumes from the checkpoint, exactly. A job that fai
 error (UserError), or is stopped by SIGINT (a person, or the local executor's cancel), is not
 requeued: it ends with its error.
 
-`status` tells each run's state from its workdir (summary.json, metrics.jsonl) and from its job
-(submitit's result file, else the scheduler).
+`status` tells each run's state from its workdir (summary.json, metrics.jsonl) and from its job:
+submitit's result file, else the scheduler (squeue, then sacct where the cluster keeps accounting),
+else the job's log.
 """
 
 import contextlib
