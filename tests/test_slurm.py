@@ -151,6 +151,11 @@ def test_a_sweep_on_slurm_gives_the_results_of_the_local_pool(slurm, tmp_path, t
   ids = re.findall(r"^  (\S+): job (\d+_\d) \(1 process\(es\)\)$", out, re.M)
   slurm.extend(job for _, job in ids)
   assert len(ids) == 4 and len({job.split("_")[0] for _, job in ids}) == 1, out  # one array
+  # the scheduler knows every job: none is taken for failed, and none is submitted again
+  assert {state for state, _ in states(d).values()} <= {"pending", "running", "finished"}
+  code, out, err = run_cli("sweep", d, "--launcher=submitit", f"--slurm_partition={PARTITION}")
+  assert code == 0 and re.search(r"(\d) finished already, (\d) queued or running, 0 to submit",
+                                 out), out + err
   runner.run_sweep(pool, jobs=2)  # meanwhile
   runs = spec.load_experiment(d).runs
   wait_until(lambda: all(spec.is_finished(r) for r in runs), "the sweep's runs", poll=0.5)
