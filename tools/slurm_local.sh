@@ -124,7 +124,7 @@ $SUDO chmod 0400 /etc/munge/munge.key
 if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
   stop munged /run/munge/munged.pid
   $SUDO rm -f /run/munge/munge.socket.2 /run/munge/munge.socket.2.lock
-  $SUDO -u munge munged 2>/dev/null || $SUDO runuser -u munge -- munged ||
+  if [ -z "$SUDO" ]; then runuser -u munge -- munged; else sudo -u munge munged; fi ||
     fail "munged did not start (see /var/log/munge/munged.log)"
   munge -n | unmunge >/dev/null || fail "munge does not answer (see /var/log/munge/munged.log)"
 fi
