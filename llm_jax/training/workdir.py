@@ -55,6 +55,24 @@ def check_same_run(config, saved) -> None:
                       f"fresh --workdir, or the run's own config (its config.json)")
 
 
+def changed_fields(config, saved) -> list[str]:
+  """The dotted names of the fields whose values differ between config and the saved run's
+  (compared as JSON writes them: a tuple equals its list)."""
+  def flat(d, prefix=""):
+    for k, v in d.items():
+      if isinstance(v, dict):
+        yield from flat(v, f"{prefix}{k}.")
+      else:
+        yield f"{prefix}{k}", v
+  new = dict(flat(json.loads(json.dumps(config.to_dict()))))
+  old = dict(flat(json.loads(json.dumps(saved.to_dict()))))
+  return sorted(k for k in new.keys() | old.keys() if new.get(k) != old.get(k))
+
+
+def read_summary(workdir) -> dict | None:
+  return _read_json(workdir, "summary.json")
+
+
 def write_run_files(workdir, config, tokenizer) -> None:
   write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
   write_json(os.path.join(workdir, TOKENIZER_FILE), tokenizer.to_dict())
