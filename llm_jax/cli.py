@@ -34,7 +34,7 @@ ABOUT = {
     "evaluate": ("score on held-out data", "",
                  "llm-jax evaluate --workdir=runs/t --split=test --beam_size=4"),
     "sweep": ("run an experiment's grid", " <experiment folder>",
-              "llm-jax sweep experiments/norm --jobs=2 [--vectorize | --launcher=submitit]"),
+              "llm-jax sweep experiments/norm_warmup --jobs=2 [--vectorize | --launcher=submitit]"),
     "plot": ("draw runs' loss curves", " <workdir> [<workdir> ...]",
              "llm-jax plot runs/a runs/b --out=curves.png"),
     "bench": ("speed, MFU and memory", "",
@@ -179,6 +179,7 @@ def _define_generate(argv):
   flags.DEFINE_integer("num_samples", 1, "samples, decoded together in one batch")
   flags.DEFINE_integer("seed", 0, "sampling seed: the same seed gives the same samples")
   flags.DEFINE_integer("step", None, "checkpoint step to load (default: the latest)")
+  flags.DEFINE_bool("stream", False, "print the sample's text as its tokens are drawn")
   _required(["workdir"])
 
 
@@ -188,16 +189,51 @@ def _generate(argv):
   from llm_jax.tasks import task_kind
   from llm_jax.training import workdir as workdir_lib
   import pathlib
+  if FLAGS.prompt_file and FLAGS["prompt"].present:
+    raise UserError("--prompt and --prompt_file both give the prompt: pass one of them")
   prompt = read_utf8(pathlib.Path(FLAGS.prompt_file)) if FLAGS.prompt_file else FLAGS.prompt
+  config = (workdir_lib.read_config(FLAGS.workdir) if os.path.isdir(FLAGS.workdir) else None)
+  # a language model continues the prompt; a seq2seq model's output is the target alone
+  continues = config is None or task_kind(config).continues_prompt
+  if not continues:
+    _check_seq2seq_generate(config, prompt)
+  if FLAGS.stream and (not continues or FLAGS.num_samples > 1):
+    raise UserError("--stream prints one language model's sample as it is drawn: drop "
+                    "--num_samples" if continues else "--stream: a seq2seq model's output is "
+                    "decoded at once; drop --stream")
+  on_text = None
+  if FLAGS.stream:
+    print(prompt, end="", flush=True)
+    on_text = lambda text: print(text, end="", flush=True)  # noqa: E731
   samples = generate_text(FLAGS.workdir, prompt, FLAGS.max_new_tokens, FLAGS.temperature,
                           FLAGS.top_k, FLAGS.top_p, FLAGS.greedy, FLAGS.num_samples, FLAGS.seed,
-                          FLAGS.step)
-  # a language model continues the prompt; a seq2seq model's output is the target alone
-  continues = task_kind(workdir_lib.read_config(FLAGS.workdir)).continues_prompt
+                          FLAGS.step, on_text=on_text)
+  if FLAGS.stream:
+    print(flush=True)
+    return
   for i, text in enumerate(samples):
     if len(samples) > 1:
       print(f"--- sample {i + 1} ---")
     print(prompt + text if continues else text, flush=True)
+  if not continues and not samples[0]:
+    print("llm-jax generate: warning: the model decoded an empty output for this prompt",
+          file=sys.stderr, flush=True)
+
+
+def _check_seq2seq_generate(config, prompt):
+  """A seq2seq model decodes its one output greedily: the sampling flags are refused, not
+  ignored; a source shorter than those of its generated task is refused too (the model, never
+  shown one, would answer with an empty line)."""
+  given = [f"--{n}" for n in ("num_samples", "top_k", "top_p", "temperature", "greedy", "seed")
+           if FLAGS[n].present]
+  if given:
+    raise UserError(f"{', '.join(given)}: model {config.model.name!r} decodes its one output "
+                    f"greedily (nothing is sampled): drop {'them' if len(given) > 1 else 'it'}")
+  d = config.data
+  if d.task != "pairs_file" and prompt and len(prompt) < d.min_length:
+    raise UserError(f"--prompt={prompt!r} has {len(prompt)} character(s), fewer than any source "
+                    f"this model learned (task {d.task!r}: {d.min_length} to {d.max_length}): "
+                    f"give a prompt of that length")
 
 
 def _define_evaluate(argv):
@@ -366,7 +402,16 @@ def _quiet_logs():
 
 
 def _fail(prog, message):
+  # a path or value of other bytes (surrogate escapes) is shown escaped, never an encoding error
+  message = message.encode("utf-8", "backslashreplace").decode("utf-8")
   print(f"{prog}: error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _traceback_and_exit():
+  """--debug: the traceback of the user error being handled, and still exit code 2."""
+  import traceback
+  traceback.print_exc()
   sys.exit(2)
 
 
@@ -379,7 +424,7 @@ def _help(name, names, full=False) -> str:
   for n in names:
     f = FLAGS[n]
     flag = f"--[no]{n}" if isinstance(f, flags.BooleanFlag) else f"--{n}"
-    default = ("required" if n in REQUIRED else "" if f.default is None and "default" in f.help else
+    default = ("required" if n in REQUIRED else "" if "(default" in f.help else
                "default: none" if f.default is None else
                f"default: {f.default!r}" if isinstance(f.default, str) else
                f"default: {str(f.default).lower() if isinstance(f.default, bool) else f.default}")
@@ -408,21 +453,36 @@ def _parse_flags(argv):
     return rest
   except UserError as e:  # the config file: missing, failing, or an override of no field
     if debug:
-      raise
+      _traceback_and_exit()
     _fail(prog, str(e))
   except flags.Error as e:
     if debug:
-      raise
+      _traceback_and_exit()
     missing = re.search(r"Flag --(\w+) must have a value other than None", str(e))
     if missing:
       _fail(prog, f"--{missing[1]} is required ({FLAGS[missing[1]].help}); `{prog} --help` "
                   f"lists the flags")
-    _fail(prog, "; ".join(str(e).splitlines()) + f" (`{prog} --help` lists the flags)")
+    _fail(prog, "; ".join(str(e).splitlines()) + _config_hint(str(e)) +
+          f" (`{prog} --help` lists the flags)")
   except Exception as e:  # noqa: BLE001 -- anything else ml_collections raises, on one line
     if debug:
-      raise
+      _traceback_and_exit()
     message = e.args[0] if len(e.args) == 1 and isinstance(e.args[0], BaseException) else e
     _fail(prog, "; ".join(l.strip() for l in str(message).splitlines() if l.strip()))
+
+
+def _config_hint(error: str) -> str:
+  """An unknown flag that is a config field (`--max_steps=10`): the override that sets it."""
+  unknown = re.search(r"Unknown command line flag '(?:no)?(\w+)'", error)
+  if not unknown:
+    return ""
+  from llm_jax.config import default_config
+  c = default_config()
+  where = [f"--config.{section}.{unknown[1]}" for section in c
+           if hasattr(c[section], "keys") and unknown[1] in c[section]]
+  where += [f"--config.{unknown[1]}"] if unknown[1] in c and not hasattr(c[unknown[1]], "keys") \
+      else []
+  return f"; a config field is set as {' or '.join(where)}=value" if where else ""
 
 
 # commands that take positional arguments (paths) besides their flags
@@ -459,7 +519,7 @@ def _run(command_main, takes_args=False, compiles=False, read_only=False):
         gc.freeze()
     except UserError as e:
       if FLAGS.debug:
-        raise
+        _traceback_and_exit()
       _fail(argv[0], str(e))
     except Interrupted as e:  # a run stopped by SIGINT/SIGTERM after saving: where to resume
       print(f"{argv[0]}: {e}", file=sys.stderr, flush=True)
@@ -470,6 +530,47 @@ def _run(command_main, takes_args=False, compiles=False, read_only=False):
   return main
 
 
+def _check_utf8(argv):
+  """Python reads bytes that are not UTF-8 as surrogate escapes, which no text function takes: a
+  command-line argument of such bytes is refused here, naming it."""
+  prog = f"llm-jax {argv[1]}" if len(argv) > 1 and argv[1] in COMMANDS else "llm-jax"
+  for a in argv[1:]:
+    try:
+      a.encode("utf-8")
+    except UnicodeEncodeError:
+      name = a.split("=", 1)[0] if a.startswith("-") else "an argument"
+      _fail(prog, f"{name} is not UTF-8 text ({os.fsencode(a)!r}): pass UTF-8 (a prompt of "
+                  f"other bytes: convert its file to UTF-8 and pass --prompt_file)")
+
+
+class _ClosedPipeSafe:
+  """stdout whose reader may leave (`llm-jax train ... | head -1`): what is written after that is
+  dropped, and the command goes on (a run keeps training and saving) instead of ending in a
+  BrokenPipeError."""
+
+  def __init__(self, stream):
+    self._stream = stream
+
+  def _closed(self):
+    os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())  # later writes: nowhere
+
+  def write(self, text):
+    try:
+      return self._stream.write(text)
+    except BrokenPipeError:
+      self._closed()
+      return len(text)
+
+  def flush(self):
+    try:
+      self._stream.flush()
+    except BrokenPipeError:
+      self._closed()
+
+  def __getattr__(self, name):
+    return getattr(self._stream, name)
+
+
 def main(argv=None):
   if argv is None and len(sys.argv) > 1 and sys.argv[1] in HUGEPAGES:
     if any(a.startswith("--profile_dir") for a in sys.argv):  # read when the backend starts
@@ -477,6 +578,15 @@ def main(argv=None):
       os.environ["XLA_FLAGS"] = flags_for_tracing(os.environ)
     hostmem.reexec_with_hugepages(sys.argv)  # the program itself, not a call from Python
   argv = list(sys.argv if argv is None else argv)
+  _check_utf8(argv)
+  if sys.stdout is sys.__stdout__:
+    sys.stdout = _ClosedPipeSafe(sys.stdout)
+  if len(argv) >= 2 and argv[1] in ("--version", "version"):
+    from llm_jax import __version__
+    print(f"llm-jax {__version__}")
+    sys.exit(0)
+  if len(argv) >= 3 and argv[1] == "help" and argv[2] in COMMANDS:  # `llm-jax help train`
+    argv = [argv[0], argv[2], "--help"]
   if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
     print(USAGE)
     sys.exit(0 if len(argv) >= 2 else 2)
