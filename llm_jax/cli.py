@@ -138,10 +138,12 @@ def _train(argv):
   from llm_jax.config import validate
   from llm_jax.training import parallel
   from llm_jax.training.loop import train_and_evaluate
+  from llm_jax.training.workdir import removed_if_failed
   validate(FLAGS.config)  # before the device count is set from it
   parallel.set_cpu_devices(FLAGS.config)
-  train_and_evaluate(FLAGS.config, FLAGS.workdir, profile_dir=FLAGS.profile_dir,
-                     profile_steps=FLAGS.profile_steps)
+  with removed_if_failed(FLAGS.workdir):  # a run that never trained leaves no folder behind
+    train_and_evaluate(FLAGS.config, FLAGS.workdir, profile_dir=FLAGS.profile_dir,
+                       profile_steps=FLAGS.profile_steps)
 
 
 def _define_bpe(argv):
@@ -366,7 +368,9 @@ def _define_convert(argv):
 
 def _convert(argv):
   from llm_jax import convert
-  r = convert.convert(FLAGS["from"].value, FLAGS.workdir, FLAGS.tokenizer)
+  from llm_jax.training.workdir import removed_if_failed
+  with removed_if_failed(FLAGS.workdir, keep_work=False):  # a run is converted whole or not at all
+    r = convert.convert(FLAGS["from"].value, FLAGS.workdir, FLAGS.tokenizer)
   print(f"llm-jax: {r['architecture']} of {r['params'] / 1e6:.2f}M parameters converted into "
         f"{r['workdir']} (step 0; tokenizer {r['tokenizer']}): sample it with `llm-jax generate "
         f"--workdir={r['workdir']}`, fine-tune it with configs/finetune.py", flush=True)
@@ -384,7 +388,9 @@ def _define_export(argv):
 
 def _export(argv):
   from llm_jax import convert
-  r = convert.export(FLAGS.workdir, FLAGS.to, FLAGS.step)
+  from llm_jax.training.workdir import removed_if_failed
+  with removed_if_failed(FLAGS.to, keep_work=False):
+    r = convert.export(FLAGS.workdir, FLAGS.to, FLAGS.step)
   tok = ("and its tokenizer.json" if r["tokenizer"] == "tokenizer.json" else
          f"without a tokenizer.json (the run's tokenizer is {r['tokenizer']})")
   print(f"llm-jax: step {r['step']} written to {r['out']} as {r['architecture']} ({r['tensors']} "
