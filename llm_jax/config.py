@@ -253,6 +253,7 @@ def _validate_task(d, m) -> None:
 
 def validate(c) -> None:
   d, m, t = c.data, c.model, c.train
+  _require(-2**63 <= c.seed < 2**63, "seed", c.seed, "use a 64-bit integer (0, 1, 2, ...)")
   _require(c.cpu_devices >= 0, "cpu_devices", c.cpu_devices, "use 0 (one per core) or more")
   _require(c.parallel in ("auto", "none", "pmap"), "parallel", c.parallel,
            "use 'auto', 'none' or 'pmap'")

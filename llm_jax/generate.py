@@ -59,7 +59,9 @@ def load_run(workdir: str, step: int | None = None):
   return config, tokenizer, model, restored["params"], int(restored["step"])
 
 
-def check_sampling(max_new_tokens, temperature, top_k, top_p, num_samples, vocab_size):
+def check_sampling(max_new_tokens, temperature, top_k, top_p, num_samples, vocab_size, seed=0):
+  if not -2**63 <= seed < 2**63:
+    raise UserError(f"--seed={seed} is invalid: use a 64-bit integer (0, 1, 2, ...)")
   if max_new_tokens <= 0:
     raise UserError(f"--max_new_tokens={max_new_tokens} is invalid: ask for 1 or more tokens")
   if temperature < 0:
@@ -127,7 +129,8 @@ def generate_text(workdir, prompt="\n", max_new_tokens=500, temperature=1.0, top
   model: the one greedy decoding of the source `prompt`, of at most max_new_tokens tokens (and at
   most model.block_size)."""
   config, tokenizer, model, params, _ = load_run(workdir, step)
-  check_sampling(max_new_tokens, temperature, top_k, top_p, num_samples, tokenizer.vocab_size)
+  check_sampling(max_new_tokens, temperature, top_k, top_p, num_samples, tokenizer.vocab_size,
+                 seed)
   if not prompt:
     raise UserError("--prompt is empty: give at least one character (nanoGPT starts from '\\n')")
   kind = task_kind(config)

@@ -38,7 +38,12 @@ def make_manager(workdir: str, keep: int, create: bool = True) -> ocp.Checkpoint
   # The state's is the PyTree handler (what StandardCheckpointHandler wraps, so the steps it wrote
   # read alike), whose restore can be partial
   handlers = {"state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
-  return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+  manager = ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+  # the leftovers' cleanup runs in a thread that only a save waits for: waited for here, so that
+  # a command failing next (and removing the folder it made, workdir.removed_if_failed) leaves
+  # no thread behind that looks for the folder
+  getattr(manager, "_maybe_await_cleanup_tmp_directory", lambda: None)()
+  return manager
 
 
 def save(manager: ocp.CheckpointManager, state, meta: dict) -> None:
