@@ -171,7 +171,7 @@ def _bpe(argv):
 
 def _define_generate(argv):
   flags.DEFINE_string("workdir", None, "the training run to sample from")
-  flags.DEFINE_string("prompt", "\n", "text to continue (default: a newline, as nanoGPT)")
+  flags.DEFINE_string("prompt", "\n", "text to continue (nanoGPT's samples start from a newline)")
   flags.DEFINE_string("prompt_file", None, "read the prompt from this UTF-8 file instead")
   flags.DEFINE_integer("max_new_tokens", 500, "tokens to generate after the prompt")
   flags.DEFINE_float("temperature", 1.0, "divides the logits; 0 means greedy")
