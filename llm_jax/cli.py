@@ -510,12 +510,19 @@ HUGEPAGES = {"train", "evaluate", "bench"}
 READ_ONLY = {"generate", "evaluate"}
 
 
+# flags that name a file or folder: empty (or blank), they would name the current folder
+PATH_FLAGS = ("workdir", "to", "out", "from", "corpus", "prompt_file", "json_out", "profile_dir")
+
+
 def _run(command_main, takes_args=False, compiles=False, read_only=False):
   def main(argv):
     _quiet_logs()
     if len(argv) > 1 and not takes_args:
       _fail(argv[0], f"unexpected arguments {argv[1:]}: flags are --name=value (`{argv[0]} --help` "
                      f"lists them)")
+    for name in PATH_FLAGS:
+      if name in FLAGS and FLAGS[name].present and not (FLAGS[name].value or "").strip():
+        _fail(argv[0], f"--{name} is empty: pass a path ({FLAGS[name].help})")
     try:
       if compiles:
         from llm_jax.training.parallel import enable_compilation_cache

@@ -207,6 +207,9 @@ CASES = [
     (["plot"], "no run to plot"),
     (["plot", "{d}/run", "--out={d}/nonexistent_dir/curves.png"], "nonexistent_dir/curves.png"),
     (["plot", "{d}/run", "--out={d}/c.txt"], "matplotlib cannot write a .txt file"),
+    (["plot", "{d}/run", "--out="], "--out is empty"),
+    (["export", "--workdir={d}/run", "--to="], "--to is empty"),
+    (["train", "--config={d}/config.py", "--workdir= "], "--workdir is empty"),
     (["bench", "--config={d}/config.py", "--vocab_size=0"], "--vocab_size=0 is invalid"),
     (["bench", "--config={d}/config.py", "--decode_tokens=-1"], "--decode_tokens=-1 is invalid"),
     # a flag that is a config field; fine-tuning's context length, advised one way

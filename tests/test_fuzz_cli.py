@@ -84,9 +84,10 @@ def _flags_of(command):
   return sorted(set(re.findall(r"^  --(?:\[no\])?(\w+)", out, re.M)) - {"config", "debug"})
 
 
-def test_fuzzed_command_lines_give_one_line_or_work_and_leave_a_finished_run_alone(stubbed,
-                                                                                   tmp_path):
+def test_fuzzed_command_lines_give_one_line_or_work_and_leave_a_finished_run_alone(
+    stubbed, tmp_path, monkeypatch):
   d = stubbed
+  monkeypatch.chdir(tmp_path)  # a relative path in a fuzzed flag (--out=abc) lands here
   bases = {
       "train": ["train", f"--config={d}/config.py", f"--workdir={d}/run"],
       "train ": ["train", f"--config={d}/config.py", f"--workdir={tmp_path}/new/run"],
