@@ -20,7 +20,7 @@ from test_bad_inputs import env, run_cli  # noqa: F401 -- env: this module's own
 from test_faults import files_digest
 
 # a fixed seed, count and time bound; a longer search: LLM_JAX_FUZZ="<seed>,<cases>,<seconds>"
-SEED, CASES, SECONDS = map(int, os.environ.get("LLM_JAX_FUZZ", "0,600,20").split(","))
+SEED, CASES, SECONDS = map(int, os.environ.get("LLM_JAX_FUZZ", "0,600,15").split(","))
 
 VALUES = ["", "-1", "0", "1", "-99999999999999999999", "99999999999999999999", "1e309", "-1e-300",
           "nan", "inf", "abc", "1.5", "true", "None", "[1, 2]", "{}", "/nonexistent", "\u00e9t\u00e9",
