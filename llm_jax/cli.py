@@ -162,7 +162,11 @@ def _bpe(argv):
   out = pathlib.Path(FLAGS.out).expanduser()
   if out.is_dir() or not out.name:
     raise UserError(f"--out={FLAGS.out} is a directory: pass a file name such as books.tiktoken")
-  r = bpe.train_to_file(bpe.read_corpus(FLAGS.corpus), FLAGS.vocab_size, out)
+  try:
+    r = bpe.train_to_file(bpe.read_corpus(FLAGS.corpus), FLAGS.vocab_size, out)
+  except OSError as e:  # the rank file or its sidecar cannot be written there
+    raise UserError(f"--out={FLAGS.out} cannot be written ({e.strerror or e}): pick another "
+                    f"path") from None
   print(f"llm-jax bpe: {r['merges']} merges in {r['train_s']:.1f}s ({r['merges_per_s']:.0f}/s), "
         f"vocab {r['vocab_size']}, {r['bytes_per_token']:.2f} bytes/token on the corpus; "
         f"wrote {r['out']} (sha256 {r['sha256'][:16]}...); use it as "
@@ -520,9 +524,14 @@ def _run(command_main, takes_args=False, compiles=False, read_only=False):
     if len(argv) > 1 and not takes_args:
       _fail(argv[0], f"unexpected arguments {argv[1:]}: flags are --name=value (`{argv[0]} --help` "
                      f"lists them)")
-    for name in PATH_FLAGS:
-      if name in FLAGS and FLAGS[name].present and not (FLAGS[name].value or "").strip():
-        _fail(argv[0], f"--{name} is empty: pass a path ({FLAGS[name].help})")
+    paths = [(f"--{n}", FLAGS[n].value or "", FLAGS[n].help) for n in PATH_FLAGS
+             if n in FLAGS and FLAGS[n].present]
+    for name, value, what in paths + [("an argument", a, "a run or folder") for a in argv[1:]]:
+      if not value.strip():
+        _fail(argv[0], f"{name} is empty: pass a path ({what})")
+      if any(len(os.fsencode(part)) > 255 for part in value.split(os.sep)):  # NAME_MAX
+        _fail(argv[0], f"{name} has a file name longer than 255 bytes ({value[:40]}...): use a "
+                       f"shorter name")
     try:
       if compiles:
         from llm_jax.training.parallel import enable_compilation_cache

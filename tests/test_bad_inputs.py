@@ -210,6 +210,9 @@ CASES = [
     (["plot", "{d}/run", "--out="], "--out is empty"),
     (["export", "--workdir={d}/run", "--to="], "--to is empty"),
     (["train", "--config={d}/config.py", "--workdir= "], "--workdir is empty"),
+    (["plot", "{d}/run", ""], "an argument is empty"),
+    (["bpe", "--corpus={d}/toy.txt", "--vocab_size=300", "--out={d}/" + "x" * 300],
+     "--out has a file name longer than 255 bytes"),
     (["bench", "--config={d}/config.py", "--vocab_size=0"], "--vocab_size=0 is invalid"),
     (["bench", "--config={d}/config.py", "--decode_tokens=-1"], "--decode_tokens=-1 is invalid"),
     # a flag that is a config field; fine-tuning's context length, advised one way

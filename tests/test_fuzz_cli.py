@@ -77,6 +77,10 @@ def _run_config(env):
   return ml_collections.ConfigDict(json.loads((env / "run" / "config.json").read_text()))
 
 
+def _short(argv):
+  return repr([a if len(a) < 200 else f"{a[:20]}...({len(a)} characters)" for a in argv])
+
+
 def _flags_of(command):
   code, out, _ = run_cli(command, "--help")
   assert code == 0
@@ -127,7 +131,7 @@ def test_fuzzed_command_lines_give_one_line_or_work_and_leave_a_finished_run_alo
       outcomes["reached"] += 1
       continue
     except Exception as e:  # noqa: BLE001 -- what the test looks for
-      failures.append(f"{argv!r}: raised {type(e).__name__}: {e}")
+      failures.append(f"{_short(argv)}: raised {type(e).__name__}: {e}")
       continue
     lines = err.strip().splitlines()
     prog = f"llm-jax {command.strip()}"
@@ -138,7 +142,7 @@ def test_fuzzed_command_lines_give_one_line_or_work_and_leave_a_finished_run_alo
             l.startswith(("llm-jax", "W", "WARNING")) for l in lines):
       outcomes["exit 2"] += 1
     else:
-      failures.append(f"{argv!r}: exit {code}, stderr {err[-600:]!r}")
+      failures.append(f"{_short(argv)}: exit {code}, stderr {err[-600:]!r}")
   n = sum(outcomes.values()) + len(failures)
   print(f"{n} fuzzed command lines in {time.monotonic() - t0:.1f}s: {outcomes}, "
         f"{len(failures)} failures")
