@@ -207,15 +207,17 @@ def _generate(argv):
     raise UserError("--stream prints one language model's sample as it is drawn: drop "
                     "--num_samples" if continues else "--stream: a seq2seq model's output is "
                     "decoded at once; drop --stream")
-  on_text = None
-  if FLAGS.stream:
-    print(prompt, end="", flush=True)
-    on_text = lambda text: print(text, end="", flush=True)  # noqa: E731
+  printed = []  # --stream: the prompt goes out with the first text (after every check passed)
+
+  def on_text(text):
+    print(("" if printed else prompt) + text, end="", flush=True)
+    printed.append(True)
+
   samples = generate_text(FLAGS.workdir, prompt, FLAGS.max_new_tokens, FLAGS.temperature,
                           FLAGS.top_k, FLAGS.top_p, FLAGS.greedy, FLAGS.num_samples, FLAGS.seed,
-                          FLAGS.step, on_text=on_text)
+                          FLAGS.step, on_text=on_text if FLAGS.stream else None)
   if FLAGS.stream:
-    print(flush=True)
+    print("" if printed else prompt, flush=True)
     return
   for i, text in enumerate(samples):
     if len(samples) > 1:

@@ -121,6 +121,13 @@ class TextStream:
       self.on_text(text)
       self.pending = []
 
+  def close(self):
+    """The tokens still held (a character the sample ends inside), as the decoder gives them."""
+    text = self.tokenizer.decode(np.asarray(self.pending, np.int32)) if self.pending else ""
+    if text:
+      self.on_text(text)
+    self.pending = []
+
 
 def generate_text(workdir, prompt="\n", max_new_tokens=500, temperature=1.0, top_k=0, top_p=1.0,
                   greedy=False, num_samples=1, seed=0, step=None, on_text=None) -> list[str]:
@@ -138,7 +145,10 @@ def generate_text(workdir, prompt="\n", max_new_tokens=500, temperature=1.0, top
     check_length(len(prompt.encode("utf-8")), max_new_tokens, num_samples,
                  config.model.block_size)
   stream = {"on_tokens": TextStream(tokenizer, on_text)} if on_text else {}
-  return kind.generate(
+  out = kind.generate(
       config, tokenizer, model, params, prompt, max_new_tokens=max_new_tokens,
       temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, num_samples=num_samples,
       seed=seed, **stream)
+  if stream:
+    stream["on_tokens"].close()
+  return out
