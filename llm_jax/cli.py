@@ -34,7 +34,7 @@ ABOUT = {
     "evaluate": ("score on held-out data", "",
                  "llm-jax evaluate --workdir=runs/t --split=test --beam_size=4"),
     "sweep": ("run an experiment's grid", " <experiment folder>",
-              "llm-jax sweep experiments/norm --jobs=2 [--vectorize | --launcher=submitit]"),
+              "llm-jax sweep experiments/norm_warmup --jobs=2 [--vectorize | --launcher=submitit]"),
     "plot": ("draw runs' loss curves", " <workdir> [<workdir> ...]",
              "llm-jax plot runs/a runs/b --out=curves.png"),
     "bench": ("speed, MFU and memory", "",
@@ -138,10 +138,12 @@ def _train(argv):
   from llm_jax.config import validate
   from llm_jax.training import parallel
   from llm_jax.training.loop import train_and_evaluate
+  from llm_jax.training.workdir import removed_if_failed
   validate(FLAGS.config)  # before the device count is set from it
   parallel.set_cpu_devices(FLAGS.config)
-  train_and_evaluate(FLAGS.config, FLAGS.workdir, profile_dir=FLAGS.profile_dir,
-                     profile_steps=FLAGS.profile_steps)
+  with removed_if_failed(FLAGS.workdir):  # a run that never trained leaves no folder behind
+    train_and_evaluate(FLAGS.config, FLAGS.workdir, profile_dir=FLAGS.profile_dir,
+                       profile_steps=FLAGS.profile_steps)
 
 
 def _define_bpe(argv):
@@ -160,7 +162,11 @@ def _bpe(argv):
   out = pathlib.Path(FLAGS.out).expanduser()
   if out.is_dir() or not out.name:
     raise UserError(f"--out={FLAGS.out} is a directory: pass a file name such as books.tiktoken")
-  r = bpe.train_to_file(bpe.read_corpus(FLAGS.corpus), FLAGS.vocab_size, out)
+  try:
+    r = bpe.train_to_file(bpe.read_corpus(FLAGS.corpus), FLAGS.vocab_size, out)
+  except OSError as e:  # the rank file or its sidecar cannot be written there
+    raise UserError(f"--out={FLAGS.out} cannot be written ({e.strerror or e}): pick another "
+                    f"path") from None
   print(f"llm-jax bpe: {r['merges']} merges in {r['train_s']:.1f}s ({r['merges_per_s']:.0f}/s), "
         f"vocab {r['vocab_size']}, {r['bytes_per_token']:.2f} bytes/token on the corpus; "
         f"wrote {r['out']} (sha256 {r['sha256'][:16]}...); use it as "
@@ -169,7 +175,7 @@ def _bpe(argv):
 
 def _define_generate(argv):
   flags.DEFINE_string("workdir", None, "the training run to sample from")
-  flags.DEFINE_string("prompt", "\n", "text to continue (default: a newline, as nanoGPT)")
+  flags.DEFINE_string("prompt", "\n", "text to continue (nanoGPT's samples start from a newline)")
   flags.DEFINE_string("prompt_file", None, "read the prompt from this UTF-8 file instead")
   flags.DEFINE_integer("max_new_tokens", 500, "tokens to generate after the prompt")
   flags.DEFINE_float("temperature", 1.0, "divides the logits; 0 means greedy")
@@ -179,6 +185,7 @@ def _define_generate(argv):
   flags.DEFINE_integer("num_samples", 1, "samples, decoded together in one batch")
   flags.DEFINE_integer("seed", 0, "sampling seed: the same seed gives the same samples")
   flags.DEFINE_integer("step", None, "checkpoint step to load (default: the latest)")
+  flags.DEFINE_bool("stream", False, "print the sample's text as its tokens are drawn")
   _required(["workdir"])
 
 
@@ -188,16 +195,53 @@ def _generate(argv):
   from llm_jax.tasks import task_kind
   from llm_jax.training import workdir as workdir_lib
   import pathlib
+  if FLAGS.prompt_file and FLAGS["prompt"].present:
+    raise UserError("--prompt and --prompt_file both give the prompt: pass one of them")
   prompt = read_utf8(pathlib.Path(FLAGS.prompt_file)) if FLAGS.prompt_file else FLAGS.prompt
+  config = (workdir_lib.read_config(FLAGS.workdir) if os.path.isdir(FLAGS.workdir) else None)
+  # a language model continues the prompt; a seq2seq model's output is the target alone
+  continues = config is None or task_kind(config).continues_prompt
+  if not continues:
+    _check_seq2seq_generate(config, prompt)
+  if FLAGS.stream and (not continues or FLAGS.num_samples > 1):
+    raise UserError("--stream prints one language model's sample as it is drawn: drop "
+                    "--num_samples" if continues else "--stream: a seq2seq model's output is "
+                    "decoded at once; drop --stream")
+  printed = []  # --stream: the prompt goes out with the first text (after every check passed)
+
+  def on_text(text):
+    print(("" if printed else prompt) + text, end="", flush=True)
+    printed.append(True)
+
   samples = generate_text(FLAGS.workdir, prompt, FLAGS.max_new_tokens, FLAGS.temperature,
                           FLAGS.top_k, FLAGS.top_p, FLAGS.greedy, FLAGS.num_samples, FLAGS.seed,
-                          FLAGS.step)
-  # a language model continues the prompt; a seq2seq model's output is the target alone
-  continues = task_kind(workdir_lib.read_config(FLAGS.workdir)).continues_prompt
+                          FLAGS.step, on_text=on_text if FLAGS.stream else None)
+  if FLAGS.stream:
+    print("" if printed else prompt, flush=True)
+    return
   for i, text in enumerate(samples):
     if len(samples) > 1:
       print(f"--- sample {i + 1} ---")
     print(prompt + text if continues else text, flush=True)
+  if not continues and not samples[0]:
+    print("llm-jax generate: warning: the model decoded an empty output for this prompt",
+          file=sys.stderr, flush=True)
+
+
+def _check_seq2seq_generate(config, prompt):
+  """A seq2seq model decodes its one output greedily: the sampling flags are refused, not
+  ignored; a source shorter than those of its generated task is refused too (the model, never
+  shown one, would answer with an empty line)."""
+  given = [f"--{n}" for n in ("num_samples", "top_k", "top_p", "temperature", "greedy", "seed")
+           if FLAGS[n].present]
+  if given:
+    raise UserError(f"{', '.join(given)}: model {config.model.name!r} decodes its one output "
+                    f"greedily (nothing is sampled): drop {'them' if len(given) > 1 else 'it'}")
+  d = config.data
+  if d.task != "pairs_file" and prompt and len(prompt) < d.min_length:
+    raise UserError(f"--prompt={prompt!r} has {len(prompt)} character(s), fewer than any source "
+                    f"this model learned (task {d.task!r}: {d.min_length} to {d.max_length}): "
+                    f"give a prompt of that length")
 
 
 def _define_evaluate(argv):
@@ -330,7 +374,9 @@ def _define_convert(argv):
 
 def _convert(argv):
   from llm_jax import convert
-  r = convert.convert(FLAGS["from"].value, FLAGS.workdir, FLAGS.tokenizer)
+  from llm_jax.training.workdir import removed_if_failed
+  with removed_if_failed(FLAGS.workdir, keep_work=False):  # a run is converted whole or not at all
+    r = convert.convert(FLAGS["from"].value, FLAGS.workdir, FLAGS.tokenizer)
   print(f"llm-jax: {r['architecture']} of {r['params'] / 1e6:.2f}M parameters converted into "
         f"{r['workdir']} (step 0; tokenizer {r['tokenizer']}): sample it with `llm-jax generate "
         f"--workdir={r['workdir']}`, fine-tune it with configs/finetune.py", flush=True)
@@ -348,7 +394,9 @@ def _define_export(argv):
 
 def _export(argv):
   from llm_jax import convert
-  r = convert.export(FLAGS.workdir, FLAGS.to, FLAGS.step)
+  from llm_jax.training.workdir import removed_if_failed
+  with removed_if_failed(FLAGS.to, keep_work=False):
+    r = convert.export(FLAGS.workdir, FLAGS.to, FLAGS.step)
   tok = ("and its tokenizer.json" if r["tokenizer"] == "tokenizer.json" else
          f"without a tokenizer.json (the run's tokenizer is {r['tokenizer']})")
   print(f"llm-jax: step {r['step']} written to {r['out']} as {r['architecture']} ({r['tensors']} "
@@ -366,7 +414,16 @@ def _quiet_logs():
 
 
 def _fail(prog, message):
+  # a path or value of other bytes (surrogate escapes) is shown escaped, never an encoding error
+  message = message.encode("utf-8", "backslashreplace").decode("utf-8")
   print(f"{prog}: error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _traceback_and_exit():
+  """--debug: the traceback of the user error being handled, and still exit code 2."""
+  import traceback
+  traceback.print_exc()
   sys.exit(2)
 
 
@@ -379,7 +436,7 @@ def _help(name, names, full=False) -> str:
   for n in names:
     f = FLAGS[n]
     flag = f"--[no]{n}" if isinstance(f, flags.BooleanFlag) else f"--{n}"
-    default = ("required" if n in REQUIRED else "" if f.default is None and "default" in f.help else
+    default = ("required" if n in REQUIRED else "" if "(default" in f.help else
                "default: none" if f.default is None else
                f"default: {f.default!r}" if isinstance(f.default, str) else
                f"default: {str(f.default).lower() if isinstance(f.default, bool) else f.default}")
@@ -408,21 +465,36 @@ def _parse_flags(argv):
     return rest
   except UserError as e:  # the config file: missing, failing, or an override of no field
     if debug:
-      raise
+      _traceback_and_exit()
     _fail(prog, str(e))
   except flags.Error as e:
     if debug:
-      raise
+      _traceback_and_exit()
     missing = re.search(r"Flag --(\w+) must have a value other than None", str(e))
     if missing:
       _fail(prog, f"--{missing[1]} is required ({FLAGS[missing[1]].help}); `{prog} --help` "
                   f"lists the flags")
-    _fail(prog, "; ".join(str(e).splitlines()) + f" (`{prog} --help` lists the flags)")
+    _fail(prog, "; ".join(str(e).splitlines()) + _config_hint(str(e)) +
+          f" (`{prog} --help` lists the flags)")
   except Exception as e:  # noqa: BLE001 -- anything else ml_collections raises, on one line
     if debug:
-      raise
+      _traceback_and_exit()
     message = e.args[0] if len(e.args) == 1 and isinstance(e.args[0], BaseException) else e
     _fail(prog, "; ".join(l.strip() for l in str(message).splitlines() if l.strip()))
+
+
+def _config_hint(error: str) -> str:
+  """An unknown flag that is a config field (`--max_steps=10`): the override that sets it."""
+  unknown = re.search(r"Unknown command line flag '(?:no)?(\w+)'", error)
+  if not unknown:
+    return ""
+  from llm_jax.config import default_config
+  c = default_config()
+  where = [f"--config.{section}.{unknown[1]}" for section in c
+           if hasattr(c[section], "keys") and unknown[1] in c[section]]
+  where += [f"--config.{unknown[1]}"] if unknown[1] in c and not hasattr(c[unknown[1]], "keys") \
+      else []
+  return f"; a config field is set as {' or '.join(where)}=value" if where else ""
 
 
 # commands that take positional arguments (paths) besides their flags
@@ -444,12 +516,24 @@ HUGEPAGES = {"train", "evaluate", "bench"}
 READ_ONLY = {"generate", "evaluate"}
 
 
+# flags that name a file or folder: empty (or blank), they would name the current folder
+PATH_FLAGS = ("workdir", "to", "out", "from", "corpus", "prompt_file", "json_out", "profile_dir")
+
+
 def _run(command_main, takes_args=False, compiles=False, read_only=False):
   def main(argv):
     _quiet_logs()
     if len(argv) > 1 and not takes_args:
       _fail(argv[0], f"unexpected arguments {argv[1:]}: flags are --name=value (`{argv[0]} --help` "
                      f"lists them)")
+    paths = [(f"--{n}", FLAGS[n].value or "", FLAGS[n].help) for n in PATH_FLAGS
+             if n in FLAGS and FLAGS[n].present]
+    for name, value, what in paths + [("an argument", a, "a run or folder") for a in argv[1:]]:
+      if not value.strip():
+        _fail(argv[0], f"{name} is empty: pass a path ({what})")
+      if any(len(os.fsencode(part)) > 255 for part in value.split(os.sep)):  # NAME_MAX
+        _fail(argv[0], f"{name} has a file name longer than 255 bytes ({value[:40]}...): use a "
+                       f"shorter name")
     try:
       if compiles:
         from llm_jax.training.parallel import enable_compilation_cache
@@ -459,7 +543,7 @@ def _run(command_main, takes_args=False, compiles=False, read_only=False):
         gc.freeze()
     except UserError as e:
       if FLAGS.debug:
-        raise
+        _traceback_and_exit()
       _fail(argv[0], str(e))
     except Interrupted as e:  # a run stopped by SIGINT/SIGTERM after saving: where to resume
       print(f"{argv[0]}: {e}", file=sys.stderr, flush=True)
@@ -470,6 +554,47 @@ def _run(command_main, takes_args=False, compiles=False, read_only=False):
   return main
 
 
+def _check_utf8(argv):
+  """Python reads bytes that are not UTF-8 as surrogate escapes, which no text function takes: a
+  command-line argument of such bytes is refused here, naming it."""
+  prog = f"llm-jax {argv[1]}" if len(argv) > 1 and argv[1] in COMMANDS else "llm-jax"
+  for a in argv[1:]:
+    try:
+      a.encode("utf-8")
+    except UnicodeEncodeError:
+      name = a.split("=", 1)[0] if a.startswith("-") else "an argument"
+      _fail(prog, f"{name} is not UTF-8 text ({os.fsencode(a)!r}): pass UTF-8 (a prompt of "
+                  f"other bytes: convert its file to UTF-8 and pass --prompt_file)")
+
+
+class _ClosedPipeSafe:
+  """stdout whose reader may leave (`llm-jax train ... | head -1`): what is written after that is
+  dropped, and the command goes on (a run keeps training and saving) instead of ending in a
+  BrokenPipeError."""
+
+  def __init__(self, stream):
+    self._stream = stream
+
+  def _closed(self):
+    os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())  # later writes: nowhere
+
+  def write(self, text):
+    try:
+      return self._stream.write(text)
+    except BrokenPipeError:
+      self._closed()
+      return len(text)
+
+  def flush(self):
+    try:
+      self._stream.flush()
+    except BrokenPipeError:
+      self._closed()
+
+  def __getattr__(self, name):
+    return getattr(self._stream, name)
+
+
 def main(argv=None):
   if argv is None and len(sys.argv) > 1 and sys.argv[1] in HUGEPAGES:
     if any(a.startswith("--profile_dir") for a in sys.argv):  # read when the backend starts
@@ -477,6 +602,15 @@ def main(argv=None):
       os.environ["XLA_FLAGS"] = flags_for_tracing(os.environ)
     hostmem.reexec_with_hugepages(sys.argv)  # the program itself, not a call from Python
   argv = list(sys.argv if argv is None else argv)
+  _check_utf8(argv)
+  if sys.stdout is sys.__stdout__:
+    sys.stdout = _ClosedPipeSafe(sys.stdout)
+  if len(argv) >= 2 and argv[1] in ("--version", "version"):
+    from llm_jax import __version__
+    print(f"llm-jax {__version__}")
+    sys.exit(0)
+  if len(argv) >= 3 and argv[1] == "help" and argv[2] in COMMANDS:  # `llm-jax help train`
+    argv = [argv[0], argv[2], "--help"]
   if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
     print(USAGE)
     sys.exit(0 if len(argv) >= 2 else 2)

@@ -253,6 +253,7 @@ def _validate_task(d, m) -> None:
 
 def validate(c) -> None:
   d, m, t = c.data, c.model, c.train
+  _require(-2**63 <= c.seed < 2**63, "seed", c.seed, "use a 64-bit integer (0, 1, 2, ...)")
   _require(c.cpu_devices >= 0, "cpu_devices", c.cpu_devices, "use 0 (one per core) or more")
   _require(c.parallel in ("auto", "none", "pmap"), "parallel", c.parallel,
            "use 'auto', 'none' or 'pmap'")
@@ -298,7 +299,9 @@ def validate(c) -> None:
   _require(m.n_embd % m.n_head == 0, "model.n_embd", m.n_embd,
            f"it must divide by model.n_head={m.n_head}")
   _require(m.max_len == 0 or m.block_size <= m.max_len, "model.block_size", m.block_size,
-           f"it exceeds the positional table (model.max_len={m.max_len}): raise max_len or lower block_size")
+           f"it exceeds the positional table (model.max_len={m.max_len}): " +
+           ("lower block_size (a fine-tuned model keeps its source's table, train.init_from)"
+            if t.init_from else "raise max_len or lower block_size"))
   _require(0.0 <= m.dropout < 1.0, "model.dropout", m.dropout, "use a rate in [0, 1)")
   _require(m.norm in ("pre", "post"), "model.norm", m.norm, "use 'pre' or 'post'")
   _require(m.norm_type in ("layernorm", "rmsnorm"), "model.norm_type", m.norm_type,

@@ -440,6 +440,8 @@ def export(workdir: str, out: str, step: int | None = None) -> dict:
   hf = {k: v for k, v in base.items() if k != "llm_jax_converted_from"}
   if not base and getattr(tok, "source", {}).get("spec") == "tiktoken:gpt2":
     hf.update(bos_token_id=50256, eos_token_id=50256)
+  elif not base:  # no such token: stated, else transformers' GPT-2 defaults name id 50256
+    hf.update(bos_token_id=None, eos_token_id=None)
   hf.update(layout.hf_config(m, config.model.block_size), dtype="float32")
   save_file(tensors, os.path.join(out, SAFETENSORS), metadata={"format": "pt"})
   write_json(os.path.join(out, "config.json"), hf)

@@ -59,7 +59,9 @@ def load_run(workdir: str, step: int | None = None):
   return config, tokenizer, model, restored["params"], int(restored["step"])
 
 
-def check_sampling(max_new_tokens, temperature, top_k, top_p, num_samples, vocab_size):
+def check_sampling(max_new_tokens, temperature, top_k, top_p, num_samples, vocab_size, seed=0):
+  if not -2**63 <= seed < 2**63:
+    raise UserError(f"--seed={seed} is invalid: use a 64-bit integer (0, 1, 2, ...)")
   if max_new_tokens <= 0:
     raise UserError(f"--max_new_tokens={max_new_tokens} is invalid: ask for 1 or more tokens")
   if temperature < 0:
@@ -72,16 +74,81 @@ def check_sampling(max_new_tokens, temperature, top_k, top_p, num_samples, vocab
     raise UserError(f"--num_samples={num_samples} is invalid: use 1 or more")
 
 
+def _available_bytes() -> tuple[int, int | None]:
+  """(bytes of host memory available, bytes free on the first device or None where its backend
+  does not say: the CPU's memory is the host's)."""
+  host = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+  try:
+    with open("/proc/meminfo", encoding="ascii") as f:
+      host = next(int(l.split()[1]) * 1024 for l in f if l.startswith("MemAvailable:"))
+  except (OSError, StopIteration, ValueError):
+    pass
+  stats = jax.local_devices()[0].memory_stats() or {}
+  device = (stats["bytes_limit"] - stats.get("bytes_in_use", 0)) if "bytes_limit" in stats else None
+  return host, device
+
+
+def check_length(prompt_tokens: int, max_new_tokens: int, num_samples: int, block_size: int):
+  """A generation that cannot fit is refused before anything is allocated: its positions must
+  fit int32, and its token buffer (on the device, then copied to the host with its text) the
+  memory there is."""
+  from llm_jax.decoding import buffer_length  # noqa: PLC0415
+  total = prompt_tokens + max_new_tokens
+  if total >= 2**31:
+    raise UserError(f"--max_new_tokens={max_new_tokens}: a sequence of {total:,} tokens is past "
+                    f"the {2**31 - 1:,} positions decoding counts: ask for fewer tokens")
+  buffer = num_samples * buffer_length(prompt_tokens, max_new_tokens, block_size) * 4  # int32
+  host, device = _available_bytes()
+  # the host holds the buffer's copy, the kept tokens and their text (a few bytes each)
+  for need, free, where in ((buffer, device, "the device"), (3 * buffer, host, "host memory")):
+    if free is not None and need > free:
+      raise UserError(f"--max_new_tokens={max_new_tokens} (x --num_samples={num_samples}) needs "
+                      f"{need / 2**30:.1f} GiB of {where}, which has {free / 2**30:.1f} GiB free: "
+                      f"ask for fewer tokens")
+
+
+class TextStream:
+  """Tokens in, text out as soon as it is whole: a token that ends inside a character (a
+  byte-level BPE's piece of UTF-8) waits for the next ones."""
+
+  def __init__(self, tokenizer, on_text):
+    self.tokenizer, self.on_text, self.pending = tokenizer, on_text, []
+
+  def __call__(self, tok_B):
+    self.pending.append(int(tok_B[0]))
+    text = self.tokenizer.decode(np.asarray(self.pending, np.int32))
+    if text and not text.endswith("\ufffd"):
+      self.on_text(text)
+      self.pending = []
+
+  def close(self):
+    """The tokens still held (a character the sample ends inside), as the decoder gives them."""
+    text = self.tokenizer.decode(np.asarray(self.pending, np.int32)) if self.pending else ""
+    if text:
+      self.on_text(text)
+    self.pending = []
+
+
 def generate_text(workdir, prompt="\n", max_new_tokens=500, temperature=1.0, top_k=0, top_p=1.0,
-                  greedy=False, num_samples=1, seed=0, step=None) -> list[str]:
+                  greedy=False, num_samples=1, seed=0, step=None, on_text=None) -> list[str]:
   """A language model: `num_samples` continuations of `prompt` (decoded in one batch), without
-  the prompt. A seq2seq model: the one greedy decoding of the source `prompt`, of at most
-  max_new_tokens tokens (and at most model.block_size)."""
+  the prompt; on_text (one sample): called with its text as its tokens are drawn. A seq2seq
+  model: the one greedy decoding of the source `prompt`, of at most max_new_tokens tokens (and at
+  most model.block_size)."""
   config, tokenizer, model, params, _ = load_run(workdir, step)
-  check_sampling(max_new_tokens, temperature, top_k, top_p, num_samples, tokenizer.vocab_size)
+  check_sampling(max_new_tokens, temperature, top_k, top_p, num_samples, tokenizer.vocab_size,
+                 seed)
   if not prompt:
     raise UserError("--prompt is empty: give at least one character (nanoGPT starts from '\\n')")
-  return task_kind(config).generate(
+  kind = task_kind(config)
+  if kind.continues_prompt:  # (a prompt has at most as many tokens as UTF-8 bytes)
+    check_length(len(prompt.encode("utf-8")), max_new_tokens, num_samples,
+                 config.model.block_size)
+  stream = {"on_tokens": TextStream(tokenizer, on_text)} if on_text else {}
+  out = kind.generate(
       config, tokenizer, model, params, prompt, max_new_tokens=max_new_tokens,
       temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, num_samples=num_samples,
-      seed=seed)
+      seed=seed, **stream)
+  if stream:
+    stream["on_tokens"].close()
+  return out

@@ -37,6 +37,13 @@ def plot_runs(workdirs: list[str], out: str) -> str:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
+  kind = os.path.splitext(out)[1].lstrip(".").lower() or "png"  # no suffix: matplotlib's PNG
+  formats = plt.figure().canvas.get_supported_filetypes()
+  plt.close("all")
+  if kind not in formats:
+    raise UserError(f"--out={out}: matplotlib cannot write a .{kind} file: name a .png (or "
+                    f"{', '.join('.' + f for f in sorted(formats) if f != 'png')})")
+
   fig, ax = plt.subplots(figsize=(8, 5))
   for i, (workdir, c) in enumerate(curves.items()):
     colour, label = f"C{i % 10}", os.path.basename(os.path.normpath(workdir))

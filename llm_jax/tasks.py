@@ -129,8 +129,9 @@ def seq2seq_task(config, tokenizer=None) -> Task:
 
 
 def lm_generate(config, tokenizer, model, params, prompt, *, max_new_tokens, temperature, top_k,
-                top_p, greedy, num_samples, seed) -> list[str]:
-  """`num_samples` continuations of `prompt` (decoded in one batch), without the prompt."""
+                top_p, greedy, num_samples, seed, on_tokens=None) -> list[str]:
+  """`num_samples` continuations of `prompt` (decoded in one batch), without the prompt.
+  on_tokens: called with each step's new tokens as they are drawn (decoding.generate's)."""
   prompt_ids = tokenizer.encode(prompt)
   if not len(prompt_ids):
     raise UserError(f"--prompt={prompt!r} encodes to no tokens with this run's tokenizer (it drops "
@@ -142,7 +143,8 @@ def lm_generate(config, tokenizer, model, params, prompt, *, max_new_tokens, tem
   out_BN = decoding.generate(model, params, prompt_BP, jax.random.key(seed),
                              max_new_tokens=max_new_tokens, block_size=config.model.block_size,
                              temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
-                             program_dir=xla_cache and os.path.join(xla_cache, "llm_jax_decode"))
+                             program_dir=xla_cache and os.path.join(xla_cache, "llm_jax_decode"),
+                             on_tokens=on_tokens)
   return [tokenizer.decode(row[len(prompt_ids):]) for row in np.asarray(out_BN)]
 
 

@@ -26,6 +26,11 @@ os.environ.setdefault("LLM_JAX_AUTO_DTYPE", "float32")
 if "LLM_JAX_CACHE_DIR" not in os.environ:
   os.environ["LLM_JAX_CACHE_DIR"] = tempfile.mkdtemp(prefix="llm_jax_cache_")
   atexit.register(shutil.rmtree, os.environ["LLM_JAX_CACHE_DIR"], ignore_errors=True)
+# the download and token caches (data.data_dir's default, ~/.cache/llm_jax): the session's own,
+# never the user's
+if "LLM_JAX_DATA_DIR" not in os.environ:
+  os.environ["LLM_JAX_DATA_DIR"] = tempfile.mkdtemp(prefix="llm_jax_data_")
+  atexit.register(shutil.rmtree, os.environ["LLM_JAX_DATA_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 

@@ -7,6 +7,7 @@ subprocess checks the real exit code and that --debug shows the traceback.
 """
 
 import json
+import os
 import pathlib
 import re
 import shutil
@@ -17,6 +18,7 @@ import pytest
 from absl import flags
 
 from conftest import TOY_TEXT, tiny_config
+from llm_jax.config import default_config
 from llm_jax import cli
 from llm_jax.training.loop import train_and_evaluate
 from test_faults import files_digest, write_config_file
@@ -68,12 +70,19 @@ def env(tmp_path_factory):
   saved = json.loads((d / "mismatch" / "config.json").read_text())
   saved["model"]["n_embd"] = 16
   (d / "mismatch" / "config.json").write_text(json.dumps(saved))
+  # a seq2seq run's files (its flags are checked before its checkpoint is read)
+  (d / "s2s").mkdir()
+  s2s = default_config()
+  s2s.model.name, s2s.data.task, s2s.data.min_length = "transformer", "reverse", 4
+  (d / "s2s" / "config.json").write_text(s2s.to_json())
+  shutil.copy(d / "run" / "tokenizer.json", d / "s2s")
   return d
 
 
 T = ["train", "--config={d}/config.py", "--workdir={d}/fresh"]
 ON_RUN = ["train", "--config={d}/config.py", "--workdir={d}/run"]
 GEN = ["generate", "--workdir={d}/run"]
+S2S = ["generate", "--workdir={d}/s2s", "--prompt=abcdef"]
 EVAL = ["evaluate", "--workdir={d}/run"]
 
 # (argv, a part of the one-line message: the field or file it must name)
@@ -160,6 +169,15 @@ CASES = [
     (GEN + ["--num_samples=0"], "--num_samples=0"),
     (GEN + ["--step=3"], "--step=3 was not saved"),
     (GEN + ["--tempreature=0.5"], "tempreature"),
+    (GEN + ["--prompt=ROMEO\udcff"], "--prompt is not UTF-8 text (b'--prompt=ROMEO\\xff')"),
+    (GEN + ["--prompt=the", "--prompt_file={d}/toy.txt"], "--prompt and --prompt_file"),
+    (GEN + ["--max_new_tokens=100000000000"], "positions decoding counts"),
+    (GEN + ["--max_new_tokens=2000000000", "--num_samples=64"], "GiB of"),
+    (GEN + ["--stream", "--num_samples=2"], "--stream prints one"),
+    (S2S + ["--top_k=5"], "--top_k: model 'transformer' decodes its one output greedily"),
+    (S2S + ["--num_samples=2", "--temperature=0.5"], "--num_samples, --temperature: model"),
+    (S2S + ["--stream"], "--stream"),
+    (["generate", "--workdir={d}/s2s", "--prompt=ab"], "fewer than any source"),
     (["generate"], "workdir"),
     # evaluate
     (["evaluate", "--workdir=/nonexistent/run"], "/nonexistent/run"),
@@ -188,6 +206,21 @@ CASES = [
     (["plot", "{d}/empty_dir"], "empty_dir has no metrics.jsonl"),
     (["plot"], "no run to plot"),
     (["plot", "{d}/run", "--out={d}/nonexistent_dir/curves.png"], "nonexistent_dir/curves.png"),
+    (["plot", "{d}/run", "--out={d}/c.txt"], "matplotlib cannot write a .txt file"),
+    (["plot", "{d}/run", "--out="], "--out is empty"),
+    (["export", "--workdir={d}/run", "--to="], "--to is empty"),
+    (["train", "--config={d}/config.py", "--workdir= "], "--workdir is empty"),
+    (["plot", "{d}/run", ""], "an argument is empty"),
+    (["bpe", "--corpus={d}/toy.txt", "--vocab_size=300", "--out={d}/" + "x" * 300],
+     "--out has a file name longer than 255 bytes"),
+    (["bench", "--config={d}/config.py", "--vocab_size=0"], "--vocab_size=0 is invalid"),
+    (["bench", "--config={d}/config.py", "--decode_tokens=-1"], "--decode_tokens=-1 is invalid"),
+    # a flag that is a config field; fine-tuning's context length, advised one way
+    (T + ["--max_steps=10"], "a config field is set as --config.train.max_steps=value"),
+    (T + ["--config.train.init_from={d}/run", "--config.model.block_size=32",
+          "--config.model.max_len=16"], "lower block_size (a fine-tuned model keeps"),
+    (T + ["--config.train.init_from={d}/run", "--config.model.block_size=32"],
+     "set --config.model.max_len=16 (its positional table) and a block_size of at most 16"),
     # the command itself
     (["fly"], "unknown command 'fly'"),
 ]
@@ -218,7 +251,7 @@ def test_the_exit_code_is_real_and_debug_shows_the_traceback(env):
   r = subprocess.run(base, cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
   r = subprocess.run(base + ["--debug"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-  assert r.returncode != 0 and "Traceback" in r.stderr and "UserError" in r.stderr
+  assert r.returncode == 2 and "Traceback" in r.stderr and "UserError" in r.stderr
 
 
 def test_no_user_file_is_unpickled():
@@ -228,3 +261,63 @@ def test_no_user_file_is_unpickled():
     assert not re.search(r"\bimport (c?pickle|joblib|dill)\b|torch\.load", text), path
     for call in re.findall(r"np\.load\([^)]*\)", text):
       assert "allow_pickle=False" in call, (path, call)
+
+
+def test_failed_commands_leave_no_new_folder_and_never_touch_an_existing_one(env, tmp_path):
+  existing = tmp_path / "existing"
+  existing.mkdir()
+  (existing / "notes.txt").write_text("mine")
+  before = files_digest(existing)
+  no_hf = tmp_path / "no_hf"
+  no_hf.mkdir()
+  failing = [  # (argv, the folder it names)
+      (["train", f"--config={env}/config.py", "--config.data.path=/nonexistent.txt"], "workdir"),
+      (["train", f"--config={env}/config.py", f"--config.train.init_from={env}/empty_dir"],
+       "workdir"),
+      (["train", f"--config={env}/config.py", f"--config.data.path={env}/latin1.txt"], "workdir"),
+      (["convert", f"--from={no_hf}"], "workdir"),
+      (["export", f"--workdir={env}/run", "--step=3"], "to"),
+  ]
+  for argv, flag in failing:
+    for folder in (tmp_path / "new" / "deeper", existing):
+      code, _, err = run_cli(*argv, f"--{flag}={folder}")
+      assert code == 2 and "Traceback" not in err, (argv, err)
+      assert not (tmp_path / "new").exists(), argv
+      assert files_digest(existing) == before and os.listdir(existing) == ["notes.txt"], argv
+
+
+def test_help_and_version():
+  code, out, _ = run_cli("help", "train")
+  assert code == 0 and out.startswith("usage: llm-jax train") and "--workdir" in out
+  code, out, _ = run_cli("--version")
+  assert code == 0 and re.fullmatch(r"llm-jax \d+\.\d+\.\d+\S*\n", out)
+  for command in cli.COMMANDS:
+    code, out, _ = run_cli(command, "--help")
+    assert code == 0 and not [l for l in out.splitlines() if l.count("(default") > 1], command
+  code, out, _ = run_cli("generate", "--help")
+  prompt = next(l for l in out.splitlines() if l.strip().startswith("--prompt "))
+  assert prompt.count("default") == 1
+
+
+def test_generate_streams_the_same_sample_token_by_token(env):
+  from llm_jax.generate import generate_text
+  pieces = []
+  streamed = generate_text(env / "run", "the", 12, seed=3, on_text=pieces.append)
+  assert len(pieces) == 12 and "".join(pieces) == streamed[0]  # char tokens: one piece each
+  assert generate_text(env / "run", "the", 12, seed=3) == streamed
+  code, out, err = run_cli("generate", f"--workdir={env}/run", "--prompt=the", "--seed=3",
+                           "--max_new_tokens=12", "--stream")
+  assert code == 0 and out == "the" + streamed[0] + "\n", err
+
+
+def test_train_goes_on_when_its_output_pipe_closes(env, tmp_path):
+  """`llm-jax train ... | head -1`: the reader leaves after one line; the run trains to its end."""
+  shutil.copytree(env / "run", tmp_path / "run")
+  p = subprocess.Popen([sys.executable, "-m", "llm_jax", "train", f"--config={env}/config.py",
+                        f"--workdir={tmp_path}/run", "--config.train.max_steps=6"], cwd=ROOT,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  assert p.stdout.readline().startswith("llm-jax: gpt")
+  p.stdout.close()
+  err = p.stderr.read()
+  assert p.wait(timeout=120) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
+  assert json.loads((tmp_path / "run" / "summary.json").read_text())["step"] == 6

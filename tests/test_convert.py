@@ -202,6 +202,8 @@ def test_a_run_trained_here_exports_with_its_logits(tmp_path, model):
                                  "GPT2LMHeadModel")
   hf_model = transformers.AutoModelForCausalLM.from_pretrained(out["out"],
                                                                attn_implementation="eager").eval()
+  # a char run has no BOS/EOS token: none is named (not GPT-2's 50256, past its vocabulary)
+  assert (hf_model.config.bos_token_id, hf_model.config.eos_token_id) == (None, None)
   _, tok, ours, params, _ = load_run(tmp_path / "run")
   ids = np.random.default_rng(0).integers(0, tok.vocab_size, (2, 16))
   np.testing.assert_allclose(np.asarray(ours.apply({"params": params}, jnp.asarray(ids))),

@@ -26,14 +26,23 @@ from llm_jax.training.loop import train_and_evaluate
 ROOT = pathlib.Path(__file__).parent.parent
 
 
+def saved_state(manager, step):
+  """The train state of a checkpoint step as it was saved, as numpy arrays: restored with a
+  target for every array (read from the step's metadata), so Orbax need not guess shardings."""
+  metadata = manager.item_metadata(step)["state"]
+  restore_args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
+  return manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      restore_args=restore_args))).state
+
+
 def tree_digest(workdir, step=None):
   """{leaf path: array} of a checkpoint's train state (default: the latest), read by Orbax."""
   manager = checkpoint.make_manager(workdir, 100, create=False)
   step = manager.latest_step() if step is None else step
-  out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore()))
+  state = saved_state(manager, step)
   manager.close()
   return step, {jax.tree_util.keystr(p): np.asarray(x)
-                for p, x in jax.tree_util.tree_flatten_with_path(out.state)[0]}
+                for p, x in jax.tree_util.tree_flatten_with_path(state)[0]}
 
 
 def assert_same_state(a, b):

@@ -69,7 +69,7 @@ def test_the_command_prints_samples_and_exits_2_on_bad_input(run):
 def test_generation_and_evaluation_read_the_saved_parameters_without_an_optimizer(run,
                                                                                 monkeypatch):
   import optax
-  import orbax.checkpoint as ocp
+  from llm_jax.training import checkpoint
   from llm_jax.evaluate import evaluate_run
   from llm_jax.generate import load_run
 
@@ -78,8 +78,9 @@ def test_generation_and_evaluation_read_the_saved_parameters_without_an_optimize
 
   monkeypatch.setattr(optax, "adamw", no_optimizer)
   _, _, _, params, step = load_run(run)
-  manager = ocp.CheckpointManager(str(run / "checkpoints"))
-  saved = manager.restore(step)["state"]["params"]  # the whole state, as Orbax reads it
+  from test_faults import saved_state
+  manager = checkpoint.make_manager(str(run), 100, create=False)
+  saved = saved_state(manager, step)["params"]  # the whole state, as Orbax reads it
   manager.close()
   assert jax.tree.structure(params) == jax.tree.structure(saved)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(saved)):

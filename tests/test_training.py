@@ -19,9 +19,11 @@ from llm_jax.training.steps import create_state, make_train_step
 
 
 def final_params(workdir):
-  manager = ocp.CheckpointManager(str(workdir / "checkpoints"))
-  out = manager.restore(manager.latest_step())
-  return out["state"]["params"], manager.latest_step()
+  from test_faults import saved_state
+  manager = checkpoint.make_manager(str(workdir), 100, create=False)
+  params = saved_state(manager, manager.latest_step())["params"]
+  manager.close()
+  return params, manager.latest_step()
 
 
 def test_loss_falls_on_a_learnable_text(toy_corpus, tmp_path):

@@ -72,6 +72,11 @@ def run(config, steps: int = 20, warmup: int = 3, vocab_size: int = 65, decode_t
     lms = ", ".join(n for n, f in FAMILIES.items() if f.task == "lm")
     raise UserError(f"llm-jax bench measures the language models ({lms}): use "
                     "--config.model.name=gpt or a GPT config")
+  if vocab_size < 1:
+    raise UserError(f"--vocab_size={vocab_size} is invalid: use 1 or more (65: Tiny "
+                    f"Shakespeare's characters)")
+  if decode_tokens < 0:
+    raise UserError(f"--decode_tokens={decode_tokens} is invalid: use 0 (no decode) or more")
   if steps < 1 or warmup < 0:
     raise UserError(f"--steps={steps} and --warmup={warmup}: use at least 1 step, 0 or more warm-up")
   peaks = peak.measure(peak_n)

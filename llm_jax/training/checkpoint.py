@@ -38,7 +38,12 @@ def make_manager(workdir: str, keep: int, create: bool = True) -> ocp.Checkpoint
   # The state's is the PyTree handler (what StandardCheckpointHandler wraps, so the steps it wrote
   # read alike), whose restore can be partial
   handlers = {"state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
-  return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+  manager = ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+  # the leftovers' cleanup runs in a thread that only a save waits for: waited for here, so that
+  # a command failing next (and removing the folder it made, workdir.removed_if_failed) leaves
+  # no thread behind that looks for the folder
+  getattr(manager, "_maybe_await_cleanup_tmp_directory", lambda: None)()
+  return manager
 
 
 def save(manager: ocp.CheckpointManager, state, meta: dict) -> None:
@@ -53,11 +58,19 @@ def _name(path) -> str:
   return ".".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
+class DamagedCheckpoint(Exception):
+  """A step whose files are incomplete or unreadable (its metadata as well as its arrays)."""
+
+
 def check_shapes(manager: ocp.CheckpointManager, step: int, like) -> None:
   """A checkpoint of another model has other shapes: refused from its metadata, naming an array,
-  before Orbax reads (and rejects) the arrays themselves. `like`: as restore's."""
-  on_disk = {_name(p): tuple(m.shape) for p, m in
-             jax.tree_util.tree_flatten_with_path(manager.item_metadata(step)["state"])[0]}
+  before Orbax reads (and rejects) the arrays themselves. `like`: as restore's. Metadata that is
+  missing (Orbax then reads it as None, or as no arrays) is damage, not another model."""
+  metadata = manager.item_metadata(step)["state"]
+  leaves = jax.tree_util.tree_flatten_with_path(metadata)[0] if metadata is not None else []
+  if not leaves:
+    raise DamagedCheckpoint("the metadata of its state (state/_METADATA) is missing or empty")
+  on_disk = {_name(p): tuple(m.shape) for p, m in leaves}
   wanted = {_name(p): np.shape(x) for p, x in jax.tree_util.tree_flatten_with_path(like)[0]}
   if _is_partial(like):  # the fields asked for are compared, the others are not read
     on_disk = {n: s for n, s in on_disk.items() if n.split(".")[0] in like}

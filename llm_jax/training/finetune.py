@@ -37,7 +37,9 @@ def source_run(config):
     if field in FREE or (field == "max_len" and theirs.pos != "learned"):
       continue
     if getattr(ours, field) != getattr(theirs, field):
-      fix = (f"set --config.model.max_len={theirs.max_len} (its positional table)"
+      fix = (f"set --config.model.max_len={theirs.max_len} (its positional table)" +
+             (f" and a block_size of at most {theirs.max_len}"
+              if config.model.block_size > theirs.max_len else "")
              if field == "max_len" else "use the run's model (configs/finetune.py:<run> reads it)")
       name = "max_len (0: block_size)" if field == "max_len" else field
       raise UserError(f"config.model.{name} is {getattr(ours, field)!r}, the init_from run's "

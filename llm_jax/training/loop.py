@@ -138,6 +138,33 @@ class Run:
       workdir_lib.write_run_files(self.workdir, self.config, tokenizer)
       self.log, self.events = MetricsLog(self.workdir, start), EventWriter(self.workdir, start)
 
+  def finished(self, step: int) -> dict:
+    """The run is at (or past) train.max_steps: it is read-only. Nothing trains and no file is
+    written; a config that differs from the saved one (in more than a max_steps that does not
+    reach past `step`) is refused, since the record must keep the config its checkpoints were
+    trained with. Returns the saved summary."""
+    self.manager.close()
+    saved = workdir_lib.read_config(self.workdir)
+    changed = [f for f in workdir_lib.changed_fields(self.config, saved) if f != "train.max_steps"
+               ] if saved is not None else []
+    if changed:
+      f = changed[0]
+      section, key = f.split(".", 1) if "." in f else (None, f)
+      new = self.config[section][key] if section else self.config[key]
+      old = saved[section].get(key) if section else saved.get(key)
+      raise UserError(f"{self.workdir} is a finished run (step {step}), and config.{f}={new!r} "
+                      f"differs from its {old!r}: re-running it trains nothing and changes "
+                      f"nothing; raise --config.train.max_steps to continue it (with its own "
+                      f"config), or use a fresh --workdir")
+    summary = workdir_lib.read_summary(self.workdir) or {
+        "step": step, "best_val_loss": self.meta["best_val_loss"]}
+    if self.is_main:
+      print(f"llm-jax: {self.workdir} is done: step {step} of train.max_steps="
+            f"{self.config.train.max_steps}, best val loss {self.meta['best_val_loss']:.4f}; "
+            f"nothing to train, nothing changed (raise --config.train.max_steps to continue it)",
+            flush=True)
+    return summary
+
   def save(self, state) -> None:
     _save(self.manager, state, self.meta, self.last_saved)
     self.last_saved = int(np.asarray(state.step))
@@ -226,6 +253,8 @@ def train_runs(configs, workdirs, profile_dir: str | None = None, profile_steps:
   elif tc.init_from:  # its parameters, a fresh optimizer state, step 0
     state = place.create_state(lambda p: create_state(p, tx), finetune.load_params(config))
   start = int(np.asarray(place.local(state.step)).reshape(-1)[0])
+  if start >= tc.max_steps:  # a finished run is read-only: nothing trains, nothing is written
+    return [r.finished(start) for r in runs]
   for r, t in zip(runs, tasks):
     r.open(start, t.tokenizer)
   n_params, n_params_flops = count_params(jax.eval_shape(lambda p: at(p, 0), state.params))

@@ -6,6 +6,7 @@ the workdir must be writable and its disk must hold two checkpoints (one written
 one stays intact): a clear error at start rather than a failed save hours later.
 """
 
+import contextlib
 import errno
 import json
 import os
@@ -55,9 +56,53 @@ def check_same_run(config, saved) -> None:
                       f"fresh --workdir, or the run's own config (its config.json)")
 
 
+def changed_fields(config, saved) -> list[str]:
+  """The dotted names of the fields whose values differ between config and the saved run's
+  (compared as JSON writes them: a tuple equals its list)."""
+  def flat(d, prefix=""):
+    for k, v in d.items():
+      if isinstance(v, dict):
+        yield from flat(v, f"{prefix}{k}.")
+      else:
+        yield f"{prefix}{k}", v
+  new = dict(flat(json.loads(json.dumps(config.to_dict()))))
+  old = dict(flat(json.loads(json.dumps(saved.to_dict()))))
+  return sorted(k for k in new.keys() | old.keys() if new.get(k) != old.get(k))
+
+
+def read_summary(workdir) -> dict | None:
+  return _read_json(workdir, "summary.json")
+
+
 def write_run_files(workdir, config, tokenizer) -> None:
   write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
   write_json(os.path.join(workdir, TOKENIZER_FILE), tokenizer.to_dict())
+
+
+def _holds_work(path) -> bool:
+  """A checkpoint step or a metrics record: training that ran, which a failure leaves in place."""
+  checkpoints = os.path.join(path, "checkpoints")
+  if os.path.isdir(checkpoints) and any(n.isdigit() for n in os.listdir(checkpoints)):
+    return True
+  metrics = os.path.join(path, "metrics.jsonl")
+  return os.path.isfile(metrics) and os.path.getsize(metrics) > 0
+
+
+@contextlib.contextmanager
+def removed_if_failed(path, keep_work: bool = True):
+  """For a command that creates the folder `path` (and the missing folders above it): if it
+  fails, what it created is removed again, unless (keep_work) training ran there. A folder that
+  existed before is never touched."""
+  top = os.path.abspath(path)
+  while not os.path.lexists(os.path.dirname(top)) and os.path.dirname(top) != top:
+    top = os.path.dirname(top)
+  new = not os.path.lexists(top)
+  try:
+    yield
+  except BaseException:
+    if new and os.path.isdir(top) and not (keep_work and _holds_work(os.path.abspath(path))):
+      shutil.rmtree(top, ignore_errors=True)
+    raise
 
 
 def check_writable(workdir) -> None:
