@@ -35,6 +35,7 @@ import multiprocessing
 import os
 import pathlib
 import shutil
+import signal
 import sys
 import time
 
@@ -58,6 +59,19 @@ CHAR_EOT = "\x03"
 # special tokens an hf: tokenizer may end documents with, in order of preference
 HF_EOT = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|eot_id|>")
 STATE_DIR = ".prepare"
+# tests only: LLM_JAX_PREPARE_KILL_AT=<point>:<n> kills the process (SIGKILL) the n-th time it
+# reaches <point> ('write': a partial file appended to, unsynced; 'rename': a shard renamed, the
+# state not yet recorded; 'commit': a state recorded), so a kill lands where it is meant to
+KILL_AT = "LLM_JAX_PREPARE_KILL_AT"
+_reached = {}
+
+
+def _fault_point(name: str) -> None:
+  point, _, n = os.environ.get(KILL_AT, "").partition(":")
+  if point == name:
+    _reached[name] = _reached.get(name, 0) + 1
+    if _reached[name] == int(n):
+      os.kill(os.getpid(), signal.SIGKILL)
 
 
 # ------------------------------------------------------------------------------------- sources
@@ -383,6 +397,7 @@ class SplitWriter:
       room = self.shard_tokens - self.s["partial_tokens"]
       part, ids = ids[:room], ids[room:]
       self.f.write(part.tobytes())
+      _fault_point("write")
       self.s["partial_tokens"] += len(part)
       if self.s["partial_tokens"] == self.shard_tokens:
         self.finish_shard()
@@ -396,6 +411,7 @@ class SplitWriter:
     self.s["shards"].append({"file": name, "tokens": n, "sha256": sha256_of(self.partial)})
     os.replace(self.partial, self.root / name)
     _fsync_dir(self.root)
+    _fault_point("rename")
     self.s["partial_tokens"] = 0
     self.f = open(self.partial, "w+b")
 
@@ -465,9 +481,13 @@ def in_val(doc: int, val) -> bool:
 
 def prepare(source: str, tokenizer_spec: str, out: str, text_field: str = "text",
             separator: str = "", val: str = "0.005", shard_tokens: int = 100_000_000,
-            workers: int = -1, bpe_sample_bytes: int = 8 << 20, progress: bool = True) -> dict:
+            workers: int = -1, bpe_sample_bytes: int = 8 << 20, progress: bool = True,
+            batch_chars: int = 0) -> dict:
   """Prepares `source` into `out` (resuming an unfinished prepare there). Returns the manifest.
-  workers: tokenizing processes (-1: one per core; 0: in this process)."""
+  workers: tokenizing processes (-1: one per core; 0: in this process); batch_chars: characters
+  per worker batch (0: $LLM_JAX_PREPARE_BATCH_CHARS, else BATCH_CHARS; the output is the same
+  for any value)."""
+  batch_chars = batch_chars or int(os.environ.get("LLM_JAX_PREPARE_BATCH_CHARS", BATCH_CHARS))
   root = pathlib.Path(out).expanduser().absolute()
   if (root / MANIFEST).exists():
     raise UserError(f"--out={out} already holds a prepared dataset: pass another --out (or "
@@ -540,6 +560,7 @@ def prepare(source: str, tokenizer_spec: str, out: str, text_field: str = "text"
     for w in writers.values():
       w.sync()
     write_json(state_path, state)
+    _fault_point("commit")
     tokens = sum(s["tokens"] for s in state["splits"].values())
     bar.update(n_bytes, state["documents"], tokens)
 
@@ -560,7 +581,7 @@ def prepare(source: str, tokenizer_spec: str, out: str, text_field: str = "text"
       meta.append((piece, doc))
       batch.append(text)
       chars += len(text)
-      if chars >= BATCH_CHARS:
+      if chars >= batch_chars:
         submit()
     if batch:
       submit()
