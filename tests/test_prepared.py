@@ -71,6 +71,8 @@ def test_a_split_reads_as_one_array_across_its_shards(data):
   rng = np.random.default_rng(0)
   for start in [0, 96, 97, 193, len(whole) - 300] + rng.integers(0, len(whole) - 300, 20).tolist():
     np.testing.assert_array_equal(stream.read(start, 300), whole[start:start + 300])
+  starts = np.concatenate([rng.integers(0, len(whole) - 40, 200), stream.offsets[1:-1] - 7])
+  np.testing.assert_array_equal(stream.windows(starts, 40), whole[starts[:, None] + np.arange(40)])
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 64, 1000, 4097])

@@ -44,8 +44,9 @@ import numpy as np
 from llm_jax.data import bpe
 from llm_jax.data.corpora import sha256_of
 from llm_jax.data.prepared import FORMAT, MANIFEST, SPLITS
-from llm_jax.data.tokenizers import (CharTokenizer, HFTokenizer, TiktokenTokenizer, _cut,
-                                     make_tokenizer, normalization_of, normalize, tokenizer_id)
+from llm_jax.data.tokenizers import (CHUNK_CHARS, CharTokenizer, HFTokenizer, TiktokenTokenizer,
+                                     _cut, make_tokenizer, normalization_of, normalize,
+                                     tokenizer_id)
 from llm_jax.errors import UserError
 from llm_jax.fileio import atomic_write, write_json
 
@@ -322,21 +323,28 @@ def load_tokenizer(root, entry: dict):
 
 # ---------------------------------------------------------------------------------- the workers
 
-_TOKENIZER = None
+_TOKENIZER, _DTYPE = None, None
 
 
-def _init_worker(tokenizer):
-  global _TOKENIZER
-  _TOKENIZER = tokenizer
+def _init_worker(tokenizer, dtype):
+  global _TOKENIZER, _DTYPE
+  _TOKENIZER, _DTYPE = tokenizer, dtype
 
 
 def _encode(batch):
-  """[text, ...] -> [(ids int32, utf-8 bytes of the normalized text), ...] (a worker's job)."""
+  """[text, ...] -> [(ids in the shards' dtype, utf-8 bytes of the normalized text), ...] (a
+  worker's job). tiktoken's text below one chunk goes straight to its encoder (the same ids)."""
   out = []
+  form = _TOKENIZER.normalization
+  direct = isinstance(_TOKENIZER, TiktokenTokenizer) and form == "none"
   for text in batch:
-    form = _TOKENIZER.normalization
-    n_bytes = len(normalize(text, form).encode("utf-8"))
-    out.append((_TOKENIZER.encode(text), n_bytes))
+    text = normalize(text, form)
+    n_bytes = len(text) if text.isascii() else len(text.encode("utf-8"))
+    if direct and len(text) <= CHUNK_CHARS:
+      ids = np.asarray(_TOKENIZER.encoding.encode_ordinary(text), _DTYPE)
+    else:
+      ids = _TOKENIZER.encode(text).astype(_DTYPE)
+    out.append((ids, n_bytes))
   return out
 
 
@@ -392,7 +400,7 @@ class SplitWriter:
       f.truncate(length)
 
   def write(self, ids: np.ndarray) -> None:
-    ids = ids.astype(self.dtype)
+    ids = ids.astype(self.dtype, copy=False)
     while len(ids):
       room = self.shard_tokens - self.s["partial_tokens"]
       part, ids = ids[:room], ids[room:]
@@ -519,7 +527,7 @@ def prepare(source: str, tokenizer_spec: str, out: str, text_field: str = "text"
   tokenizer, tok_entry = build_tokenizer(tokenizer_spec, root, lambda: texts(True),
                                          lambda: texts(False), bpe_sample_bytes)
   dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
-  eot = np.array([tok_entry["eot"]], np.int32)
+  eot = np.array([tok_entry["eot"]], dtype)
   if state is None:
     state = {"args": args, "next_piece": 0, "documents": 0, "skipped_empty": 0,
              "source_bytes": 0, "current": "train",
@@ -527,10 +535,10 @@ def prepare(source: str, tokenizer_spec: str, out: str, text_field: str = "text"
                             "bytes": 0} for s in SPLITS}}
   writers = {s: SplitWriter(root, s, shard_tokens, dtype, state["splits"][s]) for s in SPLITS}
   n_workers = (os.cpu_count() or 1) if workers < 0 else workers
-  pool = (multiprocessing.get_context("fork").Pool(n_workers, _init_worker, (tokenizer,))
+  pool = (multiprocessing.get_context("fork").Pool(n_workers, _init_worker, (tokenizer, dtype))
           if n_workers else _InProcess())
   if not n_workers:
-    _init_worker(tokenizer)
+    _init_worker(tokenizer, dtype)
   total = sum(size for _, size in desc["files"])
   bar = Progress(total, state["source_bytes"], progress)
 
