@@ -205,19 +205,18 @@ class Windows:
     self.stream, self.T = stream, T
     self.starts = np.asarray(starts).reshape(batch_shape)
     self.rows_read = set()  # flat row indices read so far (the multi-process test reads it)
-    self._cache = (None, None)
+    self._read = {}  # index -> its windows: the inputs and the targets ask for the same rows
 
   def rows(self, index) -> np.ndarray:
-    """The windows of starts[index], (..., T + 1) int32; the last index read is kept, since the
-    inputs and the targets of one device's shard ask for the same rows."""
+    """The windows of starts[index], (..., T + 1) int32, read once per batch."""
     key = repr(index)
-    if self._cache[0] != key:
+    if key not in self._read:
       flat = np.arange(self.starts.size).reshape(self.starts.shape)[index]
       self.rows_read.update(np.ravel(flat).tolist())
       starts = self.starts[index]
       win = self.stream.windows(np.ravel(starts), self.T + 1)
-      self._cache = (key, win.reshape(*np.shape(starts), self.T + 1))
-    return self._cache[1]
+      self._read[key] = win.reshape(*np.shape(starts), self.T + 1)
+    return self._read[key]
 
 
 class WindowPart:
