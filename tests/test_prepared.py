@@ -292,3 +292,13 @@ def test_two_processes_give_the_losses_of_one(data, tmp_path):
   two, one = read_metrics(tmp_path / "two"), read_metrics(tmp_path / "one")
   assert_close(two[0], one[0])
   assert_close(two[1], one[1])
+
+
+def test_evaluate_scores_a_prepared_run_as_its_last_evaluation(runs):
+  r = subprocess.run([sys.executable, "-m", "llm_jax", "evaluate", f"--workdir={runs['a']}"],
+                     cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr
+  scores = json.loads(r.stdout.strip().splitlines()[-1])
+  last = [x for x in metrics(runs["a"]) if "val_loss" in x][-1]
+  assert scores["loss"] == pytest.approx(last["val_loss"], rel=1e-5)
+  assert scores["bpb"] == pytest.approx(last["val_bpb"], rel=1e-5)
