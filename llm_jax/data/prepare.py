@@ -196,8 +196,13 @@ def _hf_pieces(desc: dict, field: str):
   if names is not None and field not in names:
     raise UserError(f"--source={desc['spec']} has no column {field!r} (it has: {', '.join(names)}):"
                     f" pass --text_field=<the column holding the text>")
-  it = ds.iter(batch_size=1024) if desc["kind"] == "hf_disk" else (
-      {field: [r[field]]} for r in ds)
+  def streamed():
+    for r in ds:
+      if field not in r:
+        raise UserError(f"--source={desc['spec']} has no column {field!r} (it has: "
+                        f"{', '.join(r)}): pass --text_field=<the column holding the text>")
+      yield {field: [r[field]]}
+  it = ds.iter(batch_size=1024) if desc["kind"] == "hf_disk" else streamed()
   for rows in it:
     for text in rows[field]:
       yield text or "", True
