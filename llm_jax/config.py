@@ -269,7 +269,8 @@ def validate(c) -> None:
   _require(c.distributed.num_processes >= 1, "distributed.num_processes",
            c.distributed.num_processes, "use 1 or more")
   _require(d.corpus in CORPORA, "data.corpus", d.corpus, f"use one of {', '.join(CORPORA)}")
-  _require(d.sampling in ("random", "epoch"), "data.sampling", d.sampling, "use 'random' or 'epoch'")
+  _require(d.sampling in ("random", "epoch"), "data.sampling", d.sampling,
+           "use 'random' or 'epoch'")
   _require(d.sampling == "random" or d.corpus == "prepared", "data.sampling", d.sampling,
            "'epoch' is for prepared datasets (--config.data.corpus=prepared); use 'random'")
   _require(d.corpus != "prepared" or d.path != "", "data.path", d.path,

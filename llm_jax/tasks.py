@@ -210,7 +210,8 @@ def lm_evaluate(config, tokenizer, model, params, *, split, beam_size, alpha) ->
   task = lm_task(config, tokenizer)
   loss_fn = make_loss_fn(model, task.input_keys)
   state = TrainState(step=None, params=params, opt_state=None)  # evaluation reads params only
-  batches = {k: np.asarray(v) for k, v in task.eval_batches["val"].items()}  # (a prepared set's: lazy)
+  # (a prepared dataset's batches are lazy: read here)
+  batches = {k: np.asarray(v) for k, v in task.eval_batches["val"].items()}
   loss = float(jax.jit(make_evaluate(loss_fn))(state, batches))
   return {"loss": loss, "bpb": task.eval_metrics(params, {"val": loss})["val_bpb"]}
 

@@ -237,7 +237,8 @@ def test_a_finished_dataset_is_never_written_over(prepared):
   with pytest.raises(UserError) as e:
     prep.prepare(sources["jsonl"], "char", str(tmp / "out_text"), progress=False)
   assert "already holds a prepared dataset" in one_line(e)
-  assert (shard_bytes(tmp / "out_text"), (tmp / "out_text" / "manifest.json").read_bytes()) == before
+  after = shard_bytes(tmp / "out_text"), (tmp / "out_text" / "manifest.json").read_bytes()
+  assert after == before
 
 
 def test_an_unfinished_prepare_of_other_arguments_is_refused(prepared, tmp_path):

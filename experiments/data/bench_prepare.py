@@ -51,7 +51,8 @@ def generate(d: pathlib.Path, mb: int, small_mb: int) -> dict:
   d.mkdir(parents=True, exist_ok=True)
   out = {"jsonl": d / f"docs_{mb}mb.jsonl", "text": d / f"text_{mb}mb.txt",
          "small": d / f"docs_{small_mb}mb.jsonl"}
-  for key, path, size, fmt in (("jsonl", out["jsonl"], mb, "jsonl"), ("text", out["text"], mb, "text"),
+  for key, path, size, fmt in (("jsonl", out["jsonl"], mb, "jsonl"),
+                                ("text", out["text"], mb, "text"),
                                 ("small", out["small"], small_mb, "jsonl")):
     if path.exists() and path.stat().st_size >= size << 20:
       continue
@@ -152,7 +153,8 @@ def train_from(data: pathlib.Path, workdir: pathlib.Path, steps: int) -> dict:
                            f"--config.train.max_steps={steps}", "--config.train.warmup_steps=2",
                            "--config.train.eval_interval=1000",
                            "--config.train.eval_iters=2", "--config.train.log_interval=1",
-                           "--config.train.sample_tokens=0", "--config.train.checkpoint_every=1000"))
+                           "--config.train.sample_tokens=0",
+                           "--config.train.checkpoint_every=1000"))
   recs = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   ms = [x["ms_per_step"] for x in recs if "ms_per_step" in x][steps // 3:]  # after the warm-up
   r.pop("stdout", None)

@@ -443,7 +443,8 @@ class Progress:
   `every` seconds."""
 
   def __init__(self, total_bytes: int, done_bytes: int, enabled: bool, every: float = 10.0):
-    self.total, self.done, self.every, self.enabled = total_bytes or None, done_bytes, every, enabled
+    self.total, self.done = total_bytes or None, done_bytes
+    self.every, self.enabled = every, enabled
     self.t0 = self.t_line = time.perf_counter()
     self.start_bytes = done_bytes
     self.bar = None

@@ -1,4 +1,4 @@
-"""A prepared dataset (made by `llm-jax prepare`, prepare.py): token shards read through memory maps.
+"""A prepared dataset (made by `llm-jax prepare`, prepare.py): token shards read as memory maps.
 
     DIR/manifest.json          what the dataset is: source, tokenizer, shards, totals
     DIR/train_000000.bin ...   token ids (uint16, or uint32 for a vocabulary past 65,536), raw
