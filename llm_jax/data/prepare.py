@@ -284,7 +284,10 @@ def build_tokenizer(spec: str, root: pathlib.Path, first_texts, all_texts, sampl
       bpe.save_bpe(file, bpe.train_bpe(normalize("\n".join(sample), form), int(n)))
     tokenizer = TiktokenTokenizer.from_file(file, spec, form)
   else:
-    tokenizer = make_tokenizer(spec, "", "", form)
+    try:
+      tokenizer = make_tokenizer(spec, "", "", form)
+    except UserError as e:  # its messages name the config field; here it is the flag
+      raise UserError(str(e).replace("config.data.tokenizer=", "--tokenizer=")) from None
     if kind in ("bpe", "hf"):
       src = pathlib.Path(tokenizer.to_dict()["path"])
       file = root / ("tokenizer.json" if kind == "hf" else "tokenizer.tiktoken")
