@@ -43,6 +43,8 @@ ABOUT = {
                 "llm-jax convert --from=hf/gpt2 --workdir=runs/gpt2"),
     "export": ("write an HF checkpoint", "",
                "llm-jax export --workdir=runs/gpt2 --to=hf/gpt2_tuned"),
+    "prepare": ("tokenize a corpus to shards", "",
+                "llm-jax prepare --source='data/*.jsonl' --tokenizer=tiktoken:gpt2 --out=data/x"),
 }
 USAGE = ("usage: llm-jax <command> [--flags]\n\ncommands:\n" +
          "".join(f"  {name:<9} {what + ':':<26} {example}\n"
@@ -405,6 +407,40 @@ def _export(argv):
 
 
 COMMANDS["export"] = (_define_export, _export)
+
+
+def _define_prepare(argv):
+  flags.DEFINE_string("source", None, "text files (a path or glob; .jsonl and .parquet read "
+                      "--text_field), a directory saved by datasets, or hf:<name>[:<config>]")
+  flags.DEFINE_string("tokenizer", None, "as config.data.tokenizer: char, tiktoken:<encoding>, "
+                      "bpe:<rank file>, bpe:train:<vocab size> (trained on a sample), hf:<file>")
+  flags.DEFINE_string("out", None, "the dataset directory to write (an unfinished one resumes)")
+  flags.DEFINE_string("text_field", "text", "the JSON field or Parquet/datasets column of the text")
+  flags.DEFINE_string("separator", "", "text files: cut each file into documents at this string "
+                      "(escapes such as \\n\\n work); '': one file, one document")
+  flags.DEFINE_string("val", "0.005", "documents held out for validation: a count (the first N) "
+                      "or a fraction (evenly spread)")
+  flags.DEFINE_integer("shard_tokens", 100_000_000, "tokens per shard (the last one fewer)")
+  flags.DEFINE_integer("workers", -1, "tokenizing processes (-1: one per core, 0: none)")
+  flags.DEFINE_integer("bpe_sample_bytes", 8 << 20, "bpe:train:N: characters of the training "
+                       "documents it learns from")
+  _required(["source", "tokenizer", "out"])
+
+
+def _prepare(argv):
+  from llm_jax.data.prepare import prepare
+  m = prepare(FLAGS.source, FLAGS.tokenizer, FLAGS.out, text_field=FLAGS.text_field,
+              separator=FLAGS.separator, val=FLAGS.val, shard_tokens=FLAGS.shard_tokens,
+              workers=FLAGS.workers, bpe_sample_bytes=FLAGS.bpe_sample_bytes)
+  n_shards = sum(len(s["shards"]) for s in m["splits"].values())
+  skipped = f", {m['skipped_empty']:,} empty skipped" if m["skipped_empty"] else ""
+  print(f"llm-jax prepare: {m['documents']:,} documents{skipped}, {m['tokens']:,} tokens "
+        f"({m['splits']['val']['tokens']:,} val) of {m['bytes'] / 1e6:,.1f} MB in {n_shards} "
+        f"shards at {FLAGS.out}: train with --config.data.corpus=prepared "
+        f"--config.data.path={FLAGS.out}", flush=True)
+
+
+COMMANDS["prepare"] = (_define_prepare, _prepare)
 
 
 def _quiet_logs():

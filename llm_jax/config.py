@@ -53,9 +53,19 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   # corpus: 'shakespeare_plays' (offline, the default) | 'tinyshakespeare' (downloaded) | 'text_file'
+  # | 'prepared' (a directory made by `llm-jax prepare`: token shards read through memory maps,
+  # for corpora larger than memory; its tokenizer is the dataset's, see data/prepared.py)
   c.data.corpus = "shakespeare_plays"
-  # text_file: a UTF-8 file or glob; tinyshakespeare: a local copy ('' downloads it)
+  # text_file: a UTF-8 file or glob; tinyshakespeare: a local copy ('' downloads it); prepared:
+  # the dataset's directory
   c.data.path = ""
+  # prepared: how training windows are drawn, both from (seed, step) alone: 'random' (window
+  # starts with replacement, as the other corpora) | 'epoch' (every window of block_size tokens
+  # once per epoch, in a seeded order that is computed, not stored)
+  c.data.sampling = "random"
+  # text_file: the most bytes of text read into memory (tokenizing takes ~16x the text); past it
+  # the run stops and points to `llm-jax prepare`. 0: a sixteenth of the available memory
+  c.data.max_text_bytes = 0
   # download cache; '' means $LLM_JAX_DATA_DIR, else ~/.cache/llm_jax
   c.data.data_dir = ""
   # tokenizer: 'char' (vocabulary = the corpus's characters) | 'tiktoken:<encoding>' (cl100k_base
@@ -260,6 +270,15 @@ def validate(c) -> None:
   _require(c.distributed.num_processes >= 1, "distributed.num_processes",
            c.distributed.num_processes, "use 1 or more")
   _require(d.corpus in CORPORA, "data.corpus", d.corpus, f"use one of {', '.join(CORPORA)}")
+  _require(d.sampling in ("random", "epoch"), "data.sampling", d.sampling,
+           "use 'random' or 'epoch'")
+  _require(d.sampling == "random" or d.corpus == "prepared", "data.sampling", d.sampling,
+           "'epoch' is for prepared datasets (--config.data.corpus=prepared); use 'random'")
+  _require(d.corpus != "prepared" or d.path != "", "data.path", d.path,
+           "corpus 'prepared' reads a directory made by `llm-jax prepare`: pass "
+           "--config.data.path=DIR")
+  _require(d.max_text_bytes >= 0, "data.max_text_bytes", d.max_text_bytes,
+           "use 0 (from the available memory) or a number of bytes")
   _require(d.normalize in ("auto", "none") + NORMALIZATIONS, "data.normalize", d.normalize,
            f"use 'auto', 'none' or one of {', '.join(NORMALIZATIONS)}")
   kind, _, arg = d.tokenizer.partition(":")

@@ -43,10 +43,61 @@ class Task(NamedTuple):
   # one line on the data, for the start-of-run summary
   summary_line: str
   tokens_per_example: int
+  # what the run's data is, checked when it resumes (a prepared dataset's identity); None: not kept
+  data_identity: Any = None
+
+
+def prepared_lm_task(config, tokenizer=None) -> Task:
+  """Next-token prediction on a prepared dataset (`llm-jax prepare`, data/prepared.py): batches
+  read from memory-mapped shards, row by row as the devices of this process need them."""
+  from llm_jax.data.prepared import EVAL_STREAM as EVAL, PreparedData
+  tc, T, d = config.train, config.model.block_size, config.data
+  data = PreparedData(d.path, T, d.sampling, expected_tokenizer=tokenizer)
+  spec = data.manifest["tokenizer"]["spec"]
+  if tokenizer is None and d.tokenizer not in ("char", spec):
+    raise UserError(f"config.data.tokenizer={d.tokenizer!r} differs from the prepared dataset's "
+                    f"({spec!r}, {data.root}): leave it out, or prepare the data with it")
+  model = build_model(config.model, data.tokenizer.vocab_size)
+  eval_shape = (tc.eval_iters, tc.batch_size)
+  bytes_per_token = data.val_bytes_per_token()
+  return Task(
+      tokenizer=data.tokenizer, model=model, input_keys=("inputs",),
+      train_batch=lambda step: data.get_batch("train", (tc.grad_accum_steps, tc.batch_size),
+                                              config.seed, step),
+      eval_batches={name: data.get_batch(name, eval_shape, config.seed, i, stream=EVAL)
+                    for i, name in enumerate(("train", "val"))},
+      # bits per byte from the manifest's val bytes and tokens (end-of-text tokens included)
+      eval_metrics=lambda params, losses: {"val_bpb": losses["val"] / math.log(2) /
+                                           bytes_per_token},
+      sample=lm_sampler(data.tokenizer, model, T),
+      summary_line=f"prepared {data.root.name} ({d.sampling} windows): vocab "
+                   f"{data.tokenizer.vocab_size}, {len(data.streams['train']):,} train / "
+                   f"{len(data.streams['val']):,} val tokens",
+      tokens_per_example=T,
+      data_identity={"path": str(data.root), "identity": data.identity})
+
+
+def lm_sampler(tokenizer, model, T):
+  """(params, n_tokens, seed) -> a sample from a newline (as nanoGPT's sample.py), or from token 0
+  if there is none."""
+
+  def sample(params, n_tokens, seed, prompt="\n"):
+    try:
+      prompt_ids = tokenizer.encode(prompt)
+    except UserError:  # a vocabulary without a newline
+      prompt_ids = np.zeros(1, np.int32)
+    if not len(prompt_ids):  # a tokenizer that drops whitespace (an hf: one may)
+      prompt_ids = np.zeros(1, np.int32)
+    out = decoding.generate(model, params, jnp.asarray(prompt_ids)[None], jax.random.key(seed),
+                            max_new_tokens=n_tokens, block_size=T, temperature=1.0)
+    return tokenizer.decode(np.asarray(out[0, len(prompt_ids):]))
+  return sample
 
 
 def lm_task(config, tokenizer=None) -> Task:
   """Next-token prediction on a text corpus."""
+  if config.data.corpus == "prepared":
+    return prepared_lm_task(config, tokenizer)
   tc, T = config.train, config.model.block_size
   data = load_lm_data(config.data, T, tokenizer)
   model = build_model(config.model, data.tokenizer.vocab_size)
@@ -56,25 +107,13 @@ def lm_task(config, tokenizer=None) -> Task:
     # bits per byte: nats/token -> bits/token -> bits/byte, comparable across tokenizers
     return {"val_bpb": losses["val"] / math.log(2) * len(data.val) / data.val_bytes}
 
-  def sample(params, n_tokens, seed, prompt="\n"):
-    """A sample from a newline (as nanoGPT's sample.py), or from token 0 if there is none."""
-    try:
-      prompt_ids = data.tokenizer.encode(prompt)
-    except UserError:  # a vocabulary without a newline
-      prompt_ids = np.zeros(1, np.int32)
-    if not len(prompt_ids):  # a tokenizer that drops whitespace (an hf: one may)
-      prompt_ids = np.zeros(1, np.int32)
-    out = decoding.generate(model, params, jnp.asarray(prompt_ids)[None], jax.random.key(seed),
-                            max_new_tokens=n_tokens, block_size=T, temperature=1.0)
-    return data.tokenizer.decode(np.asarray(out[0, len(prompt_ids):]))
-
   return Task(
       tokenizer=data.tokenizer, model=model, input_keys=("inputs",),
       train_batch=lambda step: get_batch(data.train, T, (tc.grad_accum_steps, tc.batch_size),
                                          config.seed, step),
       eval_batches={name: get_batch(tokens, T, eval_shape, config.seed, i, stream=EVAL_STREAM)
                     for i, (name, tokens) in enumerate((("train", data.train), ("val", data.val)))},
-      eval_metrics=eval_metrics, sample=sample,
+      eval_metrics=eval_metrics, sample=lm_sampler(data.tokenizer, model, T),
       summary_line=f"vocab {data.tokenizer.vocab_size}, {len(data.train):,} train / "
                    f"{len(data.val):,} val tokens",
       tokens_per_example=T)
@@ -173,7 +212,9 @@ def lm_evaluate(config, tokenizer, model, params, *, split, beam_size, alpha) ->
   task = lm_task(config, tokenizer)
   loss_fn = make_loss_fn(model, task.input_keys)
   state = TrainState(step=None, params=params, opt_state=None)  # evaluation reads params only
-  loss = float(jax.jit(make_evaluate(loss_fn))(state, task.eval_batches["val"]))
+  # (a prepared dataset's batches are lazy: read here)
+  batches = {k: np.asarray(v) for k, v in task.eval_batches["val"].items()}
+  loss = float(jax.jit(make_evaluate(loss_fn))(state, batches))
   return {"loss": loss, "bpb": task.eval_metrics(params, {"val": loss})["val_bpb"]}
 
 

@@ -2,9 +2,12 @@
 
 - shakespeare_plays: the default, offline (see plays.py).
 - tinyshakespeare:   downloaded once from its public address, verified by sha256, cached.
-- text_file:         any UTF-8 file, or the files a glob matches, joined in sorted order.
+- text_file:         any UTF-8 file, or the files a glob matches, joined in sorted order; more
+                     text than memory holds is refused, pointing to `llm-jax prepare`.
+- prepared:          a directory made by `llm-jax prepare`, read by prepared.py, never here.
 """
 
+import glob
 import hashlib
 import os
 import pathlib
@@ -18,7 +21,9 @@ from llm_jax.fileio import atomic_write, read_text_files, read_utf8
 TINYSHAKESPEARE_URL = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt")
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
-CORPORA = ("shakespeare_plays", "tinyshakespeare", "text_file")
+CORPORA = ("shakespeare_plays", "tinyshakespeare", "text_file", "prepared")
+# tokenizing a text in memory peaks at about this many times its size (measured: issue 28)
+TEXT_MEMORY_FACTOR = 16
 
 
 def data_dir(configured: str = "") -> pathlib.Path:
@@ -80,12 +85,42 @@ def load_text(cfg) -> str:
     if not cfg.path:
       raise UserError("corpus 'text_file' needs a file: pass --config.data.path=/path/to/text.txt "
                       "(a glob such as 'books/*.txt' works too)")
+    check_fits_in_memory(cfg.path, cfg.get("max_text_bytes", 0))
     text = read_text_files(cfg.path, "config.data.path")
+  elif cfg.corpus == "prepared":
+    raise UserError("corpus 'prepared' is read as token shards (a language model's task), not "
+                    "as text: this command cannot use it")
   else:
     raise UserError(f"config.data.corpus={cfg.corpus!r} is unknown: use one of {', '.join(CORPORA)}")
   if not text:
     raise UserError(f"corpus {cfg.corpus!r} is empty ({cfg.path or 'no path'}): give it some text")
   return text
+
+
+def available_memory() -> int:
+  """Bytes of memory available (/proc/meminfo's MemAvailable; else the physical memory)."""
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_fits_in_memory(pattern: str, max_bytes: int = 0) -> None:
+  """A text_file corpus larger than max_bytes (0: the available memory / TEXT_MEMORY_FACTOR) is
+  a UserError pointing to `llm-jax prepare`, before any of it is read."""
+  size = sum(os.path.getsize(p) for p in glob.glob(os.path.expanduser(pattern))
+             if os.path.isfile(p))
+  limit = max_bytes or available_memory() // TEXT_MEMORY_FACTOR
+  if size > limit:
+    raise UserError(
+        f"config.data.path={pattern} holds {size / 1e6:,.0f} MB of text, more than a text_file "
+        f"corpus may ({limit / 1e6:,.0f} MB: tokenizing in memory takes ~{TEXT_MEMORY_FACTOR}x "
+        f"the text): prepare it once with `llm-jax prepare --source='{pattern}' --tokenizer=... "
+        f"--out=DIR`, then train with --config.data.corpus=prepared --config.data.path=DIR")
 
 
 def split(text: str, train_fraction: float = 0.9) -> tuple[str, str]:

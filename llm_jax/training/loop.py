@@ -215,6 +215,8 @@ def train_runs(configs, workdirs, profile_dir: str | None = None, profile_steps:
   is_main_process = jax.process_index() == 0  # only it prints and writes files beside checkpoints
   runs = [Run(c, w, is_main_process) for c, w in zip(configs, workdirs)]
   tasks = [build_task(c, r.tokenizer) for c, r in zip(configs, runs)]
+  for r, t in zip(runs, tasks):  # a prepared dataset's run resumes on that dataset only
+    workdir_lib.check_same_data(r.workdir, t.data_identity)
   task = tasks[0]
   at = (lambda tree, k: tree) if not several else (
       lambda tree, k: jax.tree.map(lambda x: x[k], tree))  # run k's part
@@ -257,6 +259,8 @@ def train_runs(configs, workdirs, profile_dir: str | None = None, profile_steps:
     return [r.finished(start) for r in runs]
   for r, t in zip(runs, tasks):
     r.open(start, t.tokenizer)
+    if is_main_process:
+      workdir_lib.write_data_identity(r.workdir, t.data_identity)
   n_params, n_params_flops = count_params(jax.eval_shape(lambda p: at(p, 0), state.params))
   schedules = [lr_schedule(c.train) for c in configs]
   tokens_per_step = tc.batch_size * tc.grad_accum_steps * task.tokens_per_example

@@ -149,6 +149,14 @@ def placement(config, model, tx, lead: int = 0):
   return p
 
 
+def _reader(x):
+  """index -> x[index] as numpy: a lazy batch (`lazy_rows`, data/prepared.py) reads only the
+  rows asked for, so each process reads the rows its own devices hold."""
+  if getattr(x, "lazy_rows", False):
+    return lambda i: np.asarray(x[i])
+  return lambda i: np.asarray(x)[i]
+
+
 class MeshPlacement:
   """jit over a mesh; see the module docstring."""
 
@@ -198,7 +206,7 @@ class MeshPlacement:
     transfers its own shards (an array already there stays)."""
     return jax.tree.map(
         lambda x, s: x if isinstance(x, jax.Array) and x.sharding == s else
-        jax.make_array_from_callback(np.shape(x), s, lambda i: np.asarray(x)[i]), tree, shardings)
+        jax.make_array_from_callback(np.shape(x), s, _reader(x)), tree, shardings)
 
   def steps(self, train_step, evaluate, rng):
     """(train(state, batch) -> (state, metrics), the state donated; evaluate(state, batches) ->

@@ -143,3 +143,22 @@ def describe_os_error(e: OSError) -> str:
   if e.errno == errno.ENOSPC:
     return "the disk is full"
   return e.strerror or str(e)
+
+
+# a prepared dataset's identity (data/prepared.py), kept so a resumed run reads the same data
+DATA_FILE = "data.json"
+
+
+def check_same_data(workdir, identity: dict | None) -> None:
+  """A run resumed on another prepared dataset (other shards or tokenizer) is refused."""
+  saved = _read_json(workdir, DATA_FILE)
+  if identity is None or saved is None or saved.get("identity") == identity["identity"]:
+    return
+  raise UserError(f"the prepared dataset at {identity['path']} is not the one this run started "
+                  f"on ({saved.get('path')}, other shards or tokenizer): resume on that dataset, "
+                  f"or use a fresh --workdir")
+
+
+def write_data_identity(workdir, identity: dict | None) -> None:
+  if identity is not None:
+    write_json(os.path.join(workdir, DATA_FILE), identity)
