@@ -139,7 +139,7 @@ def run_sweep(directory: str, jobs: int = 1, vectorize: bool = False) -> list[st
                 f"{os.path.join(unit[0].workdir, LOG_FILE)}", flush=True)
         progress()
   except KeyboardInterrupt:
-    for proc in running:  # each run saves a checkpoint on SIGTERM where the loop supports it
+    for proc in running:  # each run saves a checkpoint on SIGTERM, then exits
       proc.send_signal(signal.SIGTERM)
     for proc in running:
       proc.wait()
