@@ -410,9 +410,8 @@ def layout_of(model_config) -> str:
 def export(workdir: str, out: str, step: int | None = None) -> dict:
   """Writes the run's parameters at `step` (default: the latest) as a Hugging Face checkpoint
   in `out`: config.json, model.safetensors, and tokenizer.json where the run's tokenizer is one."""
-  from llm_jax.generate import load_run  # noqa: PLC0415 -- generate imports the tasks
   from safetensors.numpy import save_file  # noqa: PLC0415 -- the hf extra
-  config, tok, model, params, step = load_run(workdir, step)
+  config, tok, model, params, step = workdir_lib.load_run(workdir, step)
   arch = layout_of(config.model)
   layout, m = LAYOUTS[arch], model.cfg
   out = os.path.abspath(out)

@@ -5,8 +5,8 @@ looks the family up here.
 Every module is configured by one ModelConfig (model_config.py), built from `config.model`. A
 family of the 'lm' kind maps tokens (B, T) to logits (B, T, V); one of the 'seq2seq' kind maps
 (source (B, S), decoder input (B, T)) to logits (B, T, V), and has `encode` and `decode` methods
-for decoding (decoding/seq2seq.py). llm_jax/tasks.py holds what each kind trains on, and how it
-generates and evaluates. A new family is its model file and one entry in FAMILIES.
+for decoding (decoding/seq2seq.py). llm_jax/training/tasks.py holds what each kind trains on, and
+how it generates and evaluates. A new family is its model file and one entry in FAMILIES.
 """
 
 from typing import Callable, NamedTuple

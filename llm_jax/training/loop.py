@@ -31,7 +31,7 @@ from tqdm import tqdm
 from llm_jax.config import validate
 from llm_jax.models import flops_per_token
 from llm_jax.models.flops import count_params
-from llm_jax.tasks import build_task
+from llm_jax.training.tasks import build_task
 from llm_jax.errors import UserError
 from llm_jax.fileio import atomic_write, read_metrics, write_json
 from llm_jax.training import (checkpoint, finetune, guards, parallel, profile, signals, vectorized,

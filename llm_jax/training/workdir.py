@@ -12,12 +12,16 @@ import os
 import shutil
 import tempfile
 
+import jax
 import ml_collections
+import numpy as np
 
 from llm_jax.config import with_defaults
 from llm_jax.data.tokenizers import tokenizer_from_dict
 from llm_jax.errors import UserError
 from llm_jax.fileio import write_json
+from llm_jax.models import build_model, init_params
+from llm_jax.training import checkpoint
 
 CONFIG_FILE, TOKENIZER_FILE = "config.json", "tokenizer.json"
 
@@ -98,3 +102,43 @@ def describe_os_error(e: OSError) -> str:
   if e.errno == errno.ENOSPC:
     return "the disk is full"
   return e.strerror or str(e)
+
+
+def load_run(workdir: str, step: int | None = None):
+  """(config, tokenizer, model, params, step) of the run in workdir, at `step` (default: latest)."""
+  workdir = os.path.abspath(workdir)
+  if os.path.isfile(workdir):
+    raise UserError(f"--workdir={workdir} is a file, not a run directory: pass the directory of a "
+                    f"training run (the --workdir it trained in)")
+  if not os.path.isdir(workdir):
+    raise UserError(f"--workdir={workdir} does not exist: pass the directory of a training run")
+  config, tokenizer = read_config(workdir), read_tokenizer(workdir)
+  if config is None or tokenizer is None:
+    raise UserError(f"--workdir={workdir} holds no training run (no config.json/tokenizer.json): "
+                    f"train one there with `llm-jax train`")
+  manager = checkpoint.make_manager(workdir, config.train.keep_checkpoints, create=False)
+  steps = sorted(manager.all_steps()) if os.path.isdir(manager.directory) else []
+  if not steps:
+    raise UserError(f"--workdir={workdir} has no checkpoint yet: train it first")
+  if step is not None and step not in steps:
+    raise UserError(f"--step={step} was not saved in {workdir}: saved steps are "
+                    f"{', '.join(map(str, steps))}")
+  model = build_model(config.model, tokenizer.vocab_size)
+  shapes = jax.eval_shape(lambda: init_params(model, config.model, jax.random.key(0)))
+  # the step and the parameters alone: a partial restore, which needs no optimizer state
+  like = {"step": np.zeros((), np.int32),
+          "params": jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)}
+  try:
+    if step is None:  # the latest that restores: a damaged newest one is named and skipped
+      restored, _ = checkpoint.restore_latest_good(manager, like, move_bad=False)
+    else:
+      restored, _ = checkpoint.restore(manager, like, step)
+  except UserError:
+    raise
+  except Exception as e:  # noqa: BLE001 -- Orbax and TensorStore raise many kinds
+    raise UserError(f"the checkpoint of --step={step} in {workdir} is damaged "
+                    f"({type(e).__name__}): pass another --step, or leave it out for the "
+                    f"latest good one") from None
+  finally:
+    manager.close()
+  return config, tokenizer, model, restored["params"], int(restored["step"])
