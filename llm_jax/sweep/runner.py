@@ -24,7 +24,7 @@ from llm_jax import hostmem
 from llm_jax.errors import UserError
 from llm_jax.sweep import report, worker
 from llm_jax.sweep.spec import is_finished, load_experiment
-from llm_jax.training.loop import duration
+from llm_jax.training.runs import duration
 from llm_jax.training.vectorized import shared_key
 
 LOG_FILE = "train.log"
@@ -52,7 +52,7 @@ def find_twin(run, experiments_root: str) -> str | None:
     try:
       if worker.read_run(twin).to_dict() == config and is_finished(run._replace(workdir=twin)):
         return twin
-    except (OSError, ValueError):
+    except (OSError, ValueError, UserError):
       continue
   return None
 

@@ -1,4 +1,7 @@
-"""What a run keeps beside its checkpoints: the resolved config and the tokenizer, as JSON.
+"""A run directory's layout, owned here: what a run keeps beside its checkpoints (the resolved
+config and the tokenizer, as JSON; metrics.jsonl; summary.json), the checkpoints' metadata, when a
+run is finished, and `load_run` (a run's parameters, for generation, evaluation, export and
+fine-tuning).
 
 A workdir holds one run. Launching again with the same workdir resumes it; a config whose model
 or data differ from the saved one is refused (it would not fit the checkpoints). Before training,
@@ -8,6 +11,7 @@ one stays intact): a clear error at start rather than a failed save hours later.
 
 import errno
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -19,11 +23,15 @@ import numpy as np
 from llm_jax.config import with_defaults
 from llm_jax.data.tokenizers import tokenizer_from_dict
 from llm_jax.errors import UserError
-from llm_jax.fileio import write_json
+from llm_jax.fileio import METRICS_FILE, write_json  # noqa: F401 -- the layout's names
 from llm_jax.models import build_model, init_params
 from llm_jax.training import checkpoint
 
 CONFIG_FILE, TOKENIZER_FILE = "config.json", "tokenizer.json"
+# METRICS_FILE (fileio.py, which reads it): one JSON record a line, the train metrics at each log
+# step and the losses at each evaluation
+# the run's summary, written when it reaches train.max_steps
+SUMMARY_FILE = "summary.json"
 
 
 def _read_json(workdir, name):
@@ -59,9 +67,33 @@ def check_same_run(config, saved) -> None:
                       f"fresh --workdir, or the run's own config (its config.json)")
 
 
-def write_run_files(workdir, config, tokenizer) -> None:
+def write_config(workdir, config) -> None:
   write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
+
+
+def write_run_files(workdir, config, tokenizer) -> None:
+  write_config(workdir, config)
   write_json(os.path.join(workdir, TOKENIZER_FILE), tokenizer.to_dict())
+
+
+def checkpoint_meta(best_val_loss: float = math.inf, skipped_updates: int = 0) -> dict:
+  """The JSON saved beside each checkpoint's state, and restored with it."""
+  return {"best_val_loss": best_val_loss, "skipped_updates": skipped_updates}
+
+
+def read_summary(workdir) -> dict | None:
+  """summary.json, or None where the run has none (not finished, or unreadable)."""
+  try:
+    with open(os.path.join(workdir, SUMMARY_FILE), encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def is_finished(workdir, max_steps: int) -> bool:
+  """A run is finished when its summary.json reports its last step."""
+  summary = read_summary(workdir)
+  return summary is not None and summary.get("step") == max_steps
 
 
 def check_writable(workdir) -> None:
@@ -123,7 +155,8 @@ def load_run(workdir: str, step: int | None = None):
   if step is not None and step not in steps:
     raise UserError(f"--step={step} was not saved in {workdir}: saved steps are "
                     f"{', '.join(map(str, steps))}")
-  model = build_model(config.model, tokenizer.vocab_size)
+  # a tokenizer with padding (the seq2seq one) names it; the others have none
+  model = build_model(config.model, tokenizer.vocab_size, getattr(tokenizer, "PAD", 0))
   shapes = jax.eval_shape(lambda: init_params(model, config.model, jax.random.key(0)))
   # the step and the parameters alone: a partial restore, which needs no optimizer state
   like = {"step": np.zeros((), np.int32),
