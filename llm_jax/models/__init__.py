@@ -53,10 +53,11 @@ FAMILIES = {
 }
 
 
-def build_model(model_config, vocab_size: int):
-  """model_config: the validated `config.model`. The family's flax module."""
+def build_model(model_config, vocab_size: int, pad_id: int = 0):
+  """model_config: the validated `config.model`; vocab_size and pad_id: the tokenizer's (pad_id:
+  its PAD, where it has one). The family's flax module."""
   family = FAMILIES[model_config.name]
-  return family.module(ModelConfig.from_config(model_config, vocab_size))
+  return family.module(ModelConfig.from_config(model_config, vocab_size, pad_id))
 
 
 def example_inputs(model_config) -> tuple:
