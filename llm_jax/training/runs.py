@@ -332,6 +332,8 @@ class Progress:
     self.bar.set_postfix(loss=f"{record['loss']:.4f}", val=f"{val_loss:.4f}", tok_s=f"{tok_s:.0f}")
     now = time.perf_counter()
     if self.plain and now - self.t_line >= self.tc.log_seconds:
+      # our own ETA: where this line is printed the bar is disabled, and a disabled tqdm counts
+      # nothing (no n, no rate); its '00:05<00:10' format is not this line's either
       eta = (now - self.t_start) / (steps_done - self.start) * (self.tc.max_steps - steps_done)
       print(f"step {steps_done}/{self.tc.max_steps}: loss {record['loss']:.4f}, {tok_s:,.0f} "
             f"tokens/s, {duration(now - self.t_start)} elapsed, ETA {duration(eta)}", flush=True)
