@@ -8,7 +8,6 @@ Process 0 alone writes the files beside the checkpoints; every process writes it
 """
 
 import json
-import math
 import os
 import sys
 import time
