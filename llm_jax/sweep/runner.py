@@ -89,6 +89,8 @@ def run_sweep(directory: str, jobs: int = 1, vectorize: bool = False) -> list[st
       raise UserError(f"point {r.point} trains each run over {r.nodes * r.tasks_per_node} "
                       "processes (slurm.nodes x slurm.tasks_per_node): use --launcher=submitit")
   todo = runs_to_train(exp)
+  for r in todo:  # each config.json, all checked against their saved runs before any starts
+    worker.write_run(r.workdir, r.config)
   skipped = len(exp.runs) - len(todo)
   units = make_units(todo, vectorize)
   total = len(exp.runs)
@@ -118,8 +120,6 @@ def run_sweep(directory: str, jobs: int = 1, vectorize: bool = False) -> list[st
     while units or running:
       while units and len(running) < jobs:
         unit = units.pop(0)
-        for r in unit:
-          worker.write_run(r.workdir, r.config)
         log = open(os.path.join(unit[0].workdir, LOG_FILE), "a", encoding="utf-8")
         proc = subprocess.Popen([sys.executable, "-m", "llm_jax.sweep.worker",
                                  *(r.workdir for r in unit)],

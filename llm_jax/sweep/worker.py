@@ -1,8 +1,8 @@
 """One unit of a sweep, in its own process: `python -m llm_jax.sweep.worker <workdir>...`.
 
-Each workdir holds the resolved config the runner wrote (its config.json, the run's one copy). One workdir trains with
-`train_and_evaluate`; several train together with `train_runs`. Either resumes what its
-workdirs hold.
+Each workdir holds the resolved config the runner wrote (its config.json, the run's one copy).
+One workdir trains with `train_and_evaluate`; several train together with `train_runs`. Either
+resumes what its workdirs hold.
 """
 
 import os

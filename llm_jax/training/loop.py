@@ -25,7 +25,8 @@ import numpy as np
 
 from llm_jax.models import flops_per_token
 from llm_jax.models.flops import count_params
-from llm_jax.training import finetune, parallel, profile, signals, vectorized, workdir as workdir_lib
+from llm_jax.training import (finetune, parallel, profile, signals, vectorized,
+                              workdir as workdir_lib)
 from llm_jax.training.optimizer import make_optimizer
 from llm_jax.training.runs import Progress, Runs
 from llm_jax.training.steps import create_state
