@@ -194,7 +194,7 @@ def _define_generate(argv):
 def _generate(argv):
   from llm_jax.fileio import read_utf8
   from llm_jax.generate import generate_text
-  from llm_jax.tasks import task_kind
+  from llm_jax.training.tasks import task_kind
   from llm_jax.training import workdir as workdir_lib
   import pathlib
   if FLAGS.prompt_file and FLAGS["prompt"].present:

@@ -7,12 +7,12 @@ The transformer: every source of the split (val or test, never trained on) is de
 by beam search, and compared with its target: token accuracy (the share of target positions,
 EOS included, decoded right) and exact match (the share of targets decoded entirely right).
 A language model: the mean loss over the task's fixed val batches, and its bits per byte. (Each
-task kind's `evaluate`, tasks.py.)
+task kind's `evaluate`, training/tasks.py.)
 """
 
 from llm_jax.errors import UserError
-from llm_jax.generate import load_run
-from llm_jax.tasks import task_kind
+from llm_jax.training.tasks import task_kind
+from llm_jax.training.workdir import load_run
 
 
 def evaluate_run(workdir, split: str = "val", beam_size: int = 1, alpha: float = 0.6,

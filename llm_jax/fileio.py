@@ -70,6 +70,11 @@ def read_text_files(pattern: str, name: str) -> str:
   return "".join(read_utf8(p) for p in paths)
 
 
+# a run's metrics file in its workdir (training/workdir.py names the rest of the layout): here, so
+# that the light commands (plot) read it without the training modules
+METRICS_FILE = "metrics.jsonl"
+
+
 def read_metrics(path) -> list[dict]:
   """The records of a metrics.jsonl (one JSON object with a 'step' a line; [] if there is no file).
 

@@ -4,8 +4,8 @@
     llm-jax generate --workdir=runs/transformer_reverse --prompt=abcdefgh   # -> hgfedcba
 
 A language model continues the prompt; the transformer takes it as a source and decodes its target
-greedily (each task kind's `generate`, tasks.py). Only the parameters are read from the checkpoint
-(no optimizer is built).
+greedily (each task kind's `generate`, training/tasks.py). Only the parameters are read from the
+checkpoint (no optimizer is built; training/workdir.py's load_run).
 """
 
 import os
@@ -14,49 +14,8 @@ import jax
 import numpy as np
 
 from llm_jax.errors import UserError
-from llm_jax.models import build_model, init_params
-from llm_jax.tasks import task_kind
-from llm_jax.training import checkpoint, workdir as workdir_lib
-
-
-def load_run(workdir: str, step: int | None = None):
-  """(config, tokenizer, model, params, step) of the run in workdir, at `step` (default: latest)."""
-  workdir = os.path.abspath(workdir)
-  if os.path.isfile(workdir):
-    raise UserError(f"--workdir={workdir} is a file, not a run directory: pass the directory of a "
-                    f"training run (the --workdir it trained in)")
-  if not os.path.isdir(workdir):
-    raise UserError(f"--workdir={workdir} does not exist: pass the directory of a training run")
-  config, tokenizer = workdir_lib.read_config(workdir), workdir_lib.read_tokenizer(workdir)
-  if config is None or tokenizer is None:
-    raise UserError(f"--workdir={workdir} holds no training run (no config.json/tokenizer.json): "
-                    f"train one there with `llm-jax train`")
-  manager = checkpoint.make_manager(workdir, config.train.keep_checkpoints, create=False)
-  steps = sorted(manager.all_steps()) if os.path.isdir(manager.directory) else []
-  if not steps:
-    raise UserError(f"--workdir={workdir} has no checkpoint yet: train it first")
-  if step is not None and step not in steps:
-    raise UserError(f"--step={step} was not saved in {workdir}: saved steps are "
-                    f"{', '.join(map(str, steps))}")
-  model = build_model(config.model, tokenizer.vocab_size)
-  shapes = jax.eval_shape(lambda: init_params(model, config.model, jax.random.key(0)))
-  # the step and the parameters alone: a partial restore, which needs no optimizer state
-  like = {"step": np.zeros((), np.int32),
-          "params": jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)}
-  try:
-    if step is None:  # the latest that restores: a damaged newest one is named and skipped
-      restored, _ = checkpoint.restore_latest_good(manager, like, move_bad=False)
-    else:
-      restored, _ = checkpoint.restore(manager, like, step)
-  except UserError:
-    raise
-  except Exception as e:  # noqa: BLE001 -- Orbax and TensorStore raise many kinds
-    raise UserError(f"the checkpoint of --step={step} in {workdir} is damaged "
-                    f"({type(e).__name__}): pass another --step, or leave it out for the "
-                    f"latest good one") from None
-  finally:
-    manager.close()
-  return config, tokenizer, model, restored["params"], int(restored["step"])
+from llm_jax.training.tasks import task_kind
+from llm_jax.training.workdir import load_run
 
 
 def check_sampling(max_new_tokens, temperature, top_k, top_p, num_samples, vocab_size, seed=0):

@@ -9,14 +9,14 @@ the val loss at evaluations as a thicker line with markers. matplotlib draws off
 import os
 
 from llm_jax.errors import UserError
-from llm_jax.fileio import read_metrics
+from llm_jax.fileio import METRICS_FILE, read_metrics
 
 
 def read_curves(workdir: str) -> dict:
   """{'train': ([step], [loss]), 'val': ([step], [loss])} from <workdir>/metrics.jsonl."""
-  path = os.path.join(workdir, "metrics.jsonl")
+  path = os.path.join(workdir, METRICS_FILE)
   if not os.path.isfile(path):
-    raise UserError(f"{workdir} has no metrics.jsonl: pass the --workdir of a training run")
+    raise UserError(f"{workdir} has no {METRICS_FILE}: pass the --workdir of a training run")
   curves = {"train": ([], []), "val": ([], [])}
   for r in read_metrics(path):
     for name, key in (("train", "loss"), ("val", "val_loss")):

@@ -4,7 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from llm_jax.bench import peak
+from llm_jax import peaks as peak
 from llm_jax.bench import train as bench_train
 from llm_jax.config import default_config
 from llm_jax.models import build_model, flops, flops_per_token

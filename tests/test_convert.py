@@ -25,7 +25,8 @@ from llm_jax.config import default_config
 from llm_jax.decoding import lm as decoding
 from llm_jax.errors import UserError
 from llm_jax.fileio import read_metrics
-from llm_jax.generate import generate_text, load_run
+from llm_jax.generate import generate_text
+from llm_jax.training.workdir import load_run
 from llm_jax.training.loop import train_and_evaluate
 
 V = 96  # the vocabulary of the tiny models and of their tokenizer

@@ -71,7 +71,7 @@ def test_generation_and_evaluation_read_the_saved_parameters_without_an_optimize
   import optax
   from llm_jax.training import checkpoint
   from llm_jax.evaluate import evaluate_run
-  from llm_jax.generate import load_run
+  from llm_jax.training.workdir import load_run
 
   def no_optimizer(*args, **kwargs):
     raise AssertionError("an optimizer was built")

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import TOY_TEXT, tiny_config
 from llm_jax.errors import UserError
-from llm_jax.tasks import build_task
+from llm_jax.training.tasks import build_task
 from llm_jax.training import parallel, sharding
 from llm_jax.training.loop import train_and_evaluate
 from llm_jax.training.optimizer import make_optimizer

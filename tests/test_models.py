@@ -123,7 +123,7 @@ def test_scanned_layers_equal_the_loop_with_the_same_parameters(variant):
 
 def test_every_family_of_the_registry_builds_and_takes_its_example_inputs():
   from llm_jax.models import FAMILIES, example_inputs, flops_per_token, init_params
-  from llm_jax.tasks import KINDS
+  from llm_jax.training.tasks import KINDS
   for name, family in FAMILIES.items():
     c = default_config().model
     c.update(name=name, n_layer=1, n_head=2, n_embd=16, block_size=T)

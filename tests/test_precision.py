@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from llm_jax.bench import peak
+from llm_jax import peaks as peak
 from llm_jax.config import validate
 from llm_jax.errors import UserError
 from llm_jax.models import build_model, precision

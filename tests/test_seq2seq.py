@@ -14,7 +14,8 @@ from llm_jax.config import default_config, validate
 from llm_jax.data.seq2seq import encode_sources, load_seq2seq_data
 from llm_jax.data.tokenizers import Seq2SeqTokenizer
 from llm_jax.errors import UserError
-from llm_jax.generate import generate_text, load_run
+from llm_jax.generate import generate_text
+from llm_jax.training.workdir import load_run
 from llm_jax.training import workdir as workdir_lib
 from llm_jax.training.loop import train_and_evaluate
 

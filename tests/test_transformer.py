@@ -206,6 +206,26 @@ def test_scanned_stacks_and_the_fused_attention_compute_the_same():
   np.testing.assert_array_equal(greedy, np.where(after_eos, PAD, np.argmax(logits, axis=-1)))
 
 
+def test_beam_search_with_scanned_stacks_finds_the_loops_beams():
+  """Beam search reorders the decoder's KV cache by each new hypothesis's parent: under
+  model.scan_layers the cache has a layer axis first, and the reorder must take the rows behind
+  it. With the loop's parameters stacked, the scanned model's beams and scores are the loop's."""
+  loop, params = make(**VARIANTS[1])
+  scan, _ = make(**VARIANTS[1], scan_layers=True)
+  stacked = dict(params)
+  for stack in ("encoder", "decoder"):
+    layers = [params[stack][f"layer_{i}"] for i in range(2)]
+    stacked[stack] = {k: v for k, v in params[stack].items() if not k.startswith("layer_")}
+    stacked[stack]["layer"] = {"block": jax.tree.map(lambda *x: jnp.stack(x), *layers)}
+  src = tokens(13, (3, S))
+  src[1, 4:] = PAD
+  kw = dict(beam_size=4, max_len=T, alpha=0.6, bos_id=BOS, eos_id=EOS)
+  want, want_score = decoding.beam_search(loop, params, src, **kw)
+  got, got_score = decoding.beam_search(scan, stacked, src, **kw)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  np.testing.assert_allclose(np.asarray(got_score), np.asarray(want_score), rtol=1e-5)
+
+
 def test_the_modern_switches_train_and_decode_greedily_as_the_full_forward():
   """Rotary positions, RMSNorm, SwiGLU, multi-query attention and QK-norm in both stacks: no
   position table, a gradient step lowers the loss on a batch, and greedy decoding with the cache

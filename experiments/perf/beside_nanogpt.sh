@@ -23,7 +23,7 @@ wall() {  # wall <name> <command...>: the command's wall time into walls.txt
 }
 nano() { (cd "$NANOGPT" && "$TORCH_PY" train.py config/train_shakespeare_char.py --device=cpu "$@"); }
 { lscpu | grep 'Model name'; uptime; } >> "$OUT/walls.txt"
-.venv/bin/python -m llm_jax.bench.peak > "$OUT/peak.json"
+.venv/bin/python -m llm_jax.peaks > "$OUT/peak.json"
 # the baby config, 2000 steps each
 wall nano_baby_wall nano --compile=False --eval_iters=20 --log_interval=1 "${NANO_BABY[@]}" \
   --max_iters=2000 --lr_decay_iters=2000 --out_dir="$RUNS/nano_baby" > "$OUT/nanogpt_baby.txt" 2>&1

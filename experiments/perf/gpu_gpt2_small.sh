@@ -1,6 +1,6 @@
 #!/bin/bash
 # GPT-2 small (configs/gpt2_small.py: 12L/12H/768d, T=1024, vocab 50304) on one GPU: `llm-jax bench`
-# in bf16, MFU against the datasheet's dense bf16 peak (bench/peak.py: 989 TFLOP/s on H100/H200).
+# in bf16, MFU against the datasheet's dense bf16 peak (peaks.py: 989 TFLOP/s on H100/H200).
 #
 #   bash experiments/perf/gpu_gpt2_small.sh [out_dir]        (from the repository root)
 #

@@ -20,7 +20,7 @@ import time
 
 from absl import app, flags
 
-from llm_jax.fileio import read_metrics
+from llm_jax.fileio import METRICS_FILE, read_metrics
 from llm_jax.sweep import runner, spec
 
 flags.DEFINE_string("config", "experiments/ablation_base.py", "base config of the K runs")
@@ -42,7 +42,7 @@ def write_experiment(folder, base, k, steps):
 
 
 def steady_ms(workdir):
-  records = read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  records = read_metrics(os.path.join(workdir, METRICS_FILE))
   ms = [r["ms_per_step"] for r in records if "ms_per_step" in r]
   return statistics.median(ms[1:])  # the first interval holds the compilation
 

@@ -10,7 +10,7 @@ call less a steady step, reported apart (near 0 when JAX's persistent compilatio
 the program). Prints one JSON object, then a readable table on stderr.
 
 FLOPs per token are models/flops.py's (6N + 12 L T d, nanoGPT's estimate_mfu). MFU =
-flops_per_token x tokens/s / a peak: the matmul peak measured in the same run (bench/peak.py,
+flops_per_token x tokens/s / a peak: the matmul peak measured in the same run (peaks.py,
 float32 or bfloat16 as the model computes) and, on a known accelerator, its datasheet peak.
 """
 
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from llm_jax import decoding
-from llm_jax.bench import peak
+from llm_jax import peaks as peak
 from llm_jax.config import validate
 from llm_jax.errors import UserError
 from llm_jax.models import FAMILIES, build_model, flops_per_token

@@ -110,7 +110,11 @@ def beam_search(model, params, inputs_BS, *, beam_size: int, max_len: int, alpha
     out_BKL = jnp.take_along_axis(out_BKL, beam_BK[..., None], axis=1)
     out_BKL = jax.lax.dynamic_update_slice_in_dim(out_BKL, tok_BK[..., None], t, axis=2)
     rows_N = (jnp.arange(B)[:, None] * K + beam_BK).reshape(-1)  # the parent of each new row
-    cache = jax.tree.map(lambda x: x[rows_N] if x.ndim else x, cache)
+    # each row's cache follows its parent: the rows are axis 0, or axis 1 behind the layer axis
+    # of scanned blocks (whose per-layer `index` is (n_layer,), one value per layer, unchanged)
+    row_axis = int(model.cfg.scan_layers)
+    cache = jax.tree.map(
+        lambda x: jnp.take(x, rows_N, axis=row_axis) if x.ndim > row_axis else x, cache)
     return t + 1, tok_BK, logp_BK, len_BK, was_done_BK | (tok_BK == eos_id), out_BKL, cache
 
   # at the start the K hypotheses are the same (BOS): only the first may extend

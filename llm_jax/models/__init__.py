@@ -5,8 +5,8 @@ looks the family up here.
 Every module is configured by one ModelConfig (model_config.py), built from `config.model`. A
 family of the 'lm' kind maps tokens (B, T) to logits (B, T, V); one of the 'seq2seq' kind maps
 (source (B, S), decoder input (B, T)) to logits (B, T, V), and has `encode` and `decode` methods
-for decoding (decoding/seq2seq.py). llm_jax/tasks.py holds what each kind trains on, and how it
-generates and evaluates. A new family is its model file and one entry in FAMILIES.
+for decoding (decoding/seq2seq.py). llm_jax/training/tasks.py holds what each kind trains on, and
+how it generates and evaluates. A new family is its model file and one entry in FAMILIES.
 """
 
 from typing import Callable, NamedTuple
@@ -53,10 +53,11 @@ FAMILIES = {
 }
 
 
-def build_model(model_config, vocab_size: int):
-  """model_config: the validated `config.model`. The family's flax module."""
+def build_model(model_config, vocab_size: int, pad_id: int = 0):
+  """model_config: the validated `config.model`; vocab_size and pad_id: the tokenizer's (pad_id:
+  its PAD, where it has one). The family's flax module."""
   family = FAMILIES[model_config.name]
-  return family.module(ModelConfig.from_config(model_config, vocab_size))
+  return family.module(ModelConfig.from_config(model_config, vocab_size, pad_id))
 
 
 def example_inputs(model_config) -> tuple:

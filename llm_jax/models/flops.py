@@ -12,13 +12,16 @@ turns it into achieved FLOP/s and MFU.
 import jax
 import numpy as np
 
+from llm_jax.models.layers import POSITION_TABLE
+
 
 def count_params(params) -> tuple[int, int]:
-  """(all parameters, parameters less the position table), as nanoGPT's get_num_params."""
+  """(all parameters, parameters less the position table), as nanoGPT's get_num_params. The
+  table is told by its name in layers.PositionalEncoding, which every family's positions use."""
   leaves = jax.tree_util.tree_leaves_with_path(params)
   total = sum(int(np.size(x)) for _, x in leaves)
   positions = sum(int(np.size(x)) for path, x in leaves
-                  if any(getattr(k, "key", None) == "wpe" for k in path))
+                  if getattr(path[-1], "key", None) == POSITION_TABLE)
   return total, total - positions
 
 

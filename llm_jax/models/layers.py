@@ -48,6 +48,11 @@ def sinusoidal_table(max_len: int, d: int) -> np.ndarray:
   return table  # (L, C)
 
 
+# the learned position table's parameter name, in whatever module a family names its positions
+# (GPT: 'wpe'): flops.count_params leaves it out of the FLOPs' N by this name
+POSITION_TABLE = "table"
+
+
 class PositionalEncoding(nn.Module):
   """Adds a position vector to each token vector: learned (a table of max_len x C) or fixed
   sinusoidal; with 'rope' (the attention rotates queries and keys) and 'none' (NoPE: the causal
@@ -61,7 +66,7 @@ class PositionalEncoding(nn.Module):
     if self.kind in ("rope", "none"):
       return x_BTC
     if self.kind == "learned":
-      table = self.param("table", param_init(nn.initializers.normal(0.02), "length", "embed"),
+      table = self.param(POSITION_TABLE, param_init(nn.initializers.normal(0.02), "length", "embed"),
                          (self.max_len, C))
     else:
       table = jnp.asarray(sinusoidal_table(self.max_len, C))

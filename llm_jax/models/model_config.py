@@ -43,20 +43,22 @@ class ModelConfig:
   dtype: str
   attention: str
   scan_layers: bool
-  # the token id of padding (the seq2seq tokenizer's PAD): the transformer's masks
+  # the token id of padding, the tokenizer's (the seq2seq tokenizer's PAD; 0 for a tokenizer
+  # without one, which no language model reads): the transformer's masks
   pad_id: int = 0
 
   @classmethod
-  def from_config(cls, model_config, vocab_size: int) -> "ModelConfig":
-    """model_config: the validated `config.model` (max_len 0 there means block_size). A field of
-    it that ModelConfig lacks is a TypeError here, never a setting silently left out."""
+  def from_config(cls, model_config, vocab_size: int, pad_id: int = 0) -> "ModelConfig":
+    """model_config: the validated `config.model` (max_len 0 there means block_size); vocab_size
+    and pad_id: the tokenizer's. A field of config.model that ModelConfig lacks is a TypeError
+    here, never a setting silently left out."""
     m = model_config
     if m.vocab_size and m.vocab_size < vocab_size:
       raise UserError(f"config.model.vocab_size={m.vocab_size} is smaller than the tokenizer's "
                       f"vocabulary ({vocab_size}): use 0 (the tokenizer's) or at least "
                       f"{vocab_size}")
     fields = {k: v for k, v in m.items() if k not in ("name", "block_size", "vocab_size")}
-    return cls(**{**fields, "vocab_size": m.vocab_size or vocab_size,
+    return cls(**{**fields, "vocab_size": m.vocab_size or vocab_size, "pad_id": pad_id,
                   "max_len": m.max_len or m.block_size,
                   "n_kv_head": m.n_kv_head or m.n_head,
                   "dtype": precision.resolve(m.dtype),

@@ -12,7 +12,7 @@ cotangent is rounded to bf16, and each of the two gradients is again a bf16 x bf
 
 dtype='float32' is the plain jnp.einsum. dtype='auto' (`resolve`) is bfloat16 where this machine
 multiplies bf16 at least BF16_GAIN times as fast as f32 (its measured matmul peaks, measured once
-and cached: bench/peak.py), float32 elsewhere (e.g. a CPU without bf16 arithmetic).
+and cached: peaks.py), float32 elsewhere (e.g. a CPU without bf16 arithmetic).
 """
 
 import functools
@@ -47,8 +47,8 @@ def resolve(dtype: str) -> str:
       raise UserError(f"{AUTO_ENV}={os.environ[AUTO_ENV]!r}: use float32 or bfloat16 (or unset "
                       f"it: the measured matmul peaks decide)")
     return os.environ[AUTO_ENV]
-  from llm_jax.bench import peak  # the measurement is the benchmark's; only 'auto' needs it
-  peaks = peak.cached()
+  from llm_jax import peaks as measured  # only 'auto' needs the measurement
+  peaks = measured.cached()
   return "bfloat16" if peaks["bfloat16"] >= BF16_GAIN * peaks["float32"] else "float32"
 
 

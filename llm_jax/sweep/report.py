@@ -6,13 +6,13 @@ written at any time, for finished and unfinished runs alike.
 """
 
 import csv
-import json
 import math
 import os
 
 import numpy as np
 
 from llm_jax.fileio import read_metrics
+from llm_jax.training import workdir as workdir_lib
 
 COLUMNS = ["point", "seed", "status", "step", "final_val_loss", "best_val_loss",
            "final_train_loss", "tokens_per_s", "params", "wall_s"]
@@ -22,14 +22,10 @@ def collect(exp) -> list[dict]:
   """One dict per run: COLUMNS, the point's override values and its val-loss curve."""
   rows = []
   for run in exp.runs:
-    records = read_metrics(os.path.join(run.workdir, "metrics.jsonl"))
+    records = read_metrics(os.path.join(run.workdir, workdir_lib.METRICS_FILE))
     evals = [r for r in records if "val_loss" in r]
-    try:
-      with open(os.path.join(run.workdir, "summary.json"), encoding="utf-8") as f:
-        summary = json.load(f)
-    except (OSError, ValueError):
-      summary = {}
-    finished = summary.get("step") == run.config.train.max_steps
+    summary = workdir_lib.read_summary(run.workdir) or {}
+    finished = workdir_lib.is_finished(run.workdir, run.config.train.max_steps)
     rows.append({
         "point": run.point, "seed": run.seed,
         "status": "done" if finished else ("partial" if records else "not run"),

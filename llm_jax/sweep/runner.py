@@ -24,7 +24,7 @@ from llm_jax import hostmem
 from llm_jax.errors import UserError
 from llm_jax.sweep import report, worker
 from llm_jax.sweep.spec import is_finished, load_experiment
-from llm_jax.training.loop import duration
+from llm_jax.training.runs import duration
 from llm_jax.training.vectorized import shared_key
 
 LOG_FILE = "train.log"
@@ -52,7 +52,7 @@ def find_twin(run, experiments_root: str) -> str | None:
     try:
       if worker.read_run(twin).to_dict() == config and is_finished(run._replace(workdir=twin)):
         return twin
-    except (OSError, ValueError):
+    except (OSError, ValueError, UserError):
       continue
   return None
 
@@ -89,6 +89,8 @@ def run_sweep(directory: str, jobs: int = 1, vectorize: bool = False) -> list[st
       raise UserError(f"point {r.point} trains each run over {r.nodes * r.tasks_per_node} "
                       "processes (slurm.nodes x slurm.tasks_per_node): use --launcher=submitit")
   todo = runs_to_train(exp)
+  for r in todo:  # each config.json, all checked against their saved runs before any starts
+    worker.write_run(r.workdir, r.config)
   skipped = len(exp.runs) - len(todo)
   units = make_units(todo, vectorize)
   total = len(exp.runs)
@@ -118,8 +120,6 @@ def run_sweep(directory: str, jobs: int = 1, vectorize: bool = False) -> list[st
     while units or running:
       while units and len(running) < jobs:
         unit = units.pop(0)
-        for r in unit:
-          worker.write_run(r.workdir, r.config)
         log = open(os.path.join(unit[0].workdir, LOG_FILE), "a", encoding="utf-8")
         proc = subprocess.Popen([sys.executable, "-m", "llm_jax.sweep.worker",
                                  *(r.workdir for r in unit)],
@@ -139,7 +139,7 @@ def run_sweep(directory: str, jobs: int = 1, vectorize: bool = False) -> list[st
                 f"{os.path.join(unit[0].workdir, LOG_FILE)}", flush=True)
         progress()
   except KeyboardInterrupt:
-    for proc in running:  # each run saves a checkpoint on SIGTERM where the loop supports it
+    for proc in running:  # each run saves a checkpoint on SIGTERM, then exits
       proc.send_signal(signal.SIGTERM)
     for proc in running:
       proc.wait()

@@ -23,7 +23,6 @@ wrong type or an invalid config is one error naming the point and the field.
 """
 
 import itertools
-import json
 import os
 import re
 from typing import NamedTuple
@@ -33,6 +32,7 @@ import ml_collections
 from llm_jax.config import validate
 from llm_jax.errors import UserError
 from llm_jax.fileio import load_python_file
+from llm_jax.training import workdir as workdir_lib
 
 EXPERIMENT_FILE = "experiment.py"
 KEYS = {"base", "overrides", "points", "seeds"}
@@ -139,9 +139,5 @@ def load_experiment(directory: str) -> Experiment:
 
 
 def is_finished(run: Run) -> bool:
-  """A run is done when its summary.json reports the last step."""
-  try:
-    with open(os.path.join(run.workdir, "summary.json"), encoding="utf-8") as f:
-      return json.load(f).get("step") == run.config.train.max_steps
-  except (OSError, ValueError):
-    return False
+  """The run directory's rule (training/workdir.py): summary.json reports the last step."""
+  return workdir_lib.is_finished(run.workdir, run.config.train.max_steps)

@@ -1,32 +1,40 @@
 """One unit of a sweep, in its own process: `python -m llm_jax.sweep.worker <workdir>...`.
 
-Each workdir holds the resolved config the runner wrote (sweep_run.json). One workdir trains with
-`train_and_evaluate`; several train together with `train_runs`. Either resumes what its
-workdirs hold.
+Each workdir holds the resolved config the runner wrote (its config.json, the run's one copy).
+One workdir trains with `train_and_evaluate`; several train together with `train_runs`. Either
+resumes what its workdirs hold.
 """
 
-import json
 import os
 import sys
 
 import ml_collections
 
-from llm_jax.config import with_defaults
 from llm_jax.errors import UserError
-from llm_jax.fileio import write_json
+from llm_jax.training import workdir as workdir_lib
 from llm_jax.training.signals import Interrupted
 
-RUN_FILE = "sweep_run.json"
+# the run's config, as training writes it too: one copy, one reader (workdir.read_config)
+RUN_FILE = workdir_lib.CONFIG_FILE
 
 
 def write_run(workdir: str, config) -> None:
-  write_json(os.path.join(workdir, RUN_FILE), config.to_dict())
+  """The run's config.json, before its worker starts. A run already there must be the same run
+  (workdir.check_same_run): its saved config is never replaced by one its checkpoints do not
+  fit."""
+  saved = workdir_lib.read_config(workdir) if os.path.isdir(workdir) else None
+  if saved is not None:
+    workdir_lib.check_same_run(config, saved)
+  os.makedirs(workdir, exist_ok=True)
+  workdir_lib.write_config(workdir, config)
 
 
 def read_run(workdir: str) -> ml_collections.ConfigDict:
   """The run's config; fields added to the config since it was written take their defaults."""
-  with open(os.path.join(workdir, RUN_FILE), encoding="utf-8") as f:
-    return ml_collections.ConfigDict(with_defaults(json.load(f)))
+  config = workdir_lib.read_config(workdir)
+  if config is None:
+    raise UserError(f"{workdir} holds no {RUN_FILE}: start the run with `llm-jax sweep`")
+  return config
 
 
 def main(workdirs) -> int:

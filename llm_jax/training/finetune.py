@@ -49,5 +49,4 @@ def source_run(config):
 
 def load_params(config):
   """The init_from run's latest parameters."""
-  from llm_jax.generate import load_run  # noqa: PLC0415 -- generate builds on the tasks
-  return load_run(config.train.init_from)[3]
+  return workdir_lib.load_run(config.train.init_from)[3]

@@ -26,15 +26,17 @@ detection), before JAX starts; on CPU the collectives go through gloo.
 
 import contextlib
 import os
+from typing import Callable, Protocol
 
+import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from llm_jax.errors import UserError
-from llm_jax.models import axes
+from llm_jax.models import axes, init_params
 from llm_jax.training import sharding
-from llm_jax.training.steps import init_state
+from llm_jax.training.steps import create_state
 
 AXIS = "batch"
 
@@ -123,7 +125,43 @@ def set_cpu_devices(config) -> int | None:
 MODES = {"auto": "mesh", "none": "jit", "pmap": "pmap"}
 
 
-def placement(config, model, tx, lead: int = 0):
+class Placement(Protocol):
+  """Where the train state and the batches live, and how the steps run there (module docstring):
+  MeshPlacement or PmapPlacement, which the loop and the benchmark use alike."""
+  axis_name: str | None  # the steps' collective axis (pmap's); None: the compiler's (the mesh)
+  n_devices: int
+  batch_divisor: int  # the global batch is split over this many devices
+  description: str  # for the start-of-run line
+
+  def create_state(self, fn, *host_params):
+    """fn(*params) -> the train state, placed; host_params: parameter trees fn takes."""
+
+  def steps(self, train_step, evaluate, rng) -> tuple[Callable, Callable]:
+    """(train(state, batch) -> (state, metrics), evaluate(state, batches) -> the mean loss)."""
+
+  def replicated_fn(self, fn) -> Callable:
+    """fn over the state (or part of it) -> a result every device holds, e.g. a norm."""
+
+  def put_batch(self, batch: dict) -> dict:
+    """A global host batch (the same on every process) -> this process's part, placed."""
+
+  def local(self, tree):
+    """A replicated result -> numpy, without a collective."""
+
+  def to_host(self, tree):
+    """The whole tree as numpy arrays (with several processes a collective: all call it)."""
+
+  def saveable(self, state):
+    """The state as Orbax saves it."""
+
+  def place(self, state):
+    """A restored state -> placed as create_state places it."""
+
+  def memory(self, train, state, batch) -> dict:
+    """The state's bytes per device (and the compiled step's, where XLA tells them)."""
+
+
+def placement(config, model, tx, lead: int = 0) -> Placement:
   """The Placement for config.parallel and config.mesh of the train state of (model, tx);
   `lead`: leading axes stacked before the state's own (the vectorized runs' K), replicated."""
   mode = MODES[config.parallel]
@@ -139,8 +177,10 @@ def placement(config, model, tx, lead: int = 0):
     p = PmapPlacement()
   else:
     devices = jax.devices() if mode == "mesh" else jax.local_devices()[:1]
-    p = MeshPlacement(sharding.make_mesh(config.mesh, devices), model, config.model, tx, lead,
-                      mode)
+    mesh = sharding.make_mesh(config.mesh, devices)
+    description = "jit" if mode == "jit" else "mesh " + " ".join(
+        f"{a}={n}" for a, n in mesh.shape.items())
+    p = MeshPlacement(mesh, model, config.model, tx, lead, description)
   b, d = config.train.batch_size, p.batch_divisor
   if b % d:
     raise UserError(f"config.train.batch_size={b} does not divide by the {d} devices it is split "
@@ -160,16 +200,16 @@ def _reader(x):
 class MeshPlacement:
   """jit over a mesh; see the module docstring."""
 
-  def __init__(self, mesh, model, model_config, tx, lead: int, mode: str):
-    self.mode, self.mesh, self.lead = mode, mesh, (None,) * lead
+  def __init__(self, mesh, model, model_config, tx, lead: int, description: str):
+    self.mesh, self.lead, self.description = mesh, (None,) * lead, description
     self.axis_name = None  # the steps' collectives are GSPMD's
     self.batch_axis = 1 + lead  # of a batch (..., A or E, B, ...)
     self.n_devices = mesh.size
     self.batch_divisor = mesh.shape["data"] * mesh.shape["fsdp"]
-    self.description = ("jit" if mode == "jit" else "mesh " + " ".join(
-        f"{a}={n}" for a, n in mesh.shape.items()))
-    self.params_sharding = sharding.param_shardings(model, model_config, mesh, self.lead)
-    abstract = jax.eval_shape(lambda: init_state(model, model_config, tx, jax.random.key(0)))
+    # the model traced once, abstractly: its parameters' shapes and axes' names, then the state's
+    boxed = jax.eval_shape(lambda: init_params(model, model_config, jax.random.key(0), boxed=True))
+    self.params_sharding = sharding.param_shardings(boxed, mesh, self.lead)
+    abstract = jax.eval_shape(lambda p: create_state(p, tx), nn.unbox(boxed))
     self.state_sharding = sharding.state_shardings(abstract, self.params_sharding, tx, mesh,
                                                    self.lead)
     self.replicated = NamedSharding(mesh, P())
@@ -181,7 +221,7 @@ class MeshPlacement:
         self.mesh, sharding.spec_for(names, shape, self.mesh))):
       yield
 
-  def jit(self, fn, in_shardings, out_shardings, donate_argnums=()):
+  def _jit(self, fn, in_shardings, out_shardings, donate_argnums=()):
     jitted = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings,
                      donate_argnums=donate_argnums)
 
@@ -198,10 +238,10 @@ class MeshPlacement:
   def create_state(self, fn, *host_params):
     """fn(*params) -> the train state, computed on the mesh straight into its shardings;
     host_params: parameter trees (e.g. a fine-tuning's source), placed as the parameters."""
-    args = [self.put(p, self.params_sharding) for p in host_params]
+    args = [self._put(p, self.params_sharding) for p in host_params]
     return jax.jit(fn, out_shardings=self.state_sharding)(*args)
 
-  def put(self, tree, shardings):
+  def _put(self, tree, shardings):
     """Host arrays (the same on every process) -> global arrays at `shardings`; each process
     transfers its own shards (an array already there stays)."""
     return jax.tree.map(
@@ -214,9 +254,9 @@ class MeshPlacement:
     batch = sharding.batch_sharding(self.mesh, self.batch_axis)
     key_data = np.asarray(jax.random.key_data(rng))  # a constant of the program, on no device
     step = lambda state, b: train_step(state, b, jax.random.wrap_key_data(key_data))
-    train = self.jit(step,
+    train = self._jit(step,
                      (self.state_sharding, batch), (self.state_sharding, self.replicated), 0)
-    ev = self.jit(evaluate, (self.state_sharding, batch), self.replicated)
+    ev = self._jit(evaluate, (self.state_sharding, batch), self.replicated)
     return train, ev
 
   def replicated_fn(self, fn):
@@ -227,7 +267,7 @@ class MeshPlacement:
     """A global host batch (the same on every process) -> global arrays split over (data, fsdp)
     along its batch axis; each process transfers only the rows its devices hold."""
     s = sharding.batch_sharding(self.mesh, self.batch_axis)
-    return self.put(batch, {k: s for k in batch})
+    return self._put(batch, {k: s for k in batch})
 
   def local(self, tree):
     """A replicated result (metrics, a norm) -> numpy, read from this process's first shard,
@@ -246,7 +286,7 @@ class MeshPlacement:
 
   def place(self, state):
     """A restored state -> on the mesh (one restored into its shardings already is)."""
-    return self.put(state, self.state_sharding)
+    return self._put(state, self.state_sharding)
 
   def memory(self, train, state, batch) -> dict:
     """Per device: the state's bytes (and one whole copy's), and the compiled step's (XLA's
@@ -258,7 +298,6 @@ class MeshPlacement:
 
 class PmapPlacement:
   """jax.pmap data parallelism over every device; the state a host copy between uses."""
-  mode = "pmap"
   description = "pmap"
   axis_name = AXIS  # the steps average gradients and metrics over it (steps.py)
 
@@ -280,9 +319,10 @@ class PmapPlacement:
     d = jax.local_device_count()
     return jax.tree.map(lambda x: np.broadcast_to(x, (d, *np.shape(x))).copy(), state_host)
 
-  def put_batch(self, batch: dict, axis: int = 1) -> dict:
-    """This process's slice of the batch axis, split over its local devices:
-    (D_local, ..., B / D, ...)."""
+  def put_batch(self, batch: dict) -> dict:
+    """This process's slice of the batch axis (after the micro-batch axis), split over its local
+    devices: (D_local, A, B / D, ...)."""
+    axis = 1
     d_local, p, n_proc = jax.local_device_count(), jax.process_index(), jax.process_count()
 
     def shard(x):

@@ -22,7 +22,6 @@ import optax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from llm_jax.errors import UserError
-from llm_jax.models import init_params
 
 MESH_AXES = ("data", "fsdp", "tensor")
 # the examples of a batch are split over both data axes
@@ -79,6 +78,10 @@ def make_mesh(mesh_cfg, devices=None) -> jax.sharding.Mesh:
 
 def spec_for(names, shape, mesh) -> P:
   """Logical axis names -> a PartitionSpec on `mesh` by RULES (see the module docstring)."""
+  # Not flax's nn.logical_to_mesh_sharding: it maps names alone, so it splits an axis the mesh axis
+  # does not divide (a 65-character vocabulary under tensor=2), which jit refuses; and under its
+  # nn.logical_axis_rules the parameters' boxes constrain DenseGeneral's flattened kernels with the
+  # names of their unflattened shapes, an error at trace time (models/axes.py)
   rules, used, out = dict(RULES), set(), []
   for name, size in zip(names, shape):
     axes = rules.get(name) if name is not None else None
@@ -92,10 +95,10 @@ def spec_for(names, shape, mesh) -> P:
   return P(*out)
 
 
-def param_shardings(model, model_config, mesh, lead=()):
-  """{parameter: NamedSharding} for the family's parameters; `lead`: mesh axes (or None) of
+def param_shardings(boxed, mesh, lead=()):
+  """{parameter: NamedSharding} for the family's parameters, from their abstract boxed init
+  (models.init_params(..., boxed=True) under jax.eval_shape); `lead`: mesh axes (or None) of
   leading axes stacked before each parameter's own (the vectorized runs' K)."""
-  boxed = jax.eval_shape(lambda: init_params(model, model_config, jax.random.key(0), boxed=True))
   names = nn.get_partition_spec(boxed)  # the logical names, as PartitionSpecs
   shapes = nn.unbox(boxed)
   return jax.tree.map(lambda n, s: NamedSharding(mesh, P(*lead, *spec_for(tuple(n), s.shape,

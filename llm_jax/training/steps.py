@@ -20,6 +20,10 @@ from llm_jax.models import init_params
 from llm_jax.training import guards
 
 
+# Not flax.training.train_state.TrainState: it carries the optimizer (and apply_fn) as static
+# fields, and the vectorized runs build each run's optimizer inside the vmapped step from traced
+# values, so no state can carry it; its apply_gradients would also bypass the guarded update
+# (nan_policy='skip'). The leaves are the same three, so checkpoints would not tell them apart.
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array  # () int32: updates done

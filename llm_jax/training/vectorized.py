@@ -5,17 +5,18 @@ Runs that share every shape (same model, data, batch, schedule lengths) and diff
 VMAPPABLE fields (seed, learning rates, weight decay, dropout rate) train together: the state is
 stacked along a leading axis K, step s feeds each run its own batch (from its own seed), and the
 optimizer and the dropout rate are built inside the vmapped step from that run's traced values.
-The training loop (loop.train_runs) runs them as it runs one: each run keeps its own workdir
-(config.json, metrics.jsonl, events, checkpoints, summary.json), the NaN policy, damaged-checkpoint
-fallback and disk checks; its per-step losses equal a separate run's (to float rounding).
+The training loop (loop.train_runs) runs them as it runs one (runs.Runs splits what they write):
+each run keeps its own workdir (config.json, metrics.jsonl, events, checkpoints, summary.json), the
+NaN policy, damaged-checkpoint fallback and disk checks; its per-step losses equal a separate run's
+(to float rounding).
 """
 
 import dataclasses
-import types
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
 from llm_jax.errors import UserError
@@ -76,6 +77,23 @@ class Functions(NamedTuple):
   param_norm: Callable  # params -> their global norm
 
 
+def one_run(config, task, tx, axis_name, skip_nonfinite: bool) -> Functions:
+  """A single run's functions (no K axis); axis_name: the placement's (pmap's device axis)."""
+  loss_fn = make_loss_fn(task.model, task.input_keys)
+  return Functions(init=lambda rng: init_state(task.model, config.model, tx, rng),
+                   train_step=make_train_step(loss_fn, tx, axis_name, skip_nonfinite),
+                   evaluate=make_evaluate(loss_fn, axis_name), param_norm=optax.tree.norm)
+
+
+def _with_knobs(train_config, knobs):
+  """A copy of config.train whose OPTIMIZER_KNOBS are a run's traced values (a ConfigDict without
+  type checks: a tracer is no float), for make_optimizer."""
+  out = ml_collections.ConfigDict(train_config.to_dict(), type_safe=False)
+  for k in OPTIMIZER_KNOBS:
+    out[k] = knobs[k]
+  return out
+
+
 def functions(configs, tasks, skip_nonfinite: bool) -> Functions:
   """The K runs' functions, vmapped; each builds its run's model and optimizer from its traced
   knobs (the K values closed over as constants)."""
@@ -84,9 +102,7 @@ def functions(configs, tasks, skip_nonfinite: bool) -> Functions:
 
   def model_and_tx(knobs):  # this run's model and optimizer, from its traced knobs
     model = task.model.clone(cfg=dataclasses.replace(task.model.cfg, dropout=knobs["dropout"]))
-    train_cfg = types.SimpleNamespace(**{**tc.to_dict(),
-                                         **{k: knobs[k] for k in OPTIMIZER_KNOBS}})
-    return model, make_optimizer(train_cfg)
+    return model, make_optimizer(_with_knobs(tc, knobs))
 
   def init(rng, knobs):
     model, tx = model_and_tx(knobs)

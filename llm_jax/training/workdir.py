@@ -1,4 +1,7 @@
-"""What a run keeps beside its checkpoints: the resolved config and the tokenizer, as JSON.
+"""A run directory's layout, owned here: what a run keeps beside its checkpoints (the resolved
+config and the tokenizer, as JSON; metrics.jsonl; summary.json), the checkpoints' metadata, when a
+run is finished, and `load_run` (a run's parameters, for generation, evaluation, export and
+fine-tuning).
 
 A workdir holds one run. Launching again with the same workdir resumes it; a config whose model
 or data differ from the saved one is refused (it would not fit the checkpoints). Before training,
@@ -9,18 +12,27 @@ one stays intact): a clear error at start rather than a failed save hours later.
 import contextlib
 import errno
 import json
+import math
 import os
 import shutil
 import tempfile
 
+import jax
 import ml_collections
+import numpy as np
 
 from llm_jax.config import with_defaults
 from llm_jax.data.tokenizers import tokenizer_from_dict
 from llm_jax.errors import UserError
-from llm_jax.fileio import write_json
+from llm_jax.fileio import METRICS_FILE, write_json  # noqa: F401 -- the layout's names
+from llm_jax.models import build_model, init_params
+from llm_jax.training import checkpoint
 
 CONFIG_FILE, TOKENIZER_FILE = "config.json", "tokenizer.json"
+# METRICS_FILE (fileio.py, which reads it): one JSON record a line, the train metrics at each log
+# step and the losses at each evaluation
+# the run's summary, written when it reaches train.max_steps
+SUMMARY_FILE = "summary.json"
 
 
 def _read_json(workdir, name):
@@ -70,12 +82,12 @@ def changed_fields(config, saved) -> list[str]:
   return sorted(k for k in new.keys() | old.keys() if new.get(k) != old.get(k))
 
 
-def read_summary(workdir) -> dict | None:
-  return _read_json(workdir, "summary.json")
+def write_config(workdir, config) -> None:
+  write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
 
 
 def write_run_files(workdir, config, tokenizer) -> None:
-  write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
+  write_config(workdir, config)
   write_json(os.path.join(workdir, TOKENIZER_FILE), tokenizer.to_dict())
 
 
@@ -84,7 +96,7 @@ def _holds_work(path) -> bool:
   checkpoints = os.path.join(path, "checkpoints")
   if os.path.isdir(checkpoints) and any(n.isdigit() for n in os.listdir(checkpoints)):
     return True
-  metrics = os.path.join(path, "metrics.jsonl")
+  metrics = os.path.join(path, METRICS_FILE)
   return os.path.isfile(metrics) and os.path.getsize(metrics) > 0
 
 
@@ -103,6 +115,26 @@ def removed_if_failed(path, keep_work: bool = True):
     if new and os.path.isdir(top) and not (keep_work and _holds_work(os.path.abspath(path))):
       shutil.rmtree(top, ignore_errors=True)
     raise
+
+
+def checkpoint_meta(best_val_loss: float = math.inf, skipped_updates: int = 0) -> dict:
+  """The JSON saved beside each checkpoint's state, and restored with it."""
+  return {"best_val_loss": best_val_loss, "skipped_updates": skipped_updates}
+
+
+def read_summary(workdir) -> dict | None:
+  """summary.json, or None where the run has none (not finished, or unreadable)."""
+  try:
+    with open(os.path.join(workdir, SUMMARY_FILE), encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def is_finished(workdir, max_steps: int) -> bool:
+  """A run is finished when its summary.json reports its last step."""
+  summary = read_summary(workdir)
+  return summary is not None and summary.get("step") == max_steps
 
 
 def check_writable(workdir) -> None:
@@ -162,3 +194,44 @@ def check_same_data(workdir, identity: dict | None) -> None:
 def write_data_identity(workdir, identity: dict | None) -> None:
   if identity is not None:
     write_json(os.path.join(workdir, DATA_FILE), identity)
+
+
+def load_run(workdir: str, step: int | None = None):
+  """(config, tokenizer, model, params, step) of the run in workdir, at `step` (default: latest)."""
+  workdir = os.path.abspath(workdir)
+  if os.path.isfile(workdir):
+    raise UserError(f"--workdir={workdir} is a file, not a run directory: pass the directory of a "
+                    f"training run (the --workdir it trained in)")
+  if not os.path.isdir(workdir):
+    raise UserError(f"--workdir={workdir} does not exist: pass the directory of a training run")
+  config, tokenizer = read_config(workdir), read_tokenizer(workdir)
+  if config is None or tokenizer is None:
+    raise UserError(f"--workdir={workdir} holds no training run (no config.json/tokenizer.json): "
+                    f"train one there with `llm-jax train`")
+  manager = checkpoint.make_manager(workdir, config.train.keep_checkpoints, create=False)
+  steps = sorted(manager.all_steps()) if os.path.isdir(manager.directory) else []
+  if not steps:
+    raise UserError(f"--workdir={workdir} has no checkpoint yet: train it first")
+  if step is not None and step not in steps:
+    raise UserError(f"--step={step} was not saved in {workdir}: saved steps are "
+                    f"{', '.join(map(str, steps))}")
+  # a tokenizer with padding (the seq2seq one) names it; the others have none
+  model = build_model(config.model, tokenizer.vocab_size, getattr(tokenizer, "PAD", 0))
+  shapes = jax.eval_shape(lambda: init_params(model, config.model, jax.random.key(0)))
+  # the step and the parameters alone: a partial restore, which needs no optimizer state
+  like = {"step": np.zeros((), np.int32),
+          "params": jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)}
+  try:
+    if step is None:  # the latest that restores: a damaged newest one is named and skipped
+      restored, _ = checkpoint.restore_latest_good(manager, like, move_bad=False)
+    else:
+      restored, _ = checkpoint.restore(manager, like, step)
+  except UserError:
+    raise
+  except Exception as e:  # noqa: BLE001 -- Orbax and TensorStore raise many kinds
+    raise UserError(f"the checkpoint of --step={step} in {workdir} is damaged "
+                    f"({type(e).__name__}): pass another --step, or leave it out for the "
+                    f"latest good one") from None
+  finally:
+    manager.close()
+  return config, tokenizer, model, restored["params"], int(restored["step"])

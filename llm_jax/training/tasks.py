@@ -132,7 +132,7 @@ def seq2seq_task(config, tokenizer=None) -> Task:
   data = seq2seq_data.load_seq2seq_data(config.data, config.model.block_size, config.seed,
                                         tokenizer)
   tok = data.tokenizer
-  model = build_model(config.model, tok.vocab_size)
+  model = build_model(config.model, tok.vocab_size, pad_id=tok.PAD)
   eval_batches = seq2seq_data.eval_batches(data, (tc.eval_iters, tc.batch_size), config.seed)
   n_decoded = min(tc.eval_iters * tc.batch_size, len(data.pairs["val"]))
   val = {k: v[:n_decoded] for k, v in data.arrays["val"].items()}

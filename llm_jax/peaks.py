@@ -1,7 +1,7 @@
 """The peak a model's FLOP/s is measured against: a jitted square matmul, timed on this machine.
 
-    python -m llm_jax.bench.peak        # prints {"float32": GFLOP/s, "bfloat16": GFLOP/s, ...}
-    python -m llm_jax.bench.peak --cached   # this machine's figures in the cache (measured if not)
+    python -m llm_jax.peaks        # prints {"float32": GFLOP/s, "bfloat16": GFLOP/s, ...}
+    python -m llm_jax.peaks --cached   # this machine's figures in the cache (measured if not)
 
 MFU (model FLOPs utilization) = the model's useful FLOP/s / a peak. A datasheet peak says little on a
 CPU (it depends on the cores JAX gets, the vector units XLA uses, the clock under load), so the
@@ -13,7 +13,7 @@ reported too.
 `cached()` keeps the figures in a file (LLM_JAX_CACHE_DIR, by default ~/.cache/llm_jax, beside
 the compilation cache's xla/), one entry per machine (backend, device kind, CPU model and its
 flags, device count, jax version): model.dtype='auto' reads them there (models/precision.py)
-and measures only on a machine it has not seen.
+and measures only on a machine it has not seen. It sits below models/ and bench/, which both read it.
 """
 
 import hashlib
@@ -21,12 +21,13 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+
+from llm_jax.fileio import write_json
 
 # dense (no sparsity) datasheet peaks in TFLOP/s, by a substring of jax's device_kind
 DATASHEET_TFLOPS = {
@@ -108,12 +109,8 @@ def cached() -> dict:
     table = {}
   if key not in table:
     table[key] = measure(repeats=3)
-    try:  # written whole, then renamed: a reader never sees half of it
-      path.parent.mkdir(parents=True, exist_ok=True)
-      fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".peaks.")
-      with os.fdopen(fd, "w") as f:
-        json.dump(table, f, indent=1)
-      os.replace(tmp, path)
+    try:
+      write_json(path, table)
     except OSError as e:  # a read-only home: measured again next time
       print(f"warning: could not keep the measured matmul peaks in {path}: {e}", file=sys.stderr)
   _SEEN[path, key] = table[key]
