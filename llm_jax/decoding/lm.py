@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from llm_jax.fileio import atomic_write
+
 
 def sample_next(logits_BV, rng, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                 greedy: bool = False):
@@ -158,11 +160,8 @@ def exported_program(fn, args, directory: str, key):
     pass
   exported = jax.export.export(jax.jit(fn))(*args)
   try:
-    os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
+    with atomic_write(path, "wb") as f:  # whole or not at all, with other processes writing it
       f.write(exported.serialize())
-    os.replace(tmp, path)  # whole or not at all, with other processes writing the same program
   except OSError:  # a cache that cannot be written costs the next process a trace, nothing more
     pass
   return exported.call

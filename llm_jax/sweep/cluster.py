@@ -31,7 +31,7 @@ import zlib
 import submitit
 
 from llm_jax.errors import UserError
-from llm_jax.fileio import read_metrics
+from llm_jax.fileio import METRICS_FILE, atomic_write, read_metrics
 from llm_jax.sweep import worker
 from llm_jax.sweep.runner import runs_to_train
 from llm_jax.sweep.spec import is_finished, load_experiment
@@ -51,7 +51,7 @@ SLURM_RUNNING = {"RUNNING", "COMPLETING"}
 
 
 class TrainRun(submitit.helpers.Checkpointable):
-  """A job: trains the run in `workdir` (its sweep_run.json), resuming what is there. Being
+  """A job: trains the run in `workdir` (its config.json), resuming what is there. Being
   Checkpointable, its checkpoint() gives the same call again, which resumes from the workdir."""
 
   def __init__(self, workdir: str):
@@ -149,9 +149,8 @@ def read_jobs(exp) -> dict:
 
 def _write_jobs(exp, jobs: dict) -> None:
   path = os.path.join(exp.directory, "submitit", JOBS_FILE)
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
+  with atomic_write(path) as f:
     json.dump({os.path.relpath(k, exp.directory): v for k, v in jobs.items()}, f, indent=2)
-  os.replace(path + ".tmp", path)
 
 
 def _last_line(text: str) -> str:
@@ -224,7 +223,7 @@ def run_state(run, record, scheduler: dict | None = None) -> tuple[str, str]:
   or 'not submitted'. scheduler: slurm_states() of the runs' jobs, if already asked."""
   if is_finished(run):
     return "finished", ""
-  steps = [r["step"] for r in read_metrics(os.path.join(run.workdir, "metrics.jsonl"))]
+  steps = [r["step"] for r in read_metrics(os.path.join(run.workdir, METRICS_FILE))]
   at = f"step {max(steps, default=0)}/{run.config.train.max_steps}"
   if record is None:
     return "not submitted", at if steps else ""
@@ -289,11 +288,11 @@ def submit(directory: str, cluster: str = "slurm", params: dict | None = None) -
   layouts = {}
   for r in todo:
     layouts.setdefault((r.nodes, r.tasks_per_node), []).append(r)
+  for r in todo:  # each config.json, all checked against their saved runs before any is submitted
+    worker.write_run(r.workdir, r.config)
   jobs = []
   for (nodes, tasks_per_node), runs in layouts.items():
     ex = make_executor(folder, cluster, params, nodes, tasks_per_node)
-    for r in runs:
-      worker.write_run(r.workdir, r.config)
     try:
       with _output_to_devnull() if cluster == "local" else contextlib.nullcontext():
         with ex.batch():  # one job array
