@@ -38,7 +38,7 @@ from llm_jax.training import (checkpoint, finetune, guards, parallel, profile, s
                               workdir as workdir_lib)
 from llm_jax.training.events import EventWriter
 from llm_jax.training.losses import make_loss_fn
-from llm_jax.training.optimizer import lr_schedule, make_optimizer
+from llm_jax.training.optimizer import lr_schedule, make_optimizer, warmup_steps
 from llm_jax.training.steps import create_state, init_state, make_evaluate, make_train_step
 
 
@@ -235,6 +235,10 @@ def train_runs(configs, workdirs, profile_dir: str | None = None, profile_steps:
   where = runs[0].workdir if not several else f"{K} vectorized runs"
   print_main(f"llm-jax: {config.model.name}, {task.summary_line}, " +
              (f"resuming at step {start}" if start else "starting") + f" in {where}", flush=True)
+  if warmup_steps(tc) < tc.warmup_steps:
+    print_main(f"llm-jax: train.warmup_steps={tc.warmup_steps} is not shorter than the run's "
+               f"{tc.lr_decay_steps} steps: the learning rate warms up over all "
+               f"{warmup_steps(tc)} of them", flush=True)
   n_dev, split = place.n_devices, place.batch_divisor
   flops = flops_per_token(config.model, n_params_flops)
   print_main(f"llm-jax: {n_params / 1e6:.2f}M parameters, "

@@ -1,0 +1,43 @@
+"""AdamW, Lion, Adafactor and Muon, each at its own best learning rate, and WSD against cosine, on
+the ablation base (the baby GPT on Shakespeare's plays), with short runs.
+
+Every optimizer gets three peak learning rates a factor of ~3 apart (min_lr a tenth of each),
+centred where its literature puts it relative to AdamW's 1e-3: Lion's updates are signs (unit
+size per element), so its grid sits 3-10x lower (Chen et al. 2023); Adafactor here has no
+parameter scaling and clips its updates to RMS 1, so its grid is AdamW's; Muon scales its
+orthogonalized updates to AdamW's RMS (train.muon_consistent_rms=0.2, Liu et al. 2025), so its
+grid is AdamW's too. Weight decay is the base's 0.1 for all (decoupled, times the learning rate).
+The schedule is the base's cosine with 20 steps of warmup; the WSD points rerun AdamW's grid with
+train.schedule='wsd' (the last 20% of the steps decay linearly to min_lr), at equal steps.
+
+The runs are 200 steps (a third of the other ablations'), so that the 45 runs fit half an hour on
+2 shared CPU cores: `llm-jax sweep experiments/optimizers --vectorize` trains each optimizer's 9
+runs (3 rates x 3 seeds) as one vmapped program.
+"""
+
+GRIDS = {
+    "adamw": [1e-3, 3e-3, 1e-2],
+    "lion": [1e-4, 3e-4, 1e-3],
+    "adafactor": [1e-3, 3e-3, 1e-2],
+    "muon": [1e-3, 3e-3, 1e-2],
+}
+
+
+def points():
+  out = []
+  for optimizer, rates in GRIDS.items():
+    for schedule in ("cosine", "wsd") if optimizer == "adamw" else ("cosine",):
+      out += [{"train.optimizer": optimizer, "train.schedule": schedule,
+               "train.learning_rate": lr, "train.min_lr": round(lr / 10, 8)} for lr in rates]
+  return out
+
+
+def get_experiment():
+  return {
+      "base": "../ablation_base.py",
+      "overrides": {"train.max_steps": 200, "train.warmup_steps": 20,
+                    "train.eval_interval": 50, "train.eval_iters": 10, "train.log_interval": 10,
+                    "train.checkpoint_every": 200},
+      "points": points(),
+      "seeds": [0, 1, 2],
+  }
