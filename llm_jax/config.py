@@ -15,7 +15,7 @@ from llm_jax.data.tokenizers import NORMALIZATIONS, TIKTOKEN_ENCODINGS, bpe_path
 from llm_jax.errors import UserError
 from llm_jax.models import FAMILIES
 from llm_jax.models.dropout import BITS as DROPOUT_BITS
-from llm_jax.models.layers import ACTIVATIONS
+from llm_jax.models.layers import ACTIVATIONS, REMAT_POLICIES
 from llm_jax.training.optimizer import OPTIMIZERS, SCHEDULES
 
 
@@ -157,6 +157,14 @@ def default_config() -> ml_collections.ConfigDict:
   # devices, slower for the baby (experiments/perf). Checkpoints of one layout do not load into
   # the other
   c.model.scan_layers = False
+  # activation checkpointing (rematerialization) of every Block while training: 'none' (the
+  # backward pass reads what the forward one kept) | 'full' (each Block keeps only its input and
+  # recomputes the rest in the backward pass: the least memory, about one more forward pass of
+  # compute) | a jax.checkpoint policy: 'dots_saveable' (the matmuls' outputs kept, the
+  # elementwise ops recomputed) | 'dots_with_no_batch_dims_saveable' (the weight matmuls' outputs
+  # kept, the attention's recomputed) | 'nothing_saveable' (= 'full'). The README says which to
+  # choose when a model does not fit; `llm-jax bench` reports the step's temporaries
+  c.model.remat = "none"
 
   c.train = ml_collections.ConfigDict()
   # examples per micro-batch, global across devices; one update sees batch_size * grad_accum_steps
@@ -367,6 +375,8 @@ def validate(c) -> None:
            f"use more bits")
   _require(m.attention in ("einsum", "dot_product"), "model.attention", m.attention,
            "use 'einsum' or 'dot_product'")
+  _require(m.remat == "none" or m.remat in REMAT_POLICIES, "model.remat", m.remat,
+           f"use 'none' or one of {', '.join(map(repr, REMAT_POLICIES))}")
   for field in ("batch_size", "grad_accum_steps", "max_steps", "eval_interval", "eval_iters",
                 "log_interval", "checkpoint_every", "keep_checkpoints"):
     _require(t[field] > 0, f"train.{field}", t[field], "use a positive number")

@@ -43,6 +43,8 @@ class ModelConfig:
   dtype: str
   attention: str
   scan_layers: bool
+  # 'none' | 'full' | a layers.REMAT_POLICIES name: the Blocks' activation checkpointing
+  remat: str = "none"
   # the token id of padding (the seq2seq tokenizer's PAD): the transformer's masks
   pad_id: int = 0
 
