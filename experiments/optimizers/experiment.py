@@ -41,9 +41,9 @@ def points():
 def get_experiment():
   return {
       "base": "../ablation_base.py",
-      "overrides": {"train.max_steps": 200, "train.warmup_steps": 20,
-                    "train.eval_interval": 50, "train.eval_iters": 10, "train.log_interval": 10,
-                    "train.checkpoint_every": 200},
+      "overrides": {"train.max_steps": 80, "train.warmup_steps": 10,
+                    "train.eval_interval": 20, "train.eval_iters": 10, "train.log_interval": 5,
+                    "train.checkpoint_every": 80},
       "points": points(),
       "seeds": [0, 1, 2],
   }
