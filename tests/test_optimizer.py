@@ -249,7 +249,7 @@ def test_remat_gives_the_losses_of_none(family, scan):
   assert none[-1] != none[0]  # the parameters moved between the steps compared
   if scan:  # each scanned layer keeps its input only: the temporaries shrink
     assert temp_full < 0.6 * temp_none, (temp_full, temp_none)
-    # (unscanned, XLA's CPU scheduler runs every layer's recomputation early: no saving there)
+    # (unscanned, the CPU backend's step has the same temporaries whatever the setting)
   if family == "gpt" and scan:
     dots, _ = remat_losses("dots_with_no_batch_dims_saveable", scan, family, steps=1)
     np.testing.assert_allclose(dots, none[:1], rtol=1e-6)
