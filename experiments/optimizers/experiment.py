@@ -7,13 +7,14 @@ size per element), so its grid sits 3-10x lower (Chen et al. 2023); Adafactor he
 parameter scaling and clips its updates to RMS 1, so its grid is AdamW's; Muon scales its
 orthogonalized updates to AdamW's RMS (train.muon_consistent_rms=0.2, Liu et al. 2025), so its
 grid is AdamW's too. Weight decay is the base's 0.1 for all (decoupled, times the learning rate).
-The schedule is the base's cosine with 20 steps of warmup; the WSD point reruns AdamW at its best
+The schedule is the base's cosine with 10 steps of warmup; the WSD point reruns AdamW at its best
 rate of the grid with train.schedule='wsd' (the last 20% of the steps decay linearly to min_lr),
 at equal steps.
 
-The runs are 200 steps (a third of the other ablations'), so that the 39 runs fit about an hour
-on 2 CPU cores shared with other work: `llm-jax sweep experiments/optimizers --vectorize --jobs=2`
-trains each optimizer's 9 runs (3 rates x 3 seeds) as one vmapped program, two at a time.
+The runs are 80 steps (the other ablations' are 600), so that the 39 runs fit half an hour on 2
+CPU cores shared with other work (README: why): `llm-jax sweep experiments/optimizers --vectorize
+--jobs=5` trains each group of runs that differ only in rate and seed as one vmapped program, the
+five groups at once.
 """
 
 GRIDS = {
@@ -24,7 +25,7 @@ GRIDS = {
 }
 
 
-# AdamW's best rate of the grid (3e-3, on every seed), where WSD reruns it
+# AdamW's best rate of its grid in a first 200-step pass (on every seed; README), where WSD reruns it
 WSD_RATE = 3e-3
 
 
