@@ -25,7 +25,8 @@ GRIDS = {
 }
 
 
-# AdamW's best rate of its grid in a first 200-step pass (on every seed; README), where WSD reruns it
+# AdamW's best rate of its grid in a first 200-step pass (on every seed; README), where WSD
+# reruns it
 WSD_RATE = 3e-3
 
 
