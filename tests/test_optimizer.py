@@ -110,7 +110,8 @@ NS = (3.4445, -4.7750, 2.0315)
 
 
 def newton_schulz(g, steps=5, eps=1e-8):
-  """The reference: X = G / ||G||_F (the wide way round), then X <- aX + (b A + c A^2) X, A = X X^T."""
+  """The reference: X = G / ||G||_F (the wide way round), then X <- aX + (b A + c A^2) X with
+  A = X X^T."""
   x = np.asarray(g, np.float64)
   wide = x.shape[0] <= x.shape[1]
   x = x if wide else x.T
@@ -131,7 +132,8 @@ def test_muon_orthogonalizes_each_matrix_as_numpy_newton_schulz(scan):
   C, H, D, F, V, L = 16, 2, 8, 24, 12, 2
   shapes = {"qkv": (C, 3, H, D), "out": (H, D, C), "fc": (C, F)}
   lead = (L,) if scan else ()
-  blocks = {"attn": {"qkv": {"kernel": lead + shapes["qkv"]}, "out": {"kernel": lead + shapes["out"]}},
+  blocks = {"attn": {"qkv": {"kernel": lead + shapes["qkv"]},
+                     "out": {"kernel": lead + shapes["out"]}},
             "ffn": {"fc": {"kernel": lead + shapes["fc"]}}}
   tree = {"wte": {"embedding": (V, C)}, "head": {"kernel": (C, V)},
           ("h" if scan else "h_0"): blocks}
