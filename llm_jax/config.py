@@ -15,7 +15,8 @@ from llm_jax.data.tokenizers import NORMALIZATIONS, TIKTOKEN_ENCODINGS, bpe_path
 from llm_jax.errors import UserError
 from llm_jax.models import FAMILIES
 from llm_jax.models.dropout import BITS as DROPOUT_BITS
-from llm_jax.models.layers import ACTIVATIONS
+from llm_jax.models.layers import ACTIVATIONS, REMAT_POLICIES
+from llm_jax.training.optimizer import OPTIMIZERS, SCHEDULES
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -166,6 +167,14 @@ def default_config() -> ml_collections.ConfigDict:
   # the cost of XLA fusing across layers (speed on each side is measured in experiments/perf).
   # Checkpoints of one layout do not load into the other
   c.model.scan_layers = False
+  # activation checkpointing (rematerialization) of every Block while training: 'none' (the
+  # backward pass reads what the forward one kept) | 'full' (each Block keeps only its input and
+  # recomputes the rest in the backward pass: the least memory, about one more forward pass of
+  # compute) | a jax.checkpoint policy: 'dots_saveable' (the matmuls' outputs kept, the
+  # elementwise ops recomputed) | 'dots_with_no_batch_dims_saveable' (the weight matmuls' outputs
+  # kept, the attention's recomputed) | 'nothing_saveable' (= 'full'). The README says which to
+  # choose when a model does not fit; `llm-jax bench` reports the step's temporaries
+  c.model.remat = "none"
 
   c.train = ml_collections.ConfigDict()
   # examples per micro-batch, global across devices; one update sees batch_size * grad_accum_steps
@@ -176,10 +185,20 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.max_steps = 2000
   # peak learning rate, reached after the warmup
   c.train.learning_rate = 1e-3
-  # learning rate at the end of the cosine decay and after it
+  # learning rate at the end of the decay and after it
   c.train.min_lr = 1e-4
-  # linear warmup steps (nanoGPT: lr * (step + 1) / (warmup + 1))
+  # linear warmup steps (nanoGPT: lr * (step + 1) / (warmup + 1)), before every schedule; a run
+  # no longer than its warmup (lr_decay_steps <= warmup_steps, both left to follow max_steps)
+  # warms up over the whole run, and says so
   c.train.warmup_steps = 100
+  # the learning rate after the warmup (training/optimizer.py): 'cosine' (nanoGPT: a half cosine
+  # to min_lr at lr_decay_steps) | 'linear' (a straight line to min_lr) | 'wsd' (warmup-stable-
+  # decay: learning_rate until the last decay_fraction of the steps, then linearly to min_lr) |
+  # 'constant' (learning_rate to the end; min_lr unread)
+  c.train.schedule = "cosine"
+  # schedule='wsd': the fraction of the steps after the warmup (up to lr_decay_steps) that
+  # decays; 0.2 is MiniCPM's and Hägele et al.'s usual choice
+  c.train.decay_fraction = 0.2
   # step at which the cosine decay reaches min_lr. By default train.max_steps, tied by an
   # ml_collections FieldReference: setting max_steps (in a config file, on the command line, in a
   # sweep) moves it too, unless lr_decay_steps is set itself
@@ -187,9 +206,31 @@ def default_config() -> ml_collections.ConfigDict:
   # AdamW decoupled weight decay, on weights and embeddings, never on biases and norm scales
   # (told apart by name, training/optimizer.py)
   c.train.weight_decay = 0.1
-  # AdamW betas
+  # AdamW betas (lion: its two interpolation factors, the paper's 0.9 and 0.99 by default;
+  # muon: those of the AdamW on the embeddings, head, norms and biases; adafactor: unread)
   c.train.beta1 = 0.9
   c.train.beta2 = 0.99
+  # the update rule (training/optimizer.py): 'adamw' | 'lion' (sign of momentum: a learning rate
+  # 3-10x below AdamW's, a weight decay as much above) | 'adafactor' (factored second moment, no
+  # momentum) | 'muon' (orthogonalized momentum for the blocks' matrices, AdamW for the rest) |
+  # 'sgd' (momentum). Weight decay is decoupled and masked by name for all of them. A run
+  # resumes with the optimizer it was started with
+  c.train.optimizer = "adamw"
+  # sgd and muon: the momentum (Muon's 0.95; SGD's usual 0.9)
+  c.train.momentum = 0.95
+  # sgd and muon: Nesterov momentum
+  c.train.nesterov = True
+  # muon: Newton-Schulz iterations orthogonalizing each matrix's momentum (optax's quintic
+  # coefficients 3.4445, -4.7750, 2.0315, Jordan's)
+  c.train.muon_ns_steps = 5
+  # muon: each orthogonalized (in x out) update is scaled by sqrt(max(in, out)) x this, an RMS
+  # like AdamW's (Liu et al. 2025, Moonlight: 0.2), so that AdamW's learning rate and weight
+  # decay carry over; 0 scales by sqrt(max(1, out / in)) instead (Jordan's), which wants a
+  # learning rate near 0.02 and the AdamW part about a tenth of it (muon_adam_lr_ratio)
+  c.train.muon_consistent_rms = 0.2
+  # muon: the learning rate of the AdamW part (embeddings, head, norms, biases) as a multiple of
+  # the scheduled learning rate
+  c.train.muon_adam_lr_ratio = 1.0
   # clip gradients to this global norm (0 turns clipping off)
   c.train.grad_clip = 1.0
   # evaluate every this many steps (and at step 0 and at the end)
@@ -356,6 +397,8 @@ def validate(c) -> None:
            f"use more bits")
   _require(m.attention in ("einsum", "dot_product"), "model.attention", m.attention,
            "use 'einsum' or 'dot_product'")
+  _require(m.remat == "none" or m.remat in REMAT_POLICIES, "model.remat", m.remat,
+           f"use 'none' or one of {', '.join(map(repr, REMAT_POLICIES))}")
   for field in ("batch_size", "grad_accum_steps", "max_steps", "eval_interval", "eval_iters",
                 "log_interval", "checkpoint_every", "keep_checkpoints"):
     _require(t[field] > 0, f"train.{field}", t[field], "use a positive number")
@@ -364,8 +407,25 @@ def validate(c) -> None:
   _require(0 <= t.min_lr <= t.learning_rate, "train.min_lr", t.min_lr,
            "use a rate in [0, train.learning_rate]")
   _require(t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, "use 0 or more")
-  _require(t.lr_decay_steps > t.warmup_steps, "train.lr_decay_steps", t.lr_decay_steps,
-           f"it must exceed train.warmup_steps={t.warmup_steps}")
+  # lr_decay_steps = max_steps (followed or set) with a longer warmup: the warmup is cut to the
+  # run (optimizer.warmup_steps); one set apart from max_steps must exceed the warmup
+  _require(t.lr_decay_steps > t.warmup_steps or t.lr_decay_steps == t.max_steps,
+           "train.lr_decay_steps", t.lr_decay_steps,
+           f"it must exceed train.warmup_steps={t.warmup_steps} (or equal train.max_steps="
+           f"{t.max_steps}, which cuts the warmup to the run)")
+  _require(t.lr_decay_steps > 0, "train.lr_decay_steps", t.lr_decay_steps, "use a positive number")
+  _require(t.schedule in SCHEDULES, "train.schedule", t.schedule,
+           f"use one of {', '.join(map(repr, SCHEDULES))}")
+  _require(0 <= t.decay_fraction <= 1, "train.decay_fraction", t.decay_fraction,
+           "use a fraction in [0, 1]")
+  _require(t.optimizer in OPTIMIZERS, "train.optimizer", t.optimizer,
+           f"use one of {', '.join(map(repr, OPTIMIZERS))}")
+  _require(0 <= t.momentum < 1, "train.momentum", t.momentum, "use a value in [0, 1)")
+  _require(t.muon_ns_steps >= 1, "train.muon_ns_steps", t.muon_ns_steps, "use 1 or more")
+  _require(t.muon_consistent_rms >= 0, "train.muon_consistent_rms", t.muon_consistent_rms,
+           "use 0 (Jordan's scaling) or a positive RMS (0.2)")
+  _require(t.muon_adam_lr_ratio > 0, "train.muon_adam_lr_ratio", t.muon_adam_lr_ratio,
+           "use a positive multiple")
   _require(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "use 0 or more")
   for field in ("beta1", "beta2"):
     _require(0 <= t[field] < 1, f"train.{field}", t[field], "use a value in [0, 1)")

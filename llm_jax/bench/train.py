@@ -148,8 +148,10 @@ def run(config, steps: int = 20, warmup: int = 3, vocab_size: int = 65, decode_t
   return {
       "benchmark": "train",
       "model": {**{k: m[k] for k in ("name", "n_layer", "n_head", "n_embd", "block_size",
-                                     "dropout", "dropout_bits", "attention")}, "dtype": dtype,
+                                     "dropout", "dropout_bits", "attention", "remat",
+                                     "scan_layers")}, "dtype": dtype,
                 "dtype_asked": m.dtype},
+      "optimizer": tc.optimizer,
       "batch_size": B, "grad_accum_steps": A, "tokens_per_step": tokens_per_step,
       "params": n_params, "params_for_flops": n_params_flops, "flops_per_token": fpt,
       "device": peaks["device_kind"], "parallel": place.description, "devices": place.n_devices,
@@ -203,7 +205,9 @@ def table(r: dict) -> str:
                if r["mfu_datasheet"] is not None else "")),
       ("state", f"{r['state_memory']['state_bytes_per_device'] / 2**20:.1f} MiB per device of "
                 f"{r['state_memory']['unsharded_bytes'] / 2**20:.1f} MiB unsharded" +
-                (f"; step temporaries {r['state_memory']['temp_size'] / 2**20:.1f} MiB"
+                (f"; step temporaries {r['state_memory']['temp_size'] / 2**20:.1f} MiB "
+                 f"(model.remat={r['model'].get('remat', 'none')!r}"
+                 f"{', scanned layers' if r['model'].get('scan_layers') else ''})"
                  if "temp_size" in r["state_memory"] else "")),
       ("memory", f"host peak RSS {r['host_peak_rss_mb']:.0f} MB" +
                  (f"; device peak {r['device_memory'].get('peak_bytes_in_use', 0) / 2**20:.0f} MB"

@@ -43,7 +43,7 @@ _NO_BLOCKS = "it is a table of logits, without attention or FFN"
 FAMILIES = {
     "bigram": Family(Bigram, "lm", lambda m, n: flops.per_token(n), unread={
         field: _NO_BLOCKS for field in ("pos", "norm_type", "norm_eps", "activation", "ffn_hidden",
-                                        "n_kv_head", "qk_norm")}),
+                                        "n_kv_head", "qk_norm", "remat")}),
     "gpt": Family(GPT, "lm", lambda m, n: flops.per_token(n, m.n_layer, m.block_size, m.n_embd)),
     # a token passes through one of the two stacks: no one figure
     "transformer": Family(Transformer, "seq2seq", lambda m, n: None, unread={

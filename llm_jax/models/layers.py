@@ -104,6 +104,18 @@ class FeedForward(nn.Module):
     return drop(y_NC.reshape(B, T, C), deterministic=not train)
 
 
+# model.remat -> the jax.checkpoint policy of each Block while training: what its forward pass
+# keeps for the backward one, the rest recomputed there (None: nothing but the Block's input)
+REMAT_POLICIES = {
+    "full": None,
+    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
+    # the matmuls' outputs kept, the elementwise ops, norms and softmax recomputed
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    # the same without the batched matmuls (the attention's scores and weighted values)
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
 class Block(nn.Module):
   """One transformer layer: self-attention, optional cross-attention, FFN; each a residual sub-layer.
 
@@ -198,8 +210,14 @@ class Stack(nn.Module):
         x_BTC, start + jnp.arange(T))
     x_BTC = Dropout(cfg.dropout, cfg.dropout_bits)(x_BTC, deterministic=not train)
     x_BTC = constrain(x_BTC, STREAM)  # (B, T, C)
+    # model.remat: while training, each Block's activations are recomputed in the backward pass
+    # (jax.checkpoint with the policy); the parameters keep their names. The class is wrapped
+    # before nn.scan, so that each scanned layer is checkpointed alone
+    remat = cfg.remat != "none" and train
+    policy = REMAT_POLICIES.get(cfg.remat)
     if cfg.scan_layers:  # each layer its own parameters, cache and dropout key
-      stack = nn.scan(ScannedBlock, variable_axes={"params": 0, "cache": 0},
+      body = nn.remat(ScannedBlock, policy=policy, prevent_cse=False) if remat else ScannedBlock
+      stack = nn.scan(body, variable_axes={"params": 0, "cache": 0},
                       split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
                       length=cfg.n_layer, metadata_params={nn.PARTITION_NAME: "layers"})
       x_BTC, _ = stack(cfg, self.out_init_std, self.cross, train, decode, name=self.block_name)(
@@ -207,10 +225,12 @@ class Stack(nn.Module):
       if last_only:  # the scanned blocks are one program: every position computed, one kept
         x_BTC = x_BTC[:, -1:]
     else:
+      # (self, x, mask, train, memory, memory_mask, decode, last_only): the bools are static
+      block = nn.remat(Block, policy=policy, static_argnums=(3, 6, 7)) if remat else Block
       for i in range(cfg.n_layer):
-        x_BTC = Block(cfg, self.out_init_std, self.cross, name=f"{self.block_name}_{i}")(
-            x_BTC, mask, train, memory_BSC, memory_mask, decode=decode,
-            last_only=last_only and i == cfg.n_layer - 1)
+        x_BTC = block(cfg, self.out_init_std, self.cross, name=f"{self.block_name}_{i}")(
+            x_BTC, mask, train, memory_BSC, memory_mask, decode,
+            last_only and i == cfg.n_layer - 1)
         x_BTC = constrain(x_BTC, STREAM)  # the stream stays split by examples between layers
     if cfg.norm == "pre":
       x_BTC = norm(cfg, "ln_f")(x_BTC)

@@ -43,6 +43,8 @@ class ModelConfig:
   dtype: str
   attention: str
   scan_layers: bool
+  # 'none' | 'full' | a layers.REMAT_POLICIES name: the Blocks' activation checkpointing
+  remat: str = "none"
   # the token id of padding, the tokenizer's (the seq2seq tokenizer's PAD; 0 for a tokenizer
   # without one, which no language model reads): the transformer's masks
   pad_id: int = 0

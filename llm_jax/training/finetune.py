@@ -16,7 +16,7 @@ from llm_jax.models.model_config import ModelConfig
 from llm_jax.training import workdir as workdir_lib
 
 # ModelConfig fields a fine-tuning run may set otherwise than its source
-FREE = ("dropout", "dtype", "attention")
+FREE = ("dropout", "dtype", "attention", "remat")
 
 
 def source_run(config):

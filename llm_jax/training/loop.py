@@ -27,7 +27,7 @@ from llm_jax.models import flops_per_token
 from llm_jax.models.flops import count_params
 from llm_jax.training import (finetune, parallel, profile, signals, vectorized,
                               workdir as workdir_lib)
-from llm_jax.training.optimizer import make_optimizer
+from llm_jax.training.optimizer import make_optimizer, warmup_steps
 from llm_jax.training.runs import Progress, Runs
 from llm_jax.training.steps import create_state
 
@@ -159,6 +159,10 @@ def _announce(runs, place, state, start: int) -> int:
   runs.print(f"llm-jax: {config.model.name}, {runs.task.summary_line}, " +
              (f"resuming at step {start}" if start else "starting") + f" in {runs.where}",
              flush=True)
+  if warmup_steps(tc) < tc.warmup_steps:
+    runs.print(f"llm-jax: train.warmup_steps={tc.warmup_steps} is not shorter than the run's "
+               f"{tc.lr_decay_steps} steps: the learning rate warms up over all "
+               f"{warmup_steps(tc)} of them", flush=True)
   flops = flops_per_token(config.model, n_params_flops)
   runs.print(f"llm-jax: {n_params / 1e6:.2f}M parameters, "
              f"{_si(flops) + 'FLOPs' if flops else 'n/a FLOPs'}/token, {jax.process_count()} "

@@ -108,11 +108,20 @@ def param_shardings(boxed, mesh, lead=()):
 
 def state_shardings(abstract_state, params_sharding, tx, mesh, lead=()):
   """The TrainState's shardings: the parameters', the optimizer's moments the same as their
-  parameters', its counters (and the step) replicated."""
+  parameters', its counters (and the step) replicated, and so is a moment shaped otherwise than
+  its parameter (Adafactor's factored row and column statistics, a sum of the dimensions, not
+  their product). A state that holds a part of the parameters (Muon's, which leaves the rest to
+  AdamW) has optax's MaskedNode for the others, kept as it is."""
   replicated = NamedSharding(mesh, P(*lead))
-  opt = optax.tree_map_params(tx, lambda _, s: s, abstract_state.opt_state, params_sharding,
-                              transform_non_params=lambda _: replicated,
-                              is_leaf=lambda x: isinstance(x, NamedSharding))
+
+  def moment(x, s, p):
+    if isinstance(x, optax.MaskedNode):
+      return x
+    return s if x.shape == p.shape else replicated
+
+  opt = optax.tree_map_params(tx, moment, abstract_state.opt_state, params_sharding,
+                              abstract_state.params, transform_non_params=lambda _: replicated,
+                              is_leaf=lambda x: isinstance(x, optax.MaskedNode))
   return abstract_state.replace(step=replicated, params=params_sharding, opt_state=opt)
 
 
