@@ -15,7 +15,7 @@ from conftest import TOY_TEXT, tiny_config
 from llm_jax.config import default_config, validate
 from llm_jax.errors import UserError
 from llm_jax.fileio import load_python_file
-from llm_jax.models import build_model
+from llm_jax.models import build_model, init_params
 from llm_jax.training import sharding
 from llm_jax.training.loop import train_and_evaluate
 from llm_jax.training.losses import make_loss_fn
@@ -87,7 +87,8 @@ def test_the_optimizer_state_is_sharded_like_the_parameters(name, corpus):
   model = build_model(c.model, 32)
   tx = make_optimizer(c.train)
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-  params = sharding.param_shardings(model, c.model, mesh)
+  boxed = jax.eval_shape(lambda: init_params(model, c.model, jax.random.key(0), boxed=True))
+  params = sharding.param_shardings(boxed, mesh)
   abstract = jax.eval_shape(lambda: init_state(model, c.model, tx, jax.random.key(0)))
   state = sharding.state_shardings(abstract, params, tx, mesh)
   fc = params["h_0"]["ffn"]["fc"]["kernel"]
