@@ -46,8 +46,8 @@ def write_tasks(d):
     for _ in range(N_ROLLING):
       f.write(json.dumps({"text": words(rng, 40, 80)}) + "\n")
   with open(d / "tiny_gen.jsonl", "w") as f:
-    for _ in range(24):
-      f.write(json.dumps({"prompt": words(rng, 2, 12), "answer": "w1"}) + "\n")
+    for n in [3, 6] * 10:
+      f.write(json.dumps({"prompt": words(rng, n, n), "answer": "w1"}) + "\n")
   data = lambda name: f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {d / name}\n"
   (d / "tiny_mc.yaml").write_text(
       "task: tiny_mc\n" + data("tiny_mc.jsonl") +
@@ -77,17 +77,32 @@ def hf_tokenizer(d):
                                               bos_token="w0", eos_token="w0", pad_token="w0")
 
 
+_PAIRS = {}
+
+
+def make_pair(name, tmp_path_factory):
+  """(transformers model, its lm-eval HFLM, the converted run's JaxLM, the run's workdir), made
+  once per module."""
+  if name not in _PAIRS:
+    d = tmp_path_factory.mktemp(name)
+    hf_model = gpt2() if name == "gpt2" else llama(num_key_value_heads=2)
+    src = save(hf_model, d / "hf")
+    run = convert.convert(src, d / "run")["workdir"]
+    hflm = HFLM(pretrained=hf_model, tokenizer=hf_tokenizer(src), batch_size=16, max_length=T,
+                device="cpu")
+    ours, _ = harness.lm_from_run(run, batch_size=16)
+    _PAIRS[name] = hf_model, hflm, ours, run
+  return _PAIRS[name]
+
+
 @pytest.fixture(scope="module", params=["gpt2", "llama_gqa"])
 def pair(request, tmp_path_factory):
-  """(transformers model, its lm-eval HFLM, the converted run's JaxLM, the run's workdir)."""
-  d = tmp_path_factory.mktemp(request.param)
-  hf_model = gpt2() if request.param == "gpt2" else llama(num_key_value_heads=2)
-  src = save(hf_model, d / "hf")
-  run = convert.convert(src, d / "run")["workdir"]
-  hflm = HFLM(pretrained=hf_model, tokenizer=hf_tokenizer(src), batch_size=16, max_length=T,
-              device="cpu")
-  ours, _ = harness.lm_from_run(run, batch_size=16)
-  return hf_model, hflm, ours, run
+  return make_pair(request.param, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def gpt2_pair(tmp_path_factory):
+  return make_pair("gpt2", tmp_path_factory)
 
 
 def samples_by_doc(results, task):
@@ -128,10 +143,11 @@ def test_generate_until_is_transformers_greedy_continuation(pair):
   prompt at a time through transformers' generate."""
   hf_model, hflm, ours, _ = pair
   rng = np.random.default_rng(1)
+  # three prompt lengths: the decoder compiles one program per prompt length
   reqs = [Instance("generate_until", None,
-                   (words(rng, 1, 12), {"until": ["w1", "w2"] if k % 2 else ["w3"],
-                                        "max_gen_toks": 8, "do_sample": False}), k)
-          for k in range(24)]
+                   (words(rng, n, n), {"until": ["w1", "w2"] if k % 2 else ["w3"],
+                                       "max_gen_toks": 8, "do_sample": False}), k)
+          for k, n in enumerate([2, 5, 9] * 8)]
   hflm.batch_size_per_gpu = 1  # no left padding on the reference side
   ref = hflm.generate_until(reqs, disable_tqdm=True)
   got = ours.generate_until(reqs)
@@ -140,11 +156,11 @@ def test_generate_until_is_transformers_greedy_continuation(pair):
   assert any(len(t.split()) < 8 for t in ref)  # and some stopped early
 
 
-def test_cli_writes_results_json(pair, tasks_dir, tmp_path):
+def test_cli_writes_results_json(gpt2_pair, tasks_dir, tmp_path):
   """`llm-jax harness` on a converted run: lm-eval's results dictionary in --output and in
   <workdir>/harness/<step>.json, with results[task]['acc,none']."""
   from test_bad_inputs import run_cli
-  _, _, _, run = pair
+  _, _, _, run = gpt2_pair
   out = tmp_path / "out.json"
   code, stdout, stderr = run_cli("harness", f"--workdir={run}", "--tasks=tiny_mc,tiny_gen",
                                  f"--include_path={tasks_dir}", "--limit=20", f"--output={out}")
@@ -155,3 +171,28 @@ def test_cli_writes_results_json(pair, tasks_dir, tmp_path):
     assert json.load(f) == results
   assert 0 <= results["results"]["tiny_mc"]["acc,none"] <= 1
   assert "exact_match,none" in results["results"]["tiny_gen"]
+
+
+def test_bad_inputs_are_one_line(gpt2_pair, tasks_dir, tmp_path, monkeypatch):
+  import shutil
+  import sys
+  from llm_jax.config import default_config
+  _, _, ours, run = gpt2_pair
+  with pytest.raises(UserError, match="unknown lm-eval task 'tiny_mcq'.*did you mean tiny_mc"):
+    harness.run_harness(run, "tiny_mcq", include_path=tasks_dir)
+  with pytest.raises(UserError, match="--include_path=.*nowhere is not a folder"):
+    harness.run_harness(run, "tiny_mc", include_path=str(tmp_path / "nowhere"))
+  shutil.copytree(run, tmp_path / "bare", ignore=shutil.ignore_patterns("checkpoints"))
+  with pytest.raises(UserError, match="has no checkpoint yet"):
+    harness.run_harness(tmp_path / "bare", "tiny_mc", include_path=tasks_dir)
+  too_long = " ".join(["w5"] * (T + 1))  # a continuation no bucket holds (contexts are cut)
+  with pytest.raises(UserError, match=f"request of {T + 1} tokens is longer than the largest "
+                                      f"bucket \\(model.block_size={T}\\)"):
+    ours.loglikelihood([Instance("loglikelihood", None, ("w1", " " + too_long), 0)])
+  c = default_config()
+  c.model.name = "transformer"
+  with pytest.raises(UserError, match="encoder-decoder"):
+    harness.make_lm(c, None, None, None)
+  monkeypatch.setitem(sys.modules, "lm_eval", None)  # as if not installed
+  with pytest.raises(UserError, match=r"lm-eval is not installed: pip install -e '.\[eval\]'"):
+    harness.run_harness(run, "tiny_mc")
