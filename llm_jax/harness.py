@@ -299,10 +299,20 @@ def parse_tasks(tasks) -> list[str]:
   return [t.strip() for t in tasks if t and t.strip()]
 
 
+_MANAGERS = {}  # (tasks, include path) -> TaskManager: a training run's evaluations index once
+
+
 def task_manager(tasks: list[str], include_path: str = ""):
   """lm-eval's TaskManager that knows `tasks`: the include path's alone when it holds them all
   (indexing lm-eval's thousands of shipped tasks takes seconds), else with the shipped ones.
   A missing include path or an unknown task is one line."""
+  key = (tuple(tasks), include_path)
+  if key not in _MANAGERS:
+    _MANAGERS[key] = _task_manager(tasks, include_path)
+  return _MANAGERS[key]
+
+
+def _task_manager(tasks: list[str], include_path: str = ""):
   from lm_eval.tasks import TaskManager
   if include_path:
     include_path = os.path.abspath(os.path.expanduser(include_path))

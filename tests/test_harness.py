@@ -48,7 +48,9 @@ def write_tasks(d):
   with open(d / "tiny_gen.jsonl", "w") as f:
     for n in [3, 6] * 10:
       f.write(json.dumps({"prompt": words(rng, n, n), "answer": "w1"}) + "\n")
-  data = lambda name: f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {d / name}\n"
+  # datasets' cache in tmp too (never ~/.cache)
+  data = lambda name: (f"dataset_path: json\ndataset_kwargs:\n  cache_dir: {d / 'hf_cache'}\n"
+                       f"  data_files:\n    test: {d / name}\n")
   (d / "tiny_mc.yaml").write_text(
       "task: tiny_mc\n" + data("tiny_mc.jsonl") +
       "test_split: test\noutput_type: multiple_choice\ndoc_to_text: \"{{ctx}}\"\n"
@@ -196,3 +198,61 @@ def test_bad_inputs_are_one_line(gpt2_pair, tasks_dir, tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, "lm_eval", None)  # as if not installed
   with pytest.raises(UserError, match=r"lm-eval is not installed: pip install -e '.\[eval\]'"):
     harness.run_harness(run, "tiny_mc")
+
+
+TOY_SENTENCES = [("the cat sat on the", " mat."), ("the dog sat on the", " log."),
+                 ("a bird sang in the", " tree."), ("a fish swam in the", " sea.")]
+
+
+def write_toy_task(d, n=20):
+  """toy_mc: which word ends a sentence of conftest's TOY_TEXT (four endings, HellaSwag's
+  form), after a few whole sentences; every character is in the toy corpus's vocabulary."""
+  rng = np.random.default_rng(0)
+  d.mkdir(parents=True, exist_ok=True)
+  endings = [e for _, e in TOY_SENTENCES]
+  with open(d / "toy_mc.jsonl", "w") as f:
+    for _ in range(n):
+      before = " ".join(a + b for a, b in (TOY_SENTENCES[i] for i in rng.integers(4, size=2)))
+      k = int(rng.integers(4))
+      f.write(json.dumps({"ctx": before + " " + TOY_SENTENCES[k][0], "endings": endings,
+                          "label": k}) + "\n")
+  (d / "toy_mc.yaml").write_text(
+      f"task: toy_mc\ndataset_path: json\ndataset_kwargs:\n  cache_dir: {d / 'hf_cache'}\n"
+      f"  data_files:\n    test: {d / 'toy_mc.jsonl'}\ntest_split: test\n"
+      "output_type: multiple_choice\ndoc_to_text: \"{{ctx}}\"\ndoc_to_target: label\n"
+      "doc_to_choice: \"{{endings}}\"\nmetric_list:\n  - metric: acc\n  - metric: acc_norm\n")
+  return str(d)
+
+
+def test_a_sweep_with_harness_tasks_reports_their_columns(tmp_path, toy_corpus):
+  """2 points x 2 seeds (vectorized: one process) with train.harness_tasks: every run logs
+  harness/toy_mc/acc at its evaluations, and results.csv / results.md carry the columns."""
+  import csv
+  from test_sweep import write_experiment
+  from llm_jax.fileio import read_metrics
+  from llm_jax.sweep import report, runner, spec
+  tasks = write_toy_task(tmp_path / "tasks")
+  d = write_experiment(tmp_path / "exp", toy_corpus,
+                       [{"train.learning_rate": 1e-3}, {"train.learning_rate": 3e-3}],
+                       seeds=(0, 1), overrides={"train.harness_tasks": "toy_mc",
+                                                "train.harness_include_path": tasks,
+                                                "train.harness_limit": 12,
+                                                "train.harness_every": 20})
+  runner.run_sweep(d, vectorize=True)
+  exp = spec.load_experiment(d)
+  for run in exp.runs:
+    evals = [r for r in read_metrics(os.path.join(run.workdir, "metrics.jsonl"))
+             if "val_loss" in r]
+    assert [r["step"] for r in evals] == [0, 10, 20]
+    assert ["harness/toy_mc/acc" in r for r in evals] == [True, False, True]  # harness_every
+  report.write_report(exp)
+  with open(os.path.join(d, "results.csv")) as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 4
+  for r in rows:
+    assert 0 <= float(r["harness/toy_mc/acc"]) <= 1
+    assert 0 <= float(r["harness/toy_mc/acc_norm"]) <= 1
+  md = open(os.path.join(d, "results.md")).read().splitlines()
+  assert "| point | toy_mc/acc | toy_mc/acc_norm |" in md
+  last = md[-1].split(" | ")  # the second point: mean ± std over its two seeds
+  assert last[0] == "| learning_rate=0.003" and all("±" in c for c in last[1:])

@@ -28,6 +28,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
+from llm_jax import harness
 from llm_jax.config import validate
 from llm_jax.models import flops_per_token
 from llm_jax.models.flops import count_params
@@ -254,6 +255,7 @@ def train_runs(configs, workdirs, profile_dir: str | None = None, profile_steps:
         continue
       run_params = at(params, k)
       extra = t.eval_metrics(run_params, run_losses)
+      extra.update(harness.training_metrics(configs[k], t, run_params, step))  # harness_tasks
       r.log.write({"step": step, "train_loss": run_losses["train"],
                    "val_loss": run_losses["val"], **extra})
       n = min(tc.sample_tokens, EVAL_SAMPLE_TOKENS)
