@@ -17,8 +17,8 @@ the literature's:
   end-of-text token and at the first stop sequence (lm-eval's postprocess_generated_text).
 
 Speed: requests are sorted by length and scored in batches of a fixed size, each padded (right,
-causally harmless) to a bucket length, a power of two up to block_size: a task compiles a handful
-of programs (one per bucket), never one per request. Generation batches requests of the same
+causally harmless) to a bucket length (powers of two and the points 1.5x between them, up to
+block_size): a task compiles a handful of programs (one per bucket), never one per request. Generation batches requests of the same
 prompt length (one program per length).
 
 The prefix token (what an empty context or the first rolling window is conditioned on; lm-eval's
@@ -67,10 +67,11 @@ def require_lm_eval():
 
 
 def buckets(block_size: int) -> list[int]:
-  """The padded lengths of scoring batches: powers of two from MIN_BUCKET, then block_size."""
+  """The padded lengths of scoring batches: powers of two from MIN_BUCKET and the points 1.5x
+  between them (a request pads by a third at most), then block_size."""
   out, n = [], MIN_BUCKET
   while n < block_size:
-    out.append(n)
+    out += [m for m in (n, n * 3 // 2) if m < block_size]
     n *= 2
   return out + [block_size]
 
