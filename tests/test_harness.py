@@ -256,3 +256,41 @@ def test_a_sweep_with_harness_tasks_reports_their_columns(tmp_path, toy_corpus):
   assert "| point | toy_mc/acc | toy_mc/acc_norm |" in md
   last = md[-1].split(" | ")  # the second point: mean ± std over its two seeds
   assert last[0] == "| learning_rate=0.003" and all("±" in c for c in last[1:])
+
+
+@pytest.mark.parametrize("model", [
+    {"name": "bigram"},
+    {"norm": "post", "pos": "sinusoidal", "scale_embeddings": True, "qk_norm": True,
+     "activation": "relu"}], ids=["bigram", "gpt_post_sinusoidal_qknorm"])
+def test_every_lm_family_scores_as_its_own_forward(tmp_path, toy_corpus, model):
+  """A run trained here (the bigram; a GPT with switches no HF layout has): each request's score
+  from the bucketed, padded batches equals the model's forward on that request alone, the context
+  cut from the left to block_size."""
+  from conftest import tiny_config
+  from llm_jax.generate import load_run
+  from llm_jax.training.loop import train_and_evaluate
+  c = tiny_config(toy_corpus, max_steps=1, checkpoint_every=1, eval_interval=1)
+  c.model.update(model)
+  if model.get("name") == "bigram":
+    c.model.update(n_layer=1, n_head=1, n_embd=1)
+  train_and_evaluate(c, str(tmp_path / "run"))
+  config, tok, m, params, _ = load_run(tmp_path / "run")
+  ours = harness.make_lm(config, tok, m, params, batch_size=4)
+  rng = np.random.default_rng(0)
+  text = "the cat sat on the mat. the dog sat on the log. a bird sang in the tree. "
+  reqs = []
+  for k in range(10):  # contexts of 3..30 characters: some longer than block_size=16
+    s, n, e = int(rng.integers(0, 20)), int(rng.integers(3, 31)), int(rng.integers(1, 6))
+    reqs.append(Instance("loglikelihood", None, (text[s:s + n], text[s + n:s + n + e]), k))
+  got = ours.loglikelihood(reqs)
+  for req, (ll, greedy) in zip(reqs, got):
+    ctx, cont = ours._encode_pair(*req.args)  # lm-eval's split (trailing spaces move over)
+    assert ctx + cont == list(tok.encode("".join(req.args)))
+    whole = (ctx + cont)[-(c.model.block_size + 1):]
+    logits = np.asarray(m.apply({"params": params}, np.asarray([whole[:-1]])))[0]
+    top = logits.max(-1, keepdims=True)
+    logp = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
+    positions = range(len(whole) - 1 - len(cont), len(whole) - 1)
+    ref = sum(logp[p, whole[p + 1]] for p in positions)
+    assert ll == pytest.approx(ref, abs=1e-4)
+    assert greedy == all(logits[p].argmax() == whole[p + 1] for p in positions)
