@@ -347,12 +347,14 @@ def offline() -> None:
 
 @contextlib.contextmanager
 def _quiet():
-  """lm-eval's INFO and WARNING logs (one line per task and per truncated request) off."""
+  """lm-eval's INFO and WARNING logs (one line per task and per truncated request) and its
+  progress bars (on stderr) off: a training run's log keeps its own lines."""
   logger = logging.getLogger("lm_eval")
   level = logger.level
   logger.setLevel(logging.ERROR)
   try:
-    yield
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
+      yield
   finally:
     logger.setLevel(level)
 

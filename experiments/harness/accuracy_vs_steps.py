@@ -1,11 +1,13 @@
 """The in-training evaluation's figure: a local multiple-choice accuracy vs training steps, for two
 model sizes; prints JSON and draws accuracy_vs_steps.png.
 
-    python experiments/harness/accuracy_vs_steps.py --out=/tmp/harness_curve [--steps=400]
+    python experiments/harness/accuracy_vs_steps.py --out=/tmp/harness_curve [--steps=600 --every=100]
 
 The task (plays_next, written into --out): 300 items in HellaSwag's form from the plays' validation
-split, a context of 30-50 characters and four endings of 8-16: its true continuation and three
-snippets from elsewhere (chance is 0.25). Two character GPTs on the plays (the training split)
+split, a context of 30-50 characters and four endings of 8-16: its true continuation, and three
+copies of it with two neighbouring characters swapped, each at another place (chance is 0.25; a
+model that knows only character frequencies is at chance, one that knows what follows what is
+above). Two character GPTs on the plays (the training split)
 with train.harness_tasks=plays_next: a 1-layer, 32-wide one and the baby (4 layers, 128 wide),
 context 64, evaluated with lm-eval every --every steps (all 300 items; acc and acc_norm).
 """
@@ -25,8 +27,8 @@ SIZES = {"1 layer, 32 wide": dict(n_layer=1, n_head=2, n_embd=32),
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--out", required=True)
-  p.add_argument("--steps", type=int, default=400)
-  p.add_argument("--every", type=int, default=50)
+  p.add_argument("--steps", type=int, default=600)
+  p.add_argument("--every", type=int, default=100)
   a = p.parse_args()
   out = os.path.abspath(a.out)
   os.environ.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
@@ -34,7 +36,8 @@ def main():
   from llm_jax.fileio import read_metrics
   from llm_jax.training.loop import train_and_evaluate
   tasks = os.path.join(out, "tasks")
-  write_plays_task(tasks, 300, seed=1, name="plays_next", ctx=(30, 50), end=(8, 16))
+  write_plays_task(tasks, 300, seed=1, name="plays_next", ctx=(30, 50), end=(8, 16),
+                   swapped=True)
   curves = {}
   for k, (label, model) in enumerate(SIZES.items()):
     c = default_config()
@@ -56,7 +59,7 @@ def main():
     ax.plot([s for s, *_ in pts], [acc for _, acc, *_ in pts], marker="o", label=label)
   ax.axhline(0.25, color="gray", ls="--", lw=1, label="chance")
   ax.set(xlabel="training step", ylabel="acc (lm-eval, 300 items)",
-         title="plays_next: which of four endings continues the text")
+         title="plays_next: the true ending, or it with two characters swapped")
   ax.legend(fontsize="small")
   ax.grid(alpha=0.3)
   fig.tight_layout()

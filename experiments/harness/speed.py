@@ -8,13 +8,15 @@ with `llm-jax export` (GPT-2's layout) plus a character tokenizer.json equal to 
 task: `--items` items in HellaSwag's form (a context and four endings) cut from the plays'
 validation text (plays_mc.yaml + plays_mc.jsonl, written into --out). Each side runs as its own
 process, timed from start to exit (imports, task indexing, compilation included; JAX's
-persistent compilation cache off). The two acc and acc_norm must be equal: a check that both
-score the same model.
+persistent compilation cache off), in wall time and in CPU time (user + system: less moved by other
+processes on shared cores). The two acc and acc_norm must be equal: a check that both score the
+same model. On a quiet machine run it alone, e.g. `nice -n 0` with nothing else running.
 """
 
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -25,10 +27,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 BIN = os.path.dirname(sys.executable)
 
 
-def write_plays_task(d, n_items, seed=0, name="plays_mc", ctx=(60, 180), end=(20, 40)):
+def write_plays_task(d, n_items, seed=0, name="plays_mc", ctx=(60, 180), end=(20, 40),
+                     swapped=False):
   """A HellaSwag-form task from the plays' validation split: a context of ctx characters (60-180)
   that starts at a line, its true next `end` characters (20-40), and three endings of that length
-  drawn from elsewhere."""
+  drawn from elsewhere (swapped: the true ending with two neighbouring characters swapped at
+  three places, so that only what follows what, locally, tells them apart)."""
   from llm_jax.config import default_config
   from llm_jax.data.corpora import load_text, split
   _, val = split(load_text(default_config().data))
@@ -40,7 +44,12 @@ def write_plays_task(d, n_items, seed=0, name="plays_mc", ctx=(60, 180), end=(20
       s = int(rng.choice(starts))
       n_ctx, n_end = int(rng.integers(ctx[0], ctx[1] + 1)), int(rng.integers(end[0], end[1] + 1))
       true = val[s + n_ctx:s + n_ctx + n_end]
-      endings = [val[j:j + n_end] for j in rng.integers(0, len(val) - n_end, 3)]
+      if swapped:
+        at = [i for i in range(n_end - 1) if true[i] != true[i + 1]]
+        endings = [true[:i] + true[i + 1] + true[i] + true[i + 2:]
+                   for i in rng.choice(at, 3, replace=False)]
+      else:
+        endings = [val[j:j + n_end] for j in rng.integers(0, len(val) - n_end, 3)]
       label = int(rng.integers(4))
       endings.insert(label, true)
       f.write(json.dumps({"ctx": val[s:s + n_ctx], "endings": endings, "label": label}) + "\n")
@@ -65,7 +74,9 @@ def char_tokenizer_json(chars: str, path):
   # else AutoTokenizer builds GPT2Tokenizer from the vocabulary (config.json's model_type), with
   # GPT-2's own pre-tokenizer, which drops the spaces and newlines
   with open(os.path.join(os.path.dirname(str(path)), "tokenizer_config.json"), "w") as f:
-    json.dump({"tokenizer_class": "PreTrainedTokenizerFast"}, f)
+    # the newline as BOS: lm-eval's prefix token, the one llm-jax's harness takes for this run
+    json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "\n",
+               "eos_token": "\n"}, f)
 
 
 def make_run(out):
@@ -80,7 +91,7 @@ def make_run(out):
     c.train.update(batch_size=4, max_steps=1, eval_interval=1, eval_iters=1, checkpoint_every=1,
                    warmup_steps=0, sample_tokens=0)
     train_and_evaluate(c, run)
-  if not os.path.isfile(os.path.join(hf, "tokenizer.json")):
+  if not os.path.isfile(os.path.join(hf, "tokenizer_config.json")):
     convert.export(run, hf)
     _, tok, _, _, _ = load_run(run)
     char_tokenizer_json(tok.chars, os.path.join(hf, "tokenizer.json"))
@@ -88,12 +99,15 @@ def make_run(out):
 
 
 def timed(cmd, env):
+  """(wall seconds, CPU seconds: user + system of the process and its children)."""
+  before = resource.getrusage(resource.RUSAGE_CHILDREN)
   t0 = time.perf_counter()
   r = subprocess.run(cmd, env=env, capture_output=True, text=True)
   wall = time.perf_counter() - t0
+  after = resource.getrusage(resource.RUSAGE_CHILDREN)
   if r.returncode:
     sys.exit(f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
-  return wall
+  return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main():
@@ -125,8 +139,10 @@ def main():
     r_ref = json.load(f)["results"]["plays_mc"]
   print(json.dumps({
       "items": a.items, "requests": 4 * a.items, "batch_size": a.batch_size,
-      "llm_jax_harness_s": round(ours, 1), "lm_eval_hf_s": round(ref, 1),
-      "speedup": round(ref / ours, 2),
+      "llm_jax_harness_s": round(ours[0], 1), "lm_eval_hf_s": round(ref[0], 1),
+      "speedup": round(ref[0] / ours[0], 2),
+      "llm_jax_harness_cpu_s": round(ours[1], 1), "lm_eval_hf_cpu_s": round(ref[1], 1),
+      "cpu_speedup": round(ref[1] / ours[1], 2), "load_average": os.getloadavg(),
       "acc": [r_ours["acc,none"], r_ref["acc,none"]],
       "acc_norm": [r_ours["acc_norm,none"], r_ref["acc_norm,none"]],
       "cpu": os.cpu_count(), "jax_platform": "cpu"}))
