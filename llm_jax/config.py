@@ -4,6 +4,7 @@ configs/*.py start from `default_config()` and change what their experiment need
 before anything is loaded or compiled and raises a UserError naming the field and the fix.
 """
 
+import importlib.util
 import pathlib
 
 import ml_collections
@@ -270,9 +271,11 @@ def _validate_harness(t, m) -> None:
     return
   _require(FAMILIES[m.name].task == "lm", "train.harness_tasks", t.harness_tasks,
            f"lm-eval scores language models; model {m.name!r} is an encoder-decoder: use ''")
-  _require(not t.harness_include_path or pathlib.Path(t.harness_include_path).expanduser().is_dir(),
-           "train.harness_include_path", t.harness_include_path,
-           "no such folder: pass a folder of lm-eval task YAML files, or ''")
+  _require(importlib.util.find_spec("lm_eval") is not None, "train.harness_tasks",
+           t.harness_tasks, "lm-eval is not installed: pip install -e '.[eval]', or use ''")
+  folder = t.harness_include_path
+  _require(not folder or pathlib.Path(folder).expanduser().is_dir(), "train.harness_include_path",
+           folder, "no such folder: pass a folder of lm-eval task YAML files, or ''")
 
 
 def validate(c) -> None:

@@ -18,8 +18,9 @@ the literature's:
 
 Speed: requests are sorted by length and scored in batches of a fixed size, each padded (right,
 causally harmless) to a bucket length (powers of two and the points 1.5x between them, up to
-block_size): a task compiles a handful of programs (one per bucket), never one per request. Generation batches requests of the same
-prompt length (one program per length).
+block_size): a task compiles a handful of programs (one per bucket), never one per request.
+Generation batches requests of the same prompt length (the decoder's cache has one position for
+the whole batch): one program per prompt length.
 
 The prefix token (what an empty context or the first rolling window is conditioned on; lm-eval's
 prefix_token_id): a converted checkpoint's bos (else eos) token id, from the hf_config.json

@@ -1,7 +1,7 @@
 """The in-training evaluation's figure: a local multiple-choice accuracy vs training steps, for two
 model sizes; prints JSON and draws accuracy_vs_steps.png.
 
-    python experiments/harness/accuracy_vs_steps.py --out=/tmp/harness_curve [--steps=600 --every=100]
+    python experiments/harness/accuracy_vs_steps.py --out=/tmp/harness_curve [--steps=600]
 
 The task (plays_next, written into --out): 300 items in HellaSwag's form from the plays' validation
 split, a context of 30-50 characters and four endings of 8-16: its true continuation, and three
