@@ -45,6 +45,8 @@ ABOUT = {
                "llm-jax export --workdir=runs/gpt2 --to=hf/gpt2_tuned"),
     "prepare": ("tokenize a corpus to shards", "",
                 "llm-jax prepare --source='data/*.jsonl' --tokenizer=tiktoken:gpt2 --out=data/x"),
+    "harness": ("lm-eval tasks on a run", "",
+                "llm-jax harness --workdir=runs/gpt2 --tasks=hellaswag,arc_easy --limit=500"),
 }
 USAGE = ("usage: llm-jax <command> [--flags]\n\ncommands:\n" +
          "".join(f"  {name:<9} {what + ':':<26} {example}\n"
@@ -443,6 +445,34 @@ def _prepare(argv):
 COMMANDS["prepare"] = (_define_prepare, _prepare)
 
 
+def _define_harness(argv):
+  flags.DEFINE_string("workdir", None, "the run to evaluate (trained, or made by convert)")
+  flags.DEFINE_string("tasks", None, "lm-eval task names, comma-separated (hellaswag,arc_easy)")
+  flags.DEFINE_integer("num_fewshot", None, "examples in each prompt (default: the task's)")
+  flags.DEFINE_float("limit", None, "items per task (a fraction if < 1; default: all)")
+  flags.DEFINE_string("include_path", "", "a folder of local lm-eval task YAML files")
+  flags.DEFINE_integer("batch_size", 32, "requests scored at once (a fixed shape)")
+  flags.DEFINE_integer("step", None, "checkpoint step to load (default: the latest)")
+  flags.DEFINE_string("output", "", "also write lm-eval's results dictionary (JSON) here")
+  _required(["workdir", "tasks"])
+
+
+def _harness(argv):
+  from llm_jax import harness
+  limit = FLAGS.limit if FLAGS.limit is None or FLAGS.limit < 1 else int(FLAGS.limit)
+  results, paths = harness.run_harness(FLAGS.workdir, FLAGS.tasks, FLAGS.num_fewshot, limit,
+                                       FLAGS.include_path, FLAGS.batch_size, FLAGS.step,
+                                       FLAGS.output)
+  from lm_eval.utils import make_table
+  print(make_table(results), flush=True)
+  if "groups" in results:
+    print(make_table(results, "groups"), flush=True)
+  print(f"llm-jax harness: results written to {', '.join(paths)}", flush=True)
+
+
+COMMANDS["harness"] = (_define_harness, _harness)
+
+
 def _quiet_logs():
   """absl turns INFO on once flags are parsed; keep WARNING unless --verbosity was given."""
   if not FLAGS["verbosity"].present:
@@ -539,7 +569,7 @@ TAKES_ARGS = {"sweep", "plot"}
 
 # commands that compile JAX programs: JAX's persistent compilation cache spares a second run of
 # the same config its compilation (~/.cache/llm_jax/xla; LLM_JAX_COMPILATION_CACHE=off disables it)
-COMPILES = {"train", "generate", "evaluate", "bench"}
+COMPILES = {"train", "generate", "evaluate", "bench", "harness"}
 
 # commands whose steps allocate large temporaries, which huge pages serve better (hostmem.py):
 # the process re-executes itself once for them. Not generate: its buffers are small, and a

@@ -4,6 +4,7 @@ configs/*.py start from `default_config()` and change what their experiment need
 before anything is loaded or compiled and raises a UserError naming the field and the fix.
 """
 
+import importlib.util
 import pathlib
 
 import ml_collections
@@ -258,6 +259,17 @@ def default_config() -> ml_collections.ConfigDict:
   # parameters and tokenizer start this run, with a fresh optimizer at step 0; '' starts from a
   # fresh init. Its model must be this config's (configs/finetune.py:<run> builds one from it)
   c.train.init_from = ""
+  # downstream evaluation during training (harness.py; the [eval] extra): lm-eval task names,
+  # comma-separated ('' = off), scored at evaluations; their metrics go to metrics.jsonl and
+  # TensorBoard as harness/<task>/<metric>, and into a sweep's results
+  c.train.harness_tasks = ""
+  # items per harness task (0 = all of them)
+  c.train.harness_limit = 0
+  # a folder of local lm-eval task YAML files ('' = lm-eval's shipped tasks only)
+  c.train.harness_include_path = ""
+  # the harness runs at the evaluations whose step is a multiple of this, and at the last
+  # (0 = at every evaluation)
+  c.train.harness_every = 0
   return c
 
 
@@ -300,6 +312,21 @@ def _validate_task(d, m) -> None:
   _require(d.num_examples > 2 * d.heldout_examples, "data.num_examples", d.num_examples,
            f"use more than 2 x data.heldout_examples={d.heldout_examples} (val and test), "
            f"so that some examples train")
+
+
+def _validate_harness(t, m) -> None:
+  _require(t.harness_limit >= 0, "train.harness_limit", t.harness_limit, "use 0 (all) or more")
+  _require(t.harness_every >= 0, "train.harness_every", t.harness_every,
+           "use 0 (every evaluation) or a positive number of steps")
+  if not t.harness_tasks.strip(" ,"):
+    return
+  _require(FAMILIES[m.name].task == "lm", "train.harness_tasks", t.harness_tasks,
+           f"lm-eval scores language models; model {m.name!r} is an encoder-decoder: use ''")
+  _require(importlib.util.find_spec("lm_eval") is not None, "train.harness_tasks",
+           t.harness_tasks, "lm-eval is not installed: pip install -e '.[eval]', or use ''")
+  folder = t.harness_include_path
+  _require(not folder or pathlib.Path(folder).expanduser().is_dir(), "train.harness_include_path",
+           folder, "no such folder: pass a folder of lm-eval task YAML files, or ''")
 
 
 def validate(c) -> None:
@@ -433,3 +460,4 @@ def validate(c) -> None:
   _require(t.sample_tokens >= 0, "train.sample_tokens", t.sample_tokens, "use 0 or more")
   _require(t.nan_policy in ("stop", "skip"), "train.nan_policy", t.nan_policy,
            "use 'stop' or 'skip'")
+  _validate_harness(t, m)

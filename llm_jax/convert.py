@@ -39,7 +39,7 @@ from llm_jax.training.optimizer import make_optimizer
 from llm_jax.training.steps import create_state
 
 # the source's config.json, kept in the converted run: export starts from it (token ids, names)
-HF_CONFIG_FILE = "hf_config.json"
+HF_CONFIG_FILE = workdir_lib.HF_CONFIG_FILE
 # the source's tokenizer.json, copied into the converted run (its data.tokenizer is hf:<this>)
 HF_TOKENIZER_FILE = "hf_tokenizer.json"
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"

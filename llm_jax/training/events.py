@@ -52,8 +52,8 @@ class EventWriter:
   def evaluation(self, step: int, losses: dict, extra: dict, sample: str | None) -> None:
     self.writer.add_scalar("val/loss", losses["val"], step)
     self.writer.add_scalar("eval/train_loss", losses["train"], step)
-    for key, value in extra.items():  # 'val_bpb' -> 'val/bpb'
-      self.writer.add_scalar(key.replace("_", "/", 1), value, step)
+    for key, value in extra.items():  # 'val_bpb' -> 'val/bpb'; 'harness/<task>/acc' as it is
+      self.writer.add_scalar(key if "/" in key else key.replace("_", "/", 1), value, step)
     if sample is not None:
       # TensorBoard renders text as Markdown: a code block keeps the sample's lines and spaces
       self.writer.add_text("text/sample", "```\n" + sample + "\n```", step)

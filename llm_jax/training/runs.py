@@ -16,6 +16,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from llm_jax import harness
 from llm_jax.config import validate
 from llm_jax.errors import UserError
 from llm_jax.fileio import atomic_write, read_metrics, write_json
@@ -237,6 +238,7 @@ class Runs:
         continue
       run_params = self.at(params, k)
       extra = t.eval_metrics(run_params, run_losses)
+      extra.update(harness.training_metrics(self.configs[k], t, run_params, step))  # lm-eval's
       r.log.write({"step": step, "train_loss": run_losses["train"],
                    "val_loss": run_losses["val"], **extra})
       n = min(tc.sample_tokens, EVAL_SAMPLE_TOKENS)

@@ -33,6 +33,8 @@ CONFIG_FILE, TOKENIZER_FILE = "config.json", "tokenizer.json"
 # step and the losses at each evaluation
 # the run's summary, written when it reaches train.max_steps
 SUMMARY_FILE = "summary.json"
+# a converted checkpoint's Hugging Face config.json, kept for export and lm-eval (convert.py)
+HF_CONFIG_FILE = "hf_config.json"
 
 
 def _read_json(workdir, name):

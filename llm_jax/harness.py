@@ -1,0 +1,442 @@
+"""Downstream evaluation: EleutherAI's lm-evaluation-harness (`lm_eval`) on any llm-jax run.
+
+    llm-jax harness --workdir=runs/gpt2 --tasks=hellaswag,arc_easy --limit=500
+    llm-jax harness --workdir=runs/baby --tasks=my_task --include_path=tasks/   # local, offline
+
+`JaxLM` is an `lm_eval` model (lm_eval.api.model.TemplateLM) backed by a run's parameters. It
+means exactly what lm-eval's Hugging Face backend (HFLM) means, so that its figures line up with
+the literature's:
+- loglikelihood: context and continuation are encoded as HFLM encodes them (lm-eval's own
+  _encode_pair); the model reads (context + continuation)[-(block_size + 1):][:-1] (a context
+  too long is cut from the left) and the continuation's tokens are scored: the sum of their log
+  probabilities, and whether each is the argmax.
+- loglikelihood_rolling: lm-eval's windows (utils.get_rolling_token_windows with context_len=1,
+  made disjoint), the first one conditioned on the prefix token, summed.
+- generate_until: the KV-cache decoder (decoding/lm.py), greedy unless do_sample; the context cut
+  from the left to block_size - max_gen_toks tokens (at least 1); the text cut at the first
+  end-of-text token and at the first stop sequence (lm-eval's postprocess_generated_text).
+
+Speed: requests are sorted by length and scored in batches of a fixed size, each padded (right,
+causally harmless) to a bucket length (powers of two and the points 1.5x between them, up to
+block_size): a task compiles a handful of programs (one per bucket), never one per request.
+Generation batches requests of the same prompt length (the decoder's cache has one position for
+the whole batch): one program per prompt length.
+
+The prefix token (what an empty context or the first rolling window is conditioned on; lm-eval's
+prefix_token_id): a converted checkpoint's bos (else eos) token id, from the hf_config.json
+convert keeps; else the tokenizer's end-of-text token (tiktoken's <|endoftext|>); else a newline
+(nanoGPT's sampling prompt); else token 0. The end-of-text token (eot_token_id) is the eos of a
+converted checkpoint or tiktoken's <|endoftext|>; a character tokenizer has none.
+
+`lm_eval` is imported lazily (the optional extra `[eval]`): nothing else in llm-jax needs it.
+"""
+
+import contextlib
+import difflib
+import json
+import logging
+import os
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from llm_jax import decoding
+from llm_jax.data.tokenizers import normalize
+from llm_jax.errors import UserError
+from llm_jax.fileio import atomic_write
+from llm_jax.models import FAMILIES
+
+INSTALL = "lm-eval is not installed: pip install -e '.[eval]' (or pip install lm-eval)"
+# the shortest bucket: shorter requests share its program
+MIN_BUCKET = 16
+# lm-eval's default for generate_until (HFLM.max_gen_toks)
+MAX_GEN_TOKS = 256
+# requests scored at once during training (train.harness_tasks)
+TRAINING_BATCH_SIZE = 32
+
+
+def require_lm_eval():
+  """The lm_eval package, or one line saying how to install it."""
+  try:
+    import lm_eval  # noqa: F401
+    import lm_eval.api.model  # noqa: F401
+  except ImportError:
+    raise UserError(INSTALL) from None
+  return lm_eval
+
+
+def buckets(block_size: int) -> list[int]:
+  """The padded lengths of scoring batches: powers of two from MIN_BUCKET and the points 1.5x
+  between them (a request pads by a third at most), then block_size."""
+  out, n = [], MIN_BUCKET
+  while n < block_size:
+    out += [m for m in (n, n * 3 // 2) if m < block_size]
+    n *= 2
+  return out + [block_size]
+
+
+def bucket_of(length: int, block_size: int) -> int:
+  for b in buckets(block_size):
+    if length <= b:
+      return b
+  raise UserError(f"a request of {length} tokens is longer than the largest bucket "
+                  f"(model.block_size={block_size}): lm-eval cuts contexts from the left, never "
+                  f"a continuation; use a task whose answers are shorter than the context")
+
+
+@partial(jax.jit, static_argnums=(0,))
+def score_tokens(model, params, inputs_BL, targets_BL):
+  """(B, L) inputs and their next tokens -> (B, L) log p(target) (float32) and (B, L) whether
+  the target is the argmax (lm-eval's greedy match)."""
+  logits_BLV = model.apply({"params": params}, inputs_BL).astype(jnp.float32)
+  logp_BLV = jax.nn.log_softmax(logits_BLV, axis=-1)
+  logp_BL = jnp.take_along_axis(logp_BLV, targets_BL[..., None], axis=-1)[..., 0]
+  return logp_BL, jnp.argmax(logits_BLV, axis=-1) == targets_BL
+
+
+def _special_ids(tokenizer, hf_config: dict | None):
+  """(eot_token_id or None, prefix_token_id) of a run's tokenizer (see the module docstring)."""
+  hf_config = hf_config or {}
+  eot = hf_config.get("eos_token_id")
+  eot = eot[0] if isinstance(eot, list) else eot
+  if eot is None and tokenizer.kind == "tiktoken":
+    with contextlib.suppress(KeyError, AttributeError, ValueError):
+      eot = int(tokenizer.encoding.eot_token)
+  if eot is None and tokenizer.kind == "hf":
+    vocab = tokenizer.tokenizer.get_vocab(with_added_tokens=True)
+    eot = next((vocab[t] for t in ("<|endoftext|>", "</s>", "<|end_of_text|>") if t in vocab),
+               None)
+  prefix = hf_config.get("bos_token_id")
+  prefix = prefix[0] if isinstance(prefix, list) else prefix
+  if prefix is None:
+    prefix = eot
+  if prefix is None:
+    try:
+      newline = tokenizer.encode("\n")
+    except UserError:  # a character vocabulary without a newline
+      newline = []
+    prefix = int(newline[0]) if len(newline) == 1 else 0
+  return (None if eot is None else int(eot)), int(prefix)
+
+
+def make_lm(config, tokenizer, model, params, batch_size: int = 32, hf_config: dict | None = None):
+  """An lm_eval model (JaxLM) scoring with `model` and `params`: the class is made here, so that
+  lm_eval is imported only when it is used."""
+  require_lm_eval()
+  if FAMILIES[config.model.name].task != "lm":
+    raise UserError(f"model {config.model.name!r} is an encoder-decoder (it maps a source to a "
+                    f"target): lm-eval's tasks score text continuations, which the language "
+                    f"models (gpt, bigram, converted checkpoints) do")
+  if batch_size < 1:
+    raise UserError(f"--batch_size={batch_size} is invalid: use 1 or more")
+  return _jax_lm_class()(config, tokenizer, model, params, batch_size, hf_config)
+
+
+def _jax_lm_class():
+  from lm_eval.api.model import TemplateLM
+  from lm_eval.models.utils import (handle_stop_sequences, normalize_gen_kwargs,
+                                    postprocess_generated_text)
+  from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+  class JaxLM(TemplateLM):
+    """An llm-jax language model, as lm-eval's HFLM would run it."""
+
+    def __init__(self, config, tokenizer, model, params, batch_size, hf_config):
+      super().__init__()
+      self.config, self.tok, self.model, self.params = config, tokenizer, model, params
+      self.block_size = config.model.block_size
+      self.batch_size = batch_size
+      self._eot, self._prefix = _special_ids(tokenizer, hf_config)
+      self.compiled = set()  # the (batch, bucket) shapes scored so far
+
+    # -- tokens --------------------------------------------------------------------------------
+    @property
+    def eot_token_id(self):
+      return self._eot
+
+    @property
+    def prefix_token_id(self):
+      return self._prefix
+
+    @property
+    def max_length(self):
+      return self.block_size
+
+    @property
+    def max_gen_toks(self):
+      return MAX_GEN_TOKS
+
+    def tok_encode(self, string, add_special_tokens=None, **kwargs):
+      """As HFLM: a Hugging Face tokenizer adds its special tokens (a Llama's BOS) unless told
+      not to; the other tokenizers have none."""
+      if self.tok.kind == "hf":
+        text = normalize(string, self.tok.normalization)
+        specials = True if add_special_tokens is None else add_special_tokens
+        return self.tok.tokenizer.encode(text, add_special_tokens=specials).ids
+      return [int(i) for i in self.tok.encode(string)]
+
+    def tok_decode(self, ids):
+      return self.tok.decode(np.asarray(ids, np.int64))
+
+    # -- scoring -------------------------------------------------------------------------------
+    def _loglikelihood_tokens(self, requests, disable_tqdm=False, **kwargs):
+      """requests: ((context, continuation), context ids, continuation ids) -> (logprob, greedy)
+      of each continuation, in order."""
+      T, B = self.block_size, self.batch_size
+      rows = []  # (request index, input ids, number of continuation tokens)
+      for i, (_, ctx, cont) in enumerate(requests):
+        if not cont:
+          raise UserError("lm-eval asked to score an empty continuation: check the task's "
+                          "doc_to_choice / doc_to_target")
+        whole = (list(ctx) + list(cont))[-(T + 1):]
+        if len(cont) > T:
+          bucket_of(len(cont), T)  # raises: no bucket holds it
+        rows.append((i, whole, len(cont)))
+      # longest first (as HFLM), so that a bucket's requests are consecutive
+      rows.sort(key=lambda r: -len(r[1]))
+      out = [None] * len(requests)
+      start = 0
+      while start < len(rows):
+        L = bucket_of(len(rows[start][1]) - 1, T)
+        chunk = rows[start:start + B]
+        chunk = [r for r in chunk if bucket_of(len(r[1]) - 1, T) == L]
+        start += len(chunk)
+        inputs, targets = np.zeros((B, L), np.int32), np.zeros((B, L), np.int32)
+        for b, (_, whole, _) in enumerate(chunk):
+          n = len(whole) - 1
+          inputs[b, :n], targets[b, :n] = whole[:-1], whole[1:]
+        logp_BL, greedy_BL = score_tokens(self.model, self.params, jnp.asarray(inputs),
+                                          jnp.asarray(targets))
+        self.compiled.add((B, L))
+        logp_BL, greedy_BL = np.asarray(logp_BL), np.asarray(greedy_BL)
+        for b, (i, whole, n_cont) in enumerate(chunk):
+          n = len(whole) - 1
+          cont = slice(n - n_cont, n)  # the continuation's positions, the last n_cont inputs
+          out[i] = (float(logp_BL[b, cont].sum()), bool(greedy_BL[b, cont].all()))
+          if requests[i][0] is not None:
+            self.cache_hook.add_partial("loglikelihood", requests[i][0], out[i])
+      return out
+
+    def loglikelihood_rolling(self, requests, disable_tqdm=False):
+      windows, owners = [], []
+      for k, req in enumerate(requests):
+        (string,) = req.args
+        for ctx, cont in map(make_disjoint_window, get_rolling_token_windows(
+            token_list=self.tok_encode(string), prefix_token=self.prefix_token_id,
+            max_seq_len=self.max_length, context_len=1)):
+          windows.append((None, ctx, cont))
+          owners.append(k)
+      scores = self._loglikelihood_tokens(windows)
+      totals = [0.0] * len(requests)
+      for k, (logp, _) in zip(owners, scores):
+        totals[k] += logp
+      for req, total in zip(requests, totals):
+        self.cache_hook.add_partial("loglikelihood_rolling", req.args, total)
+      return totals
+
+    # -- generation ----------------------------------------------------------------------------
+    def generate_until(self, requests, disable_tqdm=False):
+      T, B = self.block_size, self.batch_size
+      eos_text = None if self._eot is None else self.tok_decode([self._eot])
+      groups = {}  # (generation settings, prompt length) -> [(request index, prompt ids)]
+      settings = {}
+      for i, req in enumerate(requests):
+        context, gen_kwargs = req.args
+        kwargs = normalize_gen_kwargs(dict(gen_kwargs), self.max_gen_toks)
+        until = handle_stop_sequences(kwargs.pop("until", None), eos=eos_text)
+        n_new = int(kwargs.pop("max_gen_toks"))
+        temperature = float(kwargs.get("temperature", 0.0) or 0.0)
+        sample = bool(kwargs.get("do_sample")) and temperature > 0
+        key = (tuple(until), n_new, temperature if sample else 0.0)
+        settings[key] = (until, n_new, sample, temperature)
+        ids = self.tok_encode(context)[-max(T - n_new, 1):] or [self.prefix_token_id]
+        groups.setdefault((key, len(ids)), []).append((i, ids))
+      out = [None] * len(requests)
+      for (key, P), members in groups.items():
+        until, n_new, sample, temperature = settings[key]
+        for start in range(0, len(members), B):
+          chunk = members[start:start + B]
+          prompt = np.array([ids for _, ids in chunk] + [chunk[0][1]] * (B - len(chunk)),
+                            np.int32)  # (B, P): padded with copies to the fixed batch size
+          seq = decoding.generate(self.model, self.params, prompt, jax.random.key(0),
+                                  max_new_tokens=n_new, block_size=T, temperature=temperature,
+                                  greedy=not sample)
+          for b, (i, _) in enumerate(chunk):
+            new = seq[b, P:].tolist()
+            if self._eot is not None and self._eot in new:  # HF stops at its eos token
+              new = new[:new.index(self._eot)]
+            text = postprocess_generated_text(self.tok_decode(new), until, None)
+            out[i] = text
+            self.cache_hook.add_partial("generate_until", requests[i].args, text)
+      return out
+
+  return JaxLM
+
+
+def read_hf_config(workdir) -> dict | None:
+  """The source checkpoint's config.json kept by `llm-jax convert` (its bos/eos ids), if any."""
+  from llm_jax.training.workdir import HF_CONFIG_FILE
+  path = os.path.join(workdir, HF_CONFIG_FILE)
+  if not os.path.isfile(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def lm_from_run(workdir, step=None, batch_size: int = 32):
+  """(the JaxLM of the run in workdir at `step`, default the latest; the step loaded)."""
+  from llm_jax.training.workdir import load_run
+  require_lm_eval()
+  config, tokenizer, model, params, step = load_run(workdir, step)
+  return make_lm(config, tokenizer, model, params, batch_size,
+                 read_hf_config(os.path.abspath(workdir))), step
+
+
+def parse_tasks(tasks) -> list[str]:
+  """'a,b' or ['a', 'b'] -> ['a', 'b'] (blanks dropped)."""
+  if isinstance(tasks, str):
+    tasks = tasks.split(",")
+  return [t.strip() for t in tasks if t and t.strip()]
+
+
+_MANAGERS = {}  # (tasks, include path) -> TaskManager: a training run's evaluations index once
+
+
+def task_manager(tasks: list[str], include_path: str = ""):
+  """lm-eval's TaskManager that knows `tasks`: the include path's alone when it holds them all
+  (indexing lm-eval's thousands of shipped tasks takes seconds), else with the shipped ones.
+  A missing include path or an unknown task is one line."""
+  key = (tuple(tasks), include_path)
+  if key not in _MANAGERS:
+    _MANAGERS[key] = _task_manager(tasks, include_path)
+  return _MANAGERS[key]
+
+
+def _task_manager(tasks: list[str], include_path: str = ""):
+  from lm_eval.tasks import TaskManager
+  if include_path:
+    include_path = os.path.abspath(os.path.expanduser(include_path))
+    if not os.path.isdir(include_path):
+      raise UserError(f"--include_path={include_path} is not a folder: pass a folder of lm-eval "
+                      f"task YAML files")
+    local = TaskManager(include_path=include_path, include_defaults=False)
+    if all(t in local.all_tasks for t in tasks):
+      offline()
+      return local
+  manager = TaskManager(include_path=include_path or None)
+  for t in tasks:
+    if t not in manager.all_tasks:
+      close = difflib.get_close_matches(t, manager.all_tasks, n=3)
+      raise UserError(f"--tasks: unknown lm-eval task {t!r}" +
+                      (f" (did you mean {', '.join(close)}?)" if close else "") +
+                      ("" if include_path else
+                       ": a local task's folder is passed with --include_path") +
+                      " (`lm_eval ls tasks` lists the shipped ones)")
+  return manager
+
+
+def offline() -> None:
+  """Local tasks only: Hugging Face's hub and datasets are not asked (no network, no waits)."""
+  os.environ["HF_DATASETS_OFFLINE"] = os.environ["HF_HUB_OFFLINE"] = "1"
+  import sys
+  config = sys.modules.get("datasets.config")  # read at import: set there too if imported
+  if config is not None:
+    config.HF_HUB_OFFLINE = config.HF_DATASETS_OFFLINE = True
+
+
+@contextlib.contextmanager
+def _quiet():
+  """lm-eval's INFO and WARNING logs (one line per task and per truncated request) and its
+  progress bars (on stderr) off: a training run's log keeps its own lines."""
+  logger = logging.getLogger("lm_eval")
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
+      yield
+  finally:
+    logger.setLevel(level)
+
+
+def evaluate(lm, tasks, num_fewshot=None, limit=None, include_path="", log_samples=False,
+             quiet=True) -> dict:
+  """lm-eval's simple_evaluate of `lm` on `tasks`: its results dictionary ('results',
+  'configs', 'n-shot', ...; 'samples' with log_samples)."""
+  lm_eval = require_lm_eval()
+  tasks = parse_tasks(tasks)
+  if not tasks:
+    raise UserError("--tasks is empty: name one or more lm-eval tasks, comma-separated")
+  if limit is not None and limit <= 0:
+    raise UserError(f"--limit={limit} is invalid: use a positive number of items (or leave it out)")
+  if num_fewshot is not None and num_fewshot < 0:
+    raise UserError(f"--num_fewshot={num_fewshot} is invalid: use 0 or more")
+  manager = task_manager(tasks, include_path)
+  with _quiet() if quiet else contextlib.nullcontext():
+    results = lm_eval.simple_evaluate(model=lm, tasks=tasks, num_fewshot=num_fewshot,
+                                      limit=limit, task_manager=manager, log_samples=log_samples,
+                                      bootstrap_iters=0 if quiet else 100000)
+  return results
+
+
+def write_results(results: dict, path) -> None:
+  """The results dictionary as JSON (samples left out), written whole or not at all."""
+  from lm_eval.utils import handle_non_serializable
+  with atomic_write(path) as f:
+    json.dump({k: v for k, v in results.items() if k != "samples"}, f, indent=2,
+              default=handle_non_serializable)
+
+
+def run_harness(workdir, tasks, num_fewshot=None, limit=None, include_path="", batch_size=32,
+                step=None, output=None) -> tuple[dict, list[str]]:
+  """`llm-jax harness`: (results, the JSON files written: <workdir>/harness/<step>.json and
+  output)."""
+  require_lm_eval()
+  tasks = parse_tasks(tasks)
+  if include_path and not os.path.isdir(os.path.expanduser(include_path)):
+    raise UserError(f"--include_path={include_path} is not a folder: pass a folder of lm-eval "
+                    f"task YAML files")
+  lm, step = lm_from_run(workdir, step, batch_size)
+  results = evaluate(lm, tasks, num_fewshot, limit, include_path, quiet=False)
+  paths = [os.path.join(os.path.abspath(workdir), "harness", f"{step}.json")]
+  if output:
+    paths.append(os.path.abspath(output))
+  for p in paths:
+    write_results(results, p)
+  return results, paths
+
+
+def flat_metrics(results: dict) -> dict:
+  """lm-eval's results -> {'harness/<task>/<metric>': value}: numbers only, stderr left out, the
+  'none' filter dropped from the name ('acc,none' -> 'acc'; 'exact_match,strict' ->
+  'exact_match_strict')."""
+  out = {}
+  for task, metrics in results.get("results", {}).items():
+    for key, value in metrics.items():
+      name, _, filt = key.partition(",")
+      if not filt or "stderr" in name or isinstance(value, bool):
+        continue
+      if isinstance(value, (int, float)) and np.isfinite(value):
+        out[f"harness/{task}/{name if filt == 'none' else name + '_' + filt}"] = float(value)
+  return out
+
+
+def due(train_config, step: int) -> bool:
+  """Whether the in-training harness runs at this evaluation step."""
+  tc = train_config
+  if not parse_tasks(tc.harness_tasks):
+    return False
+  return tc.harness_every == 0 or step % tc.harness_every == 0 or step == tc.max_steps
+
+
+def training_metrics(config, task, params, step: int) -> dict:
+  """The loop's hook at each evaluation: lm-eval's metrics of train.harness_tasks on the current
+  parameters ({} when off or not due), as {'harness/<task>/<metric>': value}."""
+  tc = config.train
+  if not due(tc, step):
+    return {}
+  lm = make_lm(config, task.tokenizer, task.model, params, TRAINING_BATCH_SIZE)
+  results = evaluate(lm, tc.harness_tasks, limit=tc.harness_limit or None,
+                     include_path=tc.harness_include_path)
+  return flat_metrics(results)
