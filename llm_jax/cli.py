@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import textwrap
+from typing import Callable, NamedTuple
 
 from absl import app, flags, logging
 
@@ -23,35 +24,6 @@ from llm_jax.errors import UserError
 from llm_jax.training.signals import Interrupted
 
 FLAGS = flags.FLAGS
-# each command: what it does, its positional arguments, an example
-ABOUT = {
-    "train": ("train a model from a config", "",
-              "llm-jax train --config=configs/gpt_char.py --workdir=runs/gpt"),
-    "generate": ("sample from a trained run", "",
-                 'llm-jax generate --workdir=runs/gpt --prompt="ROMEO:"'),
-    "bpe": ("train a byte-level BPE", "",
-            "llm-jax bpe --corpus=a.txt --vocab_size=4096 --out=a.tiktoken"),
-    "evaluate": ("score on held-out data", "",
-                 "llm-jax evaluate --workdir=runs/t --split=test --beam_size=4"),
-    "sweep": ("run an experiment's grid", " <experiment folder>",
-              "llm-jax sweep experiments/norm_warmup --jobs=2 [--vectorize | --launcher=submitit]"),
-    "plot": ("draw runs' loss curves", " <workdir> [<workdir> ...]",
-             "llm-jax plot runs/a runs/b --out=curves.png"),
-    "bench": ("speed, MFU and memory", "",
-              "llm-jax bench --config=configs/gpt_char_baby.py --steps=20"),
-    "convert": ("import an HF checkpoint", "",
-                "llm-jax convert --from=hf/gpt2 --workdir=runs/gpt2"),
-    "export": ("write an HF checkpoint", "",
-               "llm-jax export --workdir=runs/gpt2 --to=hf/gpt2_tuned"),
-    "prepare": ("tokenize a corpus to shards", "",
-                "llm-jax prepare --source='data/*.jsonl' --tokenizer=tiktoken:gpt2 --out=data/x"),
-    "harness": ("lm-eval tasks on a run", "",
-                "llm-jax harness --workdir=runs/gpt2 --tasks=hellaswag,arc_easy --limit=500"),
-}
-USAGE = ("usage: llm-jax <command> [--flags]\n\ncommands:\n" +
-         "".join(f"  {name:<9} {what + ':':<26} {example}\n"
-                 for name, (what, _, example) in ABOUT.items()) +
-         "\n`llm-jax <command> --help` lists a command's flags and their defaults.")
 # the flags that ask for a command's help: its own flags (--helpfull: absl's too)
 HELP_FLAGS = {"-h", "-?", "--help", "--helpshort", "--helpfull"}
 REQUIRED = set()  # flags the command cannot run without
@@ -323,10 +295,6 @@ def _sweep(argv):
     runner.run_sweep(argv[1], FLAGS.jobs, FLAGS.vectorize)
 
 
-COMMANDS = {"train": (_define_train, _train), "generate": (_define_generate, _generate)}
-COMMANDS["bpe"] = (_define_bpe, _bpe)
-COMMANDS["evaluate"] = (_define_evaluate, _evaluate)
-COMMANDS["sweep"] = (_define_sweep, _sweep)
 
 
 def _define_plot(argv):
@@ -339,7 +307,6 @@ def _plot(argv):
   print(f"llm-jax plot: wrote the loss curves of {len(argv) - 1} run(s) to {out}", flush=True)
 
 
-COMMANDS["plot"] = (_define_plot, _plot)
 
 
 def _define_bench(argv):
@@ -364,7 +331,6 @@ def _bench(argv):
                    profile_steps=FLAGS.profile_steps)
 
 
-COMMANDS["bench"] = (_define_bench, _bench)
 
 
 def _define_convert(argv):
@@ -386,7 +352,6 @@ def _convert(argv):
         f"--workdir={r['workdir']}`, fine-tune it with configs/finetune.py", flush=True)
 
 
-COMMANDS["convert"] = (_define_convert, _convert)
 
 
 def _define_export(argv):
@@ -408,7 +373,6 @@ def _export(argv):
         flush=True)
 
 
-COMMANDS["export"] = (_define_export, _export)
 
 
 def _define_prepare(argv):
@@ -442,7 +406,6 @@ def _prepare(argv):
         f"--config.data.path={FLAGS.out}", flush=True)
 
 
-COMMANDS["prepare"] = (_define_prepare, _prepare)
 
 
 def _define_harness(argv):
@@ -470,7 +433,71 @@ def _harness(argv):
   print(f"llm-jax harness: results written to {', '.join(paths)}", flush=True)
 
 
-COMMANDS["harness"] = (_define_harness, _harness)
+
+
+class Command(NamedTuple):
+  """One `llm-jax <name>`: everything the dispatcher, the usage and the help know of it."""
+  about: str  # what it does, for the usage list and its --help
+  example: str  # one command line
+  define: Callable  # (argv) -> None: defines its flags
+  run: Callable  # (argv) -> None: the command itself
+  args: str = ""  # its positional arguments (paths) besides the flags, for its usage line
+  # it compiles JAX programs: JAX's persistent compilation cache spares a second run of the same
+  # config its compilation (~/.cache/llm_jax/xla; LLM_JAX_COMPILATION_CACHE=off disables it)
+  compiles: bool = False
+  # its steps allocate large temporaries, which huge pages serve better (hostmem.py): the process
+  # re-executes itself once. Not generate: its buffers are small, and a second interpreter start
+  # is a tenth of a short generate's time
+  hugepages: bool = False
+  # it writes nothing: its objects are frozen out of the garbage collector when it is done, which
+  # spares the interpreter's last collection at exit (memory goes back with the process anyway)
+  read_only: bool = False
+
+
+COMMANDS = {
+    "train": Command("train a model from a config",
+                     "llm-jax train --config=configs/gpt_char.py --workdir=runs/gpt",
+                     _define_train, _train, compiles=True, hugepages=True),
+    "generate": Command("sample from a trained run",
+                        'llm-jax generate --workdir=runs/gpt --prompt="ROMEO:"',
+                        _define_generate, _generate, compiles=True, read_only=True),
+    "bpe": Command("train a byte-level BPE",
+                   "llm-jax bpe --corpus=a.txt --vocab_size=4096 --out=a.tiktoken",
+                   _define_bpe, _bpe),
+    "evaluate": Command("score on held-out data",
+                        "llm-jax evaluate --workdir=runs/t --split=test --beam_size=4",
+                        _define_evaluate, _evaluate, compiles=True, hugepages=True,
+                        read_only=True),
+    "sweep": Command("run an experiment's grid",
+                     "llm-jax sweep experiments/norm_warmup --jobs=2 [--vectorize | "
+                     "--launcher=submitit]",
+                     _define_sweep, _sweep, args=" <experiment folder>"),
+    "plot": Command("draw runs' loss curves", "llm-jax plot runs/a runs/b --out=curves.png",
+                    _define_plot, _plot, args=" <workdir> [<workdir> ...]"),
+    "bench": Command("speed, MFU and memory",
+                     "llm-jax bench --config=configs/gpt_char_baby.py --steps=20",
+                     _define_bench, _bench, compiles=True, hugepages=True),
+    "convert": Command("import an HF checkpoint",
+                       "llm-jax convert --from=hf/gpt2 --workdir=runs/gpt2",
+                       _define_convert, _convert),
+    "export": Command("write an HF checkpoint",
+                      "llm-jax export --workdir=runs/gpt2 --to=hf/gpt2_tuned",
+                      _define_export, _export),
+    "prepare": Command("tokenize a corpus to shards",
+                       "llm-jax prepare --source='data/*.jsonl' --tokenizer=tiktoken:gpt2 "
+                       "--out=data/x",
+                       _define_prepare, _prepare),
+    "harness": Command("lm-eval tasks on a run",
+                       "llm-jax harness --workdir=runs/gpt2 --tasks=hellaswag,arc_easy "
+                       "--limit=500",
+                       _define_harness, _harness, compiles=True),
+}
+
+
+def _usage() -> str:
+  return ("usage: llm-jax <command> [--flags]\n\ncommands:\n" +
+          "".join(f"  {name:<9} {c.about + ':':<28} {c.example}\n" for name, c in COMMANDS.items())
+          + "\n`llm-jax <command> --help` lists a command's flags and their defaults.")
 
 
 def _quiet_logs():
@@ -496,9 +523,9 @@ def _traceback_and_exit():
 def _help(name, names, full=False) -> str:
   """`llm-jax <name> --help`: what the command does, an example, and its flags `names` with
   their defaults; full: absl's flags after them."""
-  what, args, example = ABOUT[name]
-  lines = [f"usage: llm-jax {name} [--flag=value ...]{args}", "", f"{what}, for example:",
-           f"  {example}", "", "flags:"]
+  c = COMMANDS[name]
+  lines = [f"usage: llm-jax {name} [--flag=value ...]{c.args}", "", f"{c.about}, for example:",
+           f"  {c.example}", "", "flags:"]
   for n in names:
     f = FLAGS[n]
     flag = f"--[no]{n}" if isinstance(f, flags.BooleanFlag) else f"--{n}"
@@ -563,33 +590,14 @@ def _config_hint(error: str) -> str:
   return f"; a config field is set as {' or '.join(where)}=value" if where else ""
 
 
-# commands that take positional arguments (paths) besides their flags
-TAKES_ARGS = {"sweep", "plot"}
-
-
-# commands that compile JAX programs: JAX's persistent compilation cache spares a second run of
-# the same config its compilation (~/.cache/llm_jax/xla; LLM_JAX_COMPILATION_CACHE=off disables it)
-COMPILES = {"train", "generate", "evaluate", "bench", "harness"}
-
-# commands whose steps allocate large temporaries, which huge pages serve better (hostmem.py):
-# the process re-executes itself once for them. Not generate: its buffers are small, and a
-# second interpreter start is a tenth of a short generate's time
-HUGEPAGES = {"train", "evaluate", "bench"}
-
-# commands that write nothing: their objects are frozen out of the garbage collector when they
-# are done, which spares the interpreter's last collection (over all that jax, flax and orbax
-# leave) at exit. Memory goes back to the system with the process either way
-READ_ONLY = {"generate", "evaluate"}
-
-
 # flags that name a file or folder: empty (or blank), they would name the current folder
 PATH_FLAGS = ("workdir", "to", "out", "from", "corpus", "prompt_file", "json_out", "profile_dir")
 
 
-def _run(command_main, takes_args=False, compiles=False, read_only=False):
+def _run(command: Command):
   def main(argv):
     _quiet_logs()
-    if len(argv) > 1 and not takes_args:
+    if len(argv) > 1 and not command.args:
       _fail(argv[0], f"unexpected arguments {argv[1:]}: flags are --name=value (`{argv[0]} --help` "
                      f"lists them)")
     paths = [(f"--{n}", FLAGS[n].value or "", FLAGS[n].help) for n in PATH_FLAGS
@@ -601,11 +609,11 @@ def _run(command_main, takes_args=False, compiles=False, read_only=False):
         _fail(argv[0], f"{name} has a file name longer than 255 bytes ({value[:40]}...): use a "
                        f"shorter name")
     try:
-      if compiles:
+      if command.compiles:
         from llm_jax.training.parallel import enable_compilation_cache
         enable_compilation_cache()
-      command_main(argv)
-      if read_only:
+      command.run(argv)
+      if command.read_only:
         gc.freeze()
     except UserError as e:
       if FLAGS.debug:
@@ -662,7 +670,7 @@ class _ClosedPipeSafe:
 
 
 def main(argv=None):
-  if argv is None and len(sys.argv) > 1 and sys.argv[1] in HUGEPAGES:
+  if argv is None and len(sys.argv) > 1 and getattr(COMMANDS.get(sys.argv[1]), "hugepages", False):
     if any(a.startswith("--profile_dir") for a in sys.argv):  # read when the backend starts
       from llm_jax.training.profile import flags_for_tracing
       os.environ["XLA_FLAGS"] = flags_for_tracing(os.environ)
@@ -678,19 +686,19 @@ def main(argv=None):
   if len(argv) >= 3 and argv[1] == "help" and argv[2] in COMMANDS:  # `llm-jax help train`
     argv = [argv[0], argv[2], "--help"]
   if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
-    print(USAGE)
+    print(_usage())
     sys.exit(0 if len(argv) >= 2 else 2)
   name = argv[1]
   if name not in COMMANDS:
     print(f"llm-jax: error: unknown command {name!r}: use one of {', '.join(COMMANDS)}",
           file=sys.stderr)
     sys.exit(2)
-  define, command_main = COMMANDS[name]
+  command = COMMANDS[name]
   argv = [f"llm-jax {name}"] + argv[2:]
   before = set(FLAGS)
   REQUIRED.clear()
   _define_common(argv)
-  define(argv)
+  command.define(argv)
   args = argv[1:argv.index("--")] if "--" in argv else argv[1:]
   asked = HELP_FLAGS.intersection(args)
   if asked:
@@ -700,5 +708,4 @@ def main(argv=None):
     except BrokenPipeError:  # `llm-jax train --help | head`: the rest is not wanted
       os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     sys.exit(0)
-  app.run(_run(command_main, name in TAKES_ARGS, name in COMPILES, name in READ_ONLY), argv=argv,
-          flags_parser=_parse_flags)
+  app.run(_run(command), argv=argv, flags_parser=_parse_flags)
