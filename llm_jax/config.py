@@ -330,13 +330,24 @@ def _validate_harness(t, m) -> None:
 
 
 def validate(c) -> None:
-  d, m, t = c.data, c.model, c.train
+  """Every field checked, section by section: the first bad value is a UserError naming it."""
+  _validate_run(c)
+  _validate_data(c.data)
+  _validate_model(c.model, c.data, c.train)
+  _validate_train(c.train)
+  _validate_harness(c.train, c.model)
+
+
+def _validate_run(c) -> None:
   _require(-2**63 <= c.seed < 2**63, "seed", c.seed, "use a 64-bit integer (0, 1, 2, ...)")
   _require(c.cpu_devices >= 0, "cpu_devices", c.cpu_devices, "use 0 (one per core) or more")
   _require(c.parallel in ("auto", "none", "pmap"), "parallel", c.parallel,
            "use 'auto', 'none' or 'pmap'")
   _require(c.distributed.num_processes >= 1, "distributed.num_processes",
            c.distributed.num_processes, "use 1 or more")
+
+
+def _validate_data(d) -> None:
   _require(d.corpus in CORPORA, "data.corpus", d.corpus, f"use one of {', '.join(CORPORA)}")
   _require(d.sampling in ("random", "epoch"), "data.sampling", d.sampling,
            "use 'random' or 'epoch'")
@@ -371,6 +382,9 @@ def validate(c) -> None:
     _require(pathlib.Path(arg).expanduser().is_file(), "data.tokenizer", d.tokenizer,
              f"no file at {pathlib.Path(arg).expanduser().absolute()}: pass the path of a Hugging "
              f"Face tokenizer.json")
+
+
+def _validate_model(m, d, t) -> None:
   _require(m.name in FAMILIES, "model.name", m.name, f"use one of {', '.join(FAMILIES)}")
   _validate_task(d, m)
   defaults = default_config().model
@@ -426,6 +440,9 @@ def validate(c) -> None:
            "use 'einsum' or 'dot_product'")
   _require(m.remat == "none" or m.remat in REMAT_POLICIES, "model.remat", m.remat,
            f"use 'none' or one of {', '.join(map(repr, REMAT_POLICIES))}")
+
+
+def _validate_train(t) -> None:
   for field in ("batch_size", "grad_accum_steps", "max_steps", "eval_interval", "eval_iters",
                 "log_interval", "checkpoint_every", "keep_checkpoints"):
     _require(t[field] > 0, f"train.{field}", t[field], "use a positive number")
@@ -460,4 +477,3 @@ def validate(c) -> None:
   _require(t.sample_tokens >= 0, "train.sample_tokens", t.sample_tokens, "use 0 or more")
   _require(t.nan_policy in ("stop", "skip"), "train.nan_policy", t.nan_policy,
            "use 'stop' or 'skip'")
-  _validate_harness(t, m)
