@@ -42,8 +42,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llm_jax import decoding
-from llm_jax.data.tokenizers import normalize
 from llm_jax.errors import UserError
 from llm_jax.fileio import atomic_write
 from llm_jax.models import FAMILIES
@@ -131,148 +129,10 @@ def make_lm(config, tokenizer, model, params, batch_size: int = 32, hf_config: d
                     f"models (gpt, bigram, converted checkpoints) do")
   if batch_size < 1:
     raise UserError(f"--batch_size={batch_size} is invalid: use 1 or more")
-  return _jax_lm_class()(config, tokenizer, model, params, batch_size, hf_config)
+  from llm_jax.harness_lm import JaxLM  # (it subclasses lm-eval's TemplateLM)
+  return JaxLM(config, tokenizer, model, params, batch_size, hf_config)
 
 
-def _jax_lm_class():
-  from lm_eval.api.model import TemplateLM
-  from lm_eval.models.utils import (handle_stop_sequences, normalize_gen_kwargs,
-                                    postprocess_generated_text)
-  from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
-
-  class JaxLM(TemplateLM):
-    """An llm-jax language model, as lm-eval's HFLM would run it."""
-
-    def __init__(self, config, tokenizer, model, params, batch_size, hf_config):
-      super().__init__()
-      self.config, self.tok, self.model, self.params = config, tokenizer, model, params
-      self.block_size = config.model.block_size
-      self.batch_size = batch_size
-      self._eot, self._prefix = _special_ids(tokenizer, hf_config)
-      self.compiled = set()  # the (batch, bucket) shapes scored so far
-
-    # -- tokens --------------------------------------------------------------------------------
-    @property
-    def eot_token_id(self):
-      return self._eot
-
-    @property
-    def prefix_token_id(self):
-      return self._prefix
-
-    @property
-    def max_length(self):
-      return self.block_size
-
-    @property
-    def max_gen_toks(self):
-      return MAX_GEN_TOKS
-
-    def tok_encode(self, string, add_special_tokens=None, **kwargs):
-      """As HFLM: a Hugging Face tokenizer adds its special tokens (a Llama's BOS) unless told
-      not to; the other tokenizers have none."""
-      if self.tok.kind == "hf":
-        text = normalize(string, self.tok.normalization)
-        specials = True if add_special_tokens is None else add_special_tokens
-        return self.tok.tokenizer.encode(text, add_special_tokens=specials).ids
-      return [int(i) for i in self.tok.encode(string)]
-
-    def tok_decode(self, ids):
-      return self.tok.decode(np.asarray(ids, np.int64))
-
-    # -- scoring -------------------------------------------------------------------------------
-    def _loglikelihood_tokens(self, requests, disable_tqdm=False, **kwargs):
-      """requests: ((context, continuation), context ids, continuation ids) -> (logprob, greedy)
-      of each continuation, in order."""
-      T, B = self.block_size, self.batch_size
-      rows = []  # (request index, input ids, number of continuation tokens)
-      for i, (_, ctx, cont) in enumerate(requests):
-        if not cont:
-          raise UserError("lm-eval asked to score an empty continuation: check the task's "
-                          "doc_to_choice / doc_to_target")
-        whole = (list(ctx) + list(cont))[-(T + 1):]
-        if len(cont) > T:
-          bucket_of(len(cont), T)  # raises: no bucket holds it
-        rows.append((i, whole, len(cont)))
-      # longest first (as HFLM), so that a bucket's requests are consecutive
-      rows.sort(key=lambda r: -len(r[1]))
-      out = [None] * len(requests)
-      start = 0
-      while start < len(rows):
-        L = bucket_of(len(rows[start][1]) - 1, T)
-        chunk = rows[start:start + B]
-        chunk = [r for r in chunk if bucket_of(len(r[1]) - 1, T) == L]
-        start += len(chunk)
-        inputs, targets = np.zeros((B, L), np.int32), np.zeros((B, L), np.int32)
-        for b, (_, whole, _) in enumerate(chunk):
-          n = len(whole) - 1
-          inputs[b, :n], targets[b, :n] = whole[:-1], whole[1:]
-        logp_BL, greedy_BL = score_tokens(self.model, self.params, jnp.asarray(inputs),
-                                          jnp.asarray(targets))
-        self.compiled.add((B, L))
-        logp_BL, greedy_BL = np.asarray(logp_BL), np.asarray(greedy_BL)
-        for b, (i, whole, n_cont) in enumerate(chunk):
-          n = len(whole) - 1
-          cont = slice(n - n_cont, n)  # the continuation's positions, the last n_cont inputs
-          out[i] = (float(logp_BL[b, cont].sum()), bool(greedy_BL[b, cont].all()))
-          if requests[i][0] is not None:
-            self.cache_hook.add_partial("loglikelihood", requests[i][0], out[i])
-      return out
-
-    def loglikelihood_rolling(self, requests, disable_tqdm=False):
-      windows, owners = [], []
-      for k, req in enumerate(requests):
-        (string,) = req.args
-        for ctx, cont in map(make_disjoint_window, get_rolling_token_windows(
-            token_list=self.tok_encode(string), prefix_token=self.prefix_token_id,
-            max_seq_len=self.max_length, context_len=1)):
-          windows.append((None, ctx, cont))
-          owners.append(k)
-      scores = self._loglikelihood_tokens(windows)
-      totals = [0.0] * len(requests)
-      for k, (logp, _) in zip(owners, scores):
-        totals[k] += logp
-      for req, total in zip(requests, totals):
-        self.cache_hook.add_partial("loglikelihood_rolling", req.args, total)
-      return totals
-
-    # -- generation ----------------------------------------------------------------------------
-    def generate_until(self, requests, disable_tqdm=False):
-      T, B = self.block_size, self.batch_size
-      eos_text = None if self._eot is None else self.tok_decode([self._eot])
-      groups = {}  # (generation settings, prompt length) -> [(request index, prompt ids)]
-      settings = {}
-      for i, req in enumerate(requests):
-        context, gen_kwargs = req.args
-        kwargs = normalize_gen_kwargs(dict(gen_kwargs), self.max_gen_toks)
-        until = handle_stop_sequences(kwargs.pop("until", None), eos=eos_text)
-        n_new = int(kwargs.pop("max_gen_toks"))
-        temperature = float(kwargs.get("temperature", 0.0) or 0.0)
-        sample = bool(kwargs.get("do_sample")) and temperature > 0
-        key = (tuple(until), n_new, temperature if sample else 0.0)
-        settings[key] = (until, n_new, sample, temperature)
-        ids = self.tok_encode(context)[-max(T - n_new, 1):] or [self.prefix_token_id]
-        groups.setdefault((key, len(ids)), []).append((i, ids))
-      out = [None] * len(requests)
-      for (key, P), members in groups.items():
-        until, n_new, sample, temperature = settings[key]
-        for start in range(0, len(members), B):
-          chunk = members[start:start + B]
-          prompt = np.array([ids for _, ids in chunk] + [chunk[0][1]] * (B - len(chunk)),
-                            np.int32)  # (B, P): padded with copies to the fixed batch size
-          seq = decoding.generate(self.model, self.params, prompt, jax.random.key(0),
-                                  max_new_tokens=n_new, block_size=T, temperature=temperature,
-                                  greedy=not sample)
-          for b, (i, _) in enumerate(chunk):
-            new = seq[b, P:].tolist()
-            if self._eot is not None and self._eot in new:  # HF stops at its eos token
-              new = new[:new.index(self._eot)]
-            text = postprocess_generated_text(self.tok_decode(new), until, None)
-            out[i] = text
-            self.cache_hook.add_partial("generate_until", requests[i].args, text)
-      return out
-
-  return JaxLM
 
 
 def read_hf_config(workdir) -> dict | None:
