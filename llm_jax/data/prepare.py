@@ -48,7 +48,7 @@ from llm_jax.data.tokenizers import (CHUNK_CHARS, CharTokenizer, HFTokenizer, Ti
                                      _cut, make_tokenizer, normalization_of, normalize,
                                      tokenizer_id)
 from llm_jax.errors import UserError
-from llm_jax.fileio import atomic_write, write_json
+from llm_jax.fileio import write_json
 
 # bytes of a text file decoded per read; a document longer than this becomes several pieces,
 # cut where tokenization is unchanged (tokenizers._cut)
@@ -496,6 +496,96 @@ def in_val(doc: int, val) -> bool:
   return math.ceil(doc * val) < math.ceil((doc + 1) * val)
 
 
+def _unfinished_state(root: pathlib.Path, out: str, args: dict) -> dict | None:
+  """The state of an unfinished prepare of the same arguments in `root` (None: a fresh start);
+  a finished dataset, a folder of other files or another prepare's state is refused."""
+  if (root / MANIFEST).exists():
+    raise UserError(f"--out={out} already holds a prepared dataset: pass another --out (or "
+                    f"delete {root} to prepare it again)")
+  if root.exists() and any(root.iterdir()) and not (root / STATE_DIR).is_dir():
+    raise UserError(f"--out={out} is a directory with other files in it: pass a new or empty one")
+  if args["shard_tokens"] < 1:
+    raise UserError(f"--shard_tokens={args['shard_tokens']} is invalid: use a positive number of "
+                    f"tokens")
+  state_path = root / STATE_DIR / "state.json"
+  state = json.loads(state_path.read_text()) if state_path.is_file() else None
+  if state is not None and state["args"] != args:
+    raise UserError(f"--out={out} holds an unfinished prepare of other arguments (such as "
+                    f"--source={state['args']['source']['spec']} --tokenizer="
+                    f"{state['args']['tokenizer']}): rerun that one to finish it, or delete "
+                    f"{root}")
+  (root / STATE_DIR).mkdir(parents=True, exist_ok=True)
+  return state
+
+
+def _fresh_state(args: dict) -> dict:
+  """A prepare's progress, kept in DIR/.prepare/state.json after every batch: its arguments, the
+  next source piece, the counts, and each split's shards."""
+  return {"args": args, "next_piece": 0, "documents": 0, "skipped_empty": 0, "source_bytes": 0,
+          "current": "train",
+          "splits": {s: {"shards": [], "partial_tokens": 0, "documents": 0, "tokens": 0,
+                         "bytes": 0} for s in SPLITS}}
+
+
+def _route(meta, results, state, writers, eot, val_rule) -> int:
+  """One batch's ids routed to the splits (an end-of-text token before each document), the shards
+  synced and `state` advanced past the batch. Returns the batch's source bytes."""
+  n_bytes = 0
+  for (piece, doc), (ids, b) in zip(meta, results):
+    if doc is None:  # an empty document: counted, skipped
+      state["skipped_empty"] += 1
+      continue
+    if doc >= 0:
+      state["documents"] = doc + 1
+    split = "val" if doc is not None and doc >= 0 and in_val(doc, val_rule) else (
+        state["current"] if doc == -1 else "train")
+    s = state["splits"][split]
+    if doc is not None and doc >= 0:
+      state["current"] = split
+      writers[split].write(eot)
+      s["documents"] += 1
+      s["tokens"] += 1
+    writers[split].write(ids)
+    s["tokens"] += len(ids)
+    s["bytes"] += b
+    n_bytes += b
+  state["next_piece"] = meta[-1][0] + 1
+  state["source_bytes"] += n_bytes
+  for w in writers.values():
+    w.sync()
+  return n_bytes
+
+
+def _manifest(source, desc, text_field, separator, tok_entry, dtype, shard_tokens, val,
+              state) -> dict:
+  """The finished dataset's manifest.json; a split left without documents is refused."""
+  splits = {s: {k: state["splits"][s][k] for k in ("shards", "documents", "tokens", "bytes")}
+            for s in SPLITS}
+  for s in SPLITS:
+    if not splits[s]["documents"]:
+      raise UserError(f"--source={source}: the {s} split got no documents ({state['documents']} "
+                      f"kept, {state['skipped_empty']} empty): " +
+                      ("use a larger --val, such as --val=1" if s == "val" else
+                       "use a smaller --val, or a source with more documents"))
+  manifest = {
+      "format": FORMAT, "source": {**desc, "text_field": text_field, "separator": separator},
+      "tokenizer": tok_entry, "dtype": dtype.name, "shard_tokens": shard_tokens,
+      "val": str(val), "splits": splits,
+      "documents": sum(x["documents"] for x in splits.values()),
+      "tokens": sum(x["tokens"] for x in splits.values()),
+      "bytes": sum(x["bytes"] for x in splits.values()),
+      "skipped_empty": state["skipped_empty"]}
+  return manifest
+
+
+def _pool(n_workers: int, tokenizer, dtype):
+  """n_workers tokenizing processes (forked, each with the tokenizer); 0: this process."""
+  if not n_workers:
+    _init_worker(tokenizer, dtype)
+    return _InProcess()
+  return multiprocessing.get_context("fork").Pool(n_workers, _init_worker, (tokenizer, dtype))
+
+
 def prepare(source: str, tokenizer_spec: str, out: str, text_field: str = "text",
             separator: str = "", val: str = "0.005", shard_tokens: int = 100_000_000,
             workers: int = -1, bpe_sample_bytes: int = 8 << 20, progress: bool = True,
@@ -506,13 +596,6 @@ def prepare(source: str, tokenizer_spec: str, out: str, text_field: str = "text"
   for any value)."""
   batch_chars = batch_chars or int(os.environ.get("LLM_JAX_PREPARE_BATCH_CHARS", BATCH_CHARS))
   root = pathlib.Path(out).expanduser().absolute()
-  if (root / MANIFEST).exists():
-    raise UserError(f"--out={out} already holds a prepared dataset: pass another --out (or "
-                    f"delete {root} to prepare it again)")
-  if root.exists() and any(root.iterdir()) and not (root / STATE_DIR).is_dir():
-    raise UserError(f"--out={out} is a directory with other files in it: pass a new or empty one")
-  if shard_tokens < 1:
-    raise UserError(f"--shard_tokens={shard_tokens} is invalid: use a positive number of tokens")
   val_rule = parse_val(val)
   separator = separator.encode().decode("unicode_escape") if separator else ""
   desc = describe_source(source, text_field)
@@ -520,13 +603,7 @@ def prepare(source: str, tokenizer_spec: str, out: str, text_field: str = "text"
           "separator": separator, "val": str(val), "shard_tokens": shard_tokens,
           "bpe_sample_bytes": bpe_sample_bytes}
   state_path = root / STATE_DIR / "state.json"
-  state = json.loads(state_path.read_text()) if state_path.is_file() else None
-  if state is not None and state["args"] != args:
-    raise UserError(f"--out={out} holds an unfinished prepare of other arguments (such as "
-                    f"--source={state['args']['source']['spec']} --tokenizer="
-                    f"{state['args']['tokenizer']}): rerun that one to finish it, or delete "
-                    f"{root}")
-  (root / STATE_DIR).mkdir(parents=True, exist_ok=True)
+  state = _unfinished_state(root, out, args)
 
   def texts(train_only):
     for _, doc, text in documents(desc, text_field, separator):
@@ -537,45 +614,15 @@ def prepare(source: str, tokenizer_spec: str, out: str, text_field: str = "text"
                                          lambda: texts(False), bpe_sample_bytes)
   dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
   eot = np.array([tok_entry["eot"]], dtype)
-  if state is None:
-    state = {"args": args, "next_piece": 0, "documents": 0, "skipped_empty": 0,
-             "source_bytes": 0, "current": "train",
-             "splits": {s: {"shards": [], "partial_tokens": 0, "documents": 0, "tokens": 0,
-                            "bytes": 0} for s in SPLITS}}
+  state = state or _fresh_state(args)
   writers = {s: SplitWriter(root, s, shard_tokens, dtype, state["splits"][s]) for s in SPLITS}
   n_workers = (os.cpu_count() or 1) if workers < 0 else workers
-  pool = (multiprocessing.get_context("fork").Pool(n_workers, _init_worker, (tokenizer, dtype))
-          if n_workers else _InProcess())
-  if not n_workers:
-    _init_worker(tokenizer, dtype)
+  pool = _pool(n_workers, tokenizer, dtype)
   total = sum(size for _, size in desc["files"])
   bar = Progress(total, state["source_bytes"], progress)
 
   def commit(meta, results):
-    """Routes one batch's ids to the splits, then records the new state."""
-    n_bytes = 0
-    for (piece, doc), (ids, b) in zip(meta, results):
-      if doc is None:  # an empty document: counted, skipped
-        state["skipped_empty"] += 1
-        continue
-      if doc >= 0:
-        state["documents"] = doc + 1
-      split = "val" if doc is not None and doc >= 0 and in_val(doc, val_rule) else (
-          state["current"] if doc == -1 else "train")
-      s = state["splits"][split]
-      if doc is not None and doc >= 0:
-        state["current"] = split
-        writers[split].write(eot)
-        s["documents"] += 1
-        s["tokens"] += 1
-      writers[split].write(ids)
-      s["tokens"] += len(ids)
-      s["bytes"] += b
-      n_bytes += b
-    state["next_piece"] = meta[-1][0] + 1
-    state["source_bytes"] += n_bytes
-    for w in writers.values():
-      w.sync()
+    n_bytes = _route(meta, results, state, writers, eot, val_rule)
     write_json(state_path, state)
     _fault_point("commit")
     tokens = sum(s["tokens"] for s in state["splits"].values())
@@ -611,22 +658,8 @@ def prepare(source: str, tokenizer_spec: str, out: str, text_field: str = "text"
     bar.close()
   for w in writers.values():
     w.close(finish=True)
-  splits = {s: {k: state["splits"][s][k] for k in ("shards", "documents", "tokens", "bytes")}
-            for s in SPLITS}
-  for s in SPLITS:
-    if not splits[s]["documents"]:
-      raise UserError(f"--source={source}: the {s} split got no documents ({state['documents']} "
-                      f"kept, {state['skipped_empty']} empty): " +
-                      ("use a larger --val, such as --val=1" if s == "val" else
-                       "use a smaller --val, or a source with more documents"))
-  manifest = {
-      "format": FORMAT, "source": {**desc, "text_field": text_field, "separator": separator},
-      "tokenizer": tok_entry, "dtype": dtype.name, "shard_tokens": shard_tokens,
-      "val": str(val), "splits": splits,
-      "documents": sum(x["documents"] for x in splits.values()),
-      "tokens": sum(x["tokens"] for x in splits.values()),
-      "bytes": sum(x["bytes"] for x in splits.values()),
-      "skipped_empty": state["skipped_empty"]}
+  manifest = _manifest(source, desc, text_field, separator, tok_entry, dtype, shard_tokens, val,
+                       state)
   write_json(root / MANIFEST, manifest)
   _fsync_dir(root)
   shutil.rmtree(root / STATE_DIR, ignore_errors=True)
