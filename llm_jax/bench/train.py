@@ -61,13 +61,12 @@ def _random_batch(rng, shape, vocab_size):
   return {"inputs": tokens[..., :-1], "targets": tokens[..., 1:]}
 
 
-def run(config, steps: int = 20, warmup: int = 3, vocab_size: int = 65, decode_tokens: int = 100,
-        eval_repeats: int = 5, peak_n: int = 2048, profile_dir: str | None = None,
-        profile_steps: int = 5) -> dict:
-  """Benchmarks config's language model; returns the figures (see the module docstring). With
-  profile_dir, profile_steps more steps are traced there after the timed ones (profile.py)."""
-  validate(config)
-  m, tc = config.model, config.train
+# the config.model fields the JSON names (with the dtype as resolved, and as asked)
+MODEL_FIELDS = ("name", "n_layer", "n_head", "n_embd", "block_size", "dropout", "dropout_bits",
+                "attention", "remat", "scan_layers")
+
+
+def _check_args(m, vocab_size, decode_tokens, steps, warmup) -> None:
   if FAMILIES[m.name].task != "lm":
     lms = ", ".join(n for n, f in FAMILIES.items() if f.task == "lm")
     raise UserError(f"llm-jax bench measures the language models ({lms}): use "
@@ -79,8 +78,44 @@ def run(config, steps: int = 20, warmup: int = 3, vocab_size: int = 65, decode_t
     raise UserError(f"--decode_tokens={decode_tokens} is invalid: use 0 (no decode) or more")
   if steps < 1 or warmup < 0:
     raise UserError(f"--steps={steps} and --warmup={warmup}: use at least 1 step, 0 or more warm-up")
-  peaks = peak.measure(peak_n)
 
+
+def _time_calls(call, repeats: int):
+  """(seconds of the first call (compilation included), [seconds of each of `repeats` more])."""
+  t = time.perf_counter()
+  jax.block_until_ready(call())
+  first_s, times = time.perf_counter() - t, []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(call())
+    times.append(time.perf_counter() - t)
+  return first_s, times
+
+
+def _decode_speed(model, host_params, block_size: int, decode_tokens: int) -> dict | None:
+  """Batch-1 KV-cache decoding of decode_tokens tokens: tokens/s (best of two), compile time.
+  host_params: () -> the parameters on the host, copied only where decoding is measured."""
+  if decode_tokens <= 0:
+    return None
+  params = host_params()
+  call = lambda: decoding.generate(model, params, jnp.zeros((1, 1), jnp.int32),
+                                   jax.random.key(0), max_new_tokens=decode_tokens,
+                                   block_size=block_size, temperature=1.0)
+  decode_first_s, decode_s = _time_calls(call, 2)
+  return {"batch": 1, "new_tokens": decode_tokens,
+          "tokens_per_s": round(decode_tokens / min(decode_s), 1),
+          "compile_s": round(decode_first_s - min(decode_s), 2)}
+
+
+def run(config, steps: int = 20, warmup: int = 3, vocab_size: int = 65, decode_tokens: int = 100,
+        eval_repeats: int = 5, peak_n: int = 2048, profile_dir: str | None = None,
+        profile_steps: int = 5) -> dict:
+  """Benchmarks config's language model; returns the figures (see the module docstring). With
+  profile_dir, profile_steps more steps are traced there after the timed ones (profile.py)."""
+  validate(config)
+  m, tc = config.model, config.train
+  _check_args(m, vocab_size, decode_tokens, steps, warmup)
+  peaks = peak.measure(peak_n)
   T, B, A = m.block_size, tc.batch_size, tc.grad_accum_steps
   model = build_model(m, vocab_size)
   loss_fn = make_loss_fn(model)
@@ -88,9 +123,9 @@ def run(config, steps: int = 20, warmup: int = 3, vocab_size: int = 65, decode_t
   place = parallel.placement(config, model, tx)
   state = place.create_state(lambda: init_state(model, m, tx, jax.random.key(config.seed)))
   n_params, n_params_flops = count_params(state.params)
-  axis = place.axis_name
-  train_step, evaluate = place.steps(make_train_step(loss_fn, tx, axis),
-                                     make_evaluate(loss_fn, axis), jax.random.key(config.seed + 1))
+  train_step, evaluate = place.steps(make_train_step(loss_fn, tx, place.axis_name),
+                                     make_evaluate(loss_fn, place.axis_name),
+                                     jax.random.key(config.seed + 1))
   rng = np.random.default_rng(config.seed)
   batch = place.put_batch(_random_batch(rng, (A, B, T), vocab_size))
   eval_batch = place.put_batch(_random_batch(rng, (1, B, T), vocab_size))
@@ -112,32 +147,9 @@ def run(config, steps: int = 20, warmup: int = 3, vocab_size: int = 65, decode_t
   median_s = float(np.median(step_s))
   traced = profile.trace(timed_step, profile_steps, profile_dir) if profile_dir else None
 
-  t = time.perf_counter()
-  jax.block_until_ready(evaluate(state, eval_batch))
-  eval_first_s = time.perf_counter() - t
-  eval_s = []
-  for _ in range(eval_repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(evaluate(state, eval_batch))
-    eval_s.append(time.perf_counter() - t)
+  eval_first_s, eval_s = _time_calls(lambda: evaluate(state, eval_batch), eval_repeats)
 
-  decode = None
-  if decode_tokens > 0:
-    params = place.to_host(state.params)
-    call = lambda: decoding.generate(model, params, jnp.zeros((1, 1), jnp.int32),
-                                     jax.random.key(0), max_new_tokens=decode_tokens,
-                                     block_size=T, temperature=1.0)
-    t = time.perf_counter()
-    jax.block_until_ready(call())
-    decode_first_s = time.perf_counter() - t
-    decode_s = []
-    for _ in range(2):
-      t = time.perf_counter()
-      jax.block_until_ready(call())
-      decode_s.append(time.perf_counter() - t)
-    decode = {"batch": 1, "new_tokens": decode_tokens,
-              "tokens_per_s": round(decode_tokens / min(decode_s), 1),
-              "compile_s": round(decode_first_s - min(decode_s), 2)}
+  decode = _decode_speed(model, lambda: place.to_host(state.params), T, decode_tokens)
 
   tokens_per_step = A * B * T
   fpt = flops_per_token(m, n_params_flops)
@@ -147,10 +159,7 @@ def run(config, steps: int = 20, warmup: int = 3, vocab_size: int = 65, decode_t
   sheet = peaks["datasheet_tflops"]
   return {
       "benchmark": "train",
-      "model": {**{k: m[k] for k in ("name", "n_layer", "n_head", "n_embd", "block_size",
-                                     "dropout", "dropout_bits", "attention", "remat",
-                                     "scan_layers")}, "dtype": dtype,
-                "dtype_asked": m.dtype},
+      "model": {**{k: m[k] for k in MODEL_FIELDS}, "dtype": dtype, "dtype_asked": m.dtype},
       "optimizer": tc.optimizer,
       "batch_size": B, "grad_accum_steps": A, "tokens_per_step": tokens_per_step,
       "params": n_params, "params_for_flops": n_params_flops, "flops_per_token": fpt,
