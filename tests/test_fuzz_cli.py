@@ -44,7 +44,7 @@ def _config_fields():
 def stubbed(env, monkeypatch):
   """The real work of each command replaced by Reached (see the module's docstring)."""
   import llm_jax.decoding
-  from llm_jax.bench import peak
+  from llm_jax import peaks as peak
   from llm_jax.training import loop
 
   def reached(*args, **kwargs):
