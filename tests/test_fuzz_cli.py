@@ -45,12 +45,12 @@ def stubbed(env, monkeypatch):
   """The real work of each command replaced by Reached (see the module's docstring)."""
   import llm_jax.decoding
   from llm_jax import peaks as peak
-  from llm_jax.training import loop
+  from llm_jax.training import runs
 
   def reached(*args, **kwargs):
     raise Reached
 
-  real_build = loop.build_task
+  real_build = runs.build_task
 
   def build_task(config, tokenizer):  # the finished run's model and batch build for real
     small = (config.model.to_dict() == _run_config(env).model.to_dict() and
@@ -64,8 +64,8 @@ def stubbed(env, monkeypatch):
     self.manager.close()
     raise Reached
 
-  monkeypatch.setattr(loop, "build_task", build_task)
-  monkeypatch.setattr(loop.Run, "open", run_open)
+  monkeypatch.setattr(runs, "build_task", build_task)
+  monkeypatch.setattr(runs.Run, "open", run_open)
   monkeypatch.setattr(llm_jax.decoding, "generate", reached)
   monkeypatch.setattr(peak, "measure", reached)
   return env
@@ -103,6 +103,8 @@ def test_fuzzed_command_lines_give_one_line_or_work_and_leave_a_finished_run_alo
       "sweep": ["sweep", f"{d}/no_such_experiment"],
       "convert": ["convert", f"--from={d}/empty_dir", f"--workdir={tmp_path}/converted"],
       "export": ["export", f"--workdir={d}/run", f"--to={tmp_path}/exported"],
+      "prepare": ["prepare", f"--source={d}/toy.txt", "--tokenizer=char", "--workers=0",
+                  f"--out={tmp_path}/prepared"],
   }
   fields = _config_fields()
   flag_names = {c: _flags_of(c.strip()) for c in bases}
