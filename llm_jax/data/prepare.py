@@ -502,6 +502,8 @@ def _unfinished_state(root: pathlib.Path, out: str, args: dict) -> dict | None:
   if (root / MANIFEST).exists():
     raise UserError(f"--out={out} already holds a prepared dataset: pass another --out (or "
                     f"delete {root} to prepare it again)")
+  if root.exists() and not root.is_dir():
+    raise UserError(f"--out={out} is a file: pass a new or empty directory")
   if root.exists() and any(root.iterdir()) and not (root / STATE_DIR).is_dir():
     raise UserError(f"--out={out} is a directory with other files in it: pass a new or empty one")
   if args["shard_tokens"] < 1:
@@ -514,7 +516,11 @@ def _unfinished_state(root: pathlib.Path, out: str, args: dict) -> dict | None:
                     f"--source={state['args']['source']['spec']} --tokenizer="
                     f"{state['args']['tokenizer']}): rerun that one to finish it, or delete "
                     f"{root}")
-  (root / STATE_DIR).mkdir(parents=True, exist_ok=True)
+  try:
+    (root / STATE_DIR).mkdir(parents=True, exist_ok=True)
+  except OSError as e:  # a file where a parent folder should be, no permission, ...
+    raise UserError(f"--out={out} cannot be made ({e.strerror}): pass a new or empty directory "
+                    f"in a folder you can write") from None
   return state
 
 
@@ -595,6 +601,10 @@ def prepare(source: str, tokenizer_spec: str, out: str, text_field: str = "text"
   per worker batch (0: $LLM_JAX_PREPARE_BATCH_CHARS, else BATCH_CHARS; the output is the same
   for any value)."""
   batch_chars = batch_chars or int(os.environ.get("LLM_JAX_PREPARE_BATCH_CHARS", BATCH_CHARS))
+  cores = os.cpu_count() or 1
+  if not -1 <= workers <= 4 * cores:  # each worker is a process holding the tokenizer
+    raise UserError(f"--workers={workers} is invalid: use -1 (one per core), 0 (this process) or "
+                    f"up to {4 * cores} ({cores} cores here)")
   root = pathlib.Path(out).expanduser().absolute()
   val_rule = parse_val(val)
   separator = separator.encode().decode("unicode_escape") if separator else ""
@@ -616,7 +626,7 @@ def prepare(source: str, tokenizer_spec: str, out: str, text_field: str = "text"
   eot = np.array([tok_entry["eot"]], dtype)
   state = state or _fresh_state(args)
   writers = {s: SplitWriter(root, s, shard_tokens, dtype, state["splits"][s]) for s in SPLITS}
-  n_workers = (os.cpu_count() or 1) if workers < 0 else workers
+  n_workers = cores if workers < 0 else workers
   pool = _pool(n_workers, tokenizer, dtype)
   total = sum(size for _, size in desc["files"])
   bar = Progress(total, state["source_bytes"], progress)
