@@ -11,28 +11,22 @@ micro-batches; with 8 devices pass --config.train.batch_size=512 --config.train.
 (batch_size is global). 19,073 updates are one pass over the ~10B tokens.
 """
 
-from llm_jax.config import default_config
+import os
+
+from llm_jax.fileio import load_python_file
+
+# the model is GPT-2 small's, as configs/gpt2_small.py has it (124M, biases, tanh GELU, tied head,
+# the vocabulary padded to 50304, bf16 matmuls where the accelerator is faster at them)
+_SMALL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpt2_small.py")
 
 
 def get_config():
-  c = default_config()
+  c = load_python_file(_SMALL, _SMALL, "configs/gpt2_small.py is missing").get_config()
   c.data.corpus = "prepared"
   c.data.path = "data/fineweb_edu_10bt"
   c.data.tokenizer = "tiktoken:gpt2"
   # every window of the ~10B tokens once per epoch, in a seeded order
   c.data.sampling = "epoch"
-  m = c.model
-  # GPT-2 small: 12 layers of 12 heads, 768 wide, 1024 positions, biases, the tanh GELU, tied head
-  m.n_layer, m.n_head, m.n_embd = 12, 12, 768
-  m.block_size = m.max_len = 1024
-  m.use_bias = True
-  m.activation = "gelu_tanh"
-  m.norm_eps = 1e-5
-  # GPT-2's 50257 tokens padded to a multiple of 64 (nanoGPT's 50304): faster matmuls
-  m.vocab_size = 50304
-  m.dropout = 0.0
-  # bf16 matmuls where the accelerator is faster at them (the GPUs), f32 elsewhere
-  m.dtype = "auto"
   t = c.train
   # 64 x 1024 tokens per micro-batch, 8 micro-batches: 524,288 tokens per update
   t.batch_size = 64
