@@ -406,8 +406,6 @@ def _prepare(argv):
         f"--config.data.path={FLAGS.out}", flush=True)
 
 
-
-
 def _define_harness(argv):
   flags.DEFINE_string("workdir", None, "the run to evaluate (trained, or made by convert)")
   flags.DEFINE_string("tasks", None, "lm-eval task names, comma-separated (hellaswag,arc_easy)")

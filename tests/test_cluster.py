@@ -40,6 +40,14 @@ def _pending(pid, signum):
   return any(m >> (signum - 1) & 1 for m in masks)
 
 
+def results_table(directory):
+  """A sweep report's results.csv: the columns two launchers must agree on, row by row."""
+  with open(os.path.join(directory, "results.csv")) as f:
+    return [{k: r[k] for k in ("point", "seed", "status", "step", "final_val_loss",
+                               "best_val_loss", "final_train_loss", "params")}
+            for r in csv.DictReader(f)]
+
+
 def test_a_job_stopped_by_sigterm_is_requeued_and_ends_as_an_uninterrupted_run(tmp_path,
                                                                                toy_corpus):
   """And a run of two processes (one job of two tasks) that fails for a user error is not."""
@@ -121,13 +129,8 @@ def test_a_sweep_through_submitit_gives_the_results_of_the_local_pool(tmp_path, 
   assert run_cli("sweep", jobs, "--report")[0] == 0
   report.write_report(spec.load_experiment(pool))
 
-  def table(d):
-    with open(os.path.join(d, "results.csv")) as f:
-      return [{k: r[k] for k in ("point", "seed", "status", "step", "final_val_loss",
-                                 "best_val_loss", "final_train_loss", "params")}
-              for r in csv.DictReader(f)]
-
-  assert table(jobs) == table(pool) and {r["status"] for r in table(pool)} == {"done"}
+  assert results_table(jobs) == results_table(pool)
+  assert {r["status"] for r in results_table(pool)} == {"done"}
 
 
 def test_slurm_gets_one_job_array_per_process_layout_with_the_flags(tmp_path, toy_corpus,

@@ -10,7 +10,6 @@ held still (SIGSTOP on its task, found in /proc: the node is this machine) from 
 step until the signal has reached it; every wait is bounded and generous, for a busy machine."""
 
 import contextlib
-import csv
 import os
 import re
 import signal
@@ -25,6 +24,7 @@ from llm_jax.fileio import read_metrics
 from llm_jax.sweep import cluster, report, runner, spec
 from llm_jax.training.loop import train_and_evaluate
 from test_bad_inputs import run_cli
+from test_cluster import results_table
 from test_faults import assert_same_state, tree_digest
 from test_sweep import write_experiment
 
@@ -167,13 +167,8 @@ def test_a_sweep_on_slurm_gives_the_results_of_the_local_pool(slurm, tmp_path, t
   assert run_cli("sweep", d, "--report")[0] == 0
   report.write_report(spec.load_experiment(pool))
 
-  def table(directory):
-    with open(os.path.join(directory, "results.csv")) as f:
-      return [{k: r[k] for k in ("point", "seed", "status", "step", "final_val_loss",
-                                 "best_val_loss", "final_train_loss", "params")}
-              for r in csv.DictReader(f)]
-
-  assert table(d) == table(pool) and {r["status"] for r in table(pool)} == {"done"}
+  assert results_table(d) == results_table(pool)
+  assert {r["status"] for r in results_table(pool)} == {"done"}
 
 
 def test_a_job_cancelled_then_requeued_while_running_ends_as_an_uninterrupted_run(
