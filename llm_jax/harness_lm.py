@@ -13,7 +13,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from llm_jax import decoding
 from llm_jax.data.tokenizers import normalize
 from llm_jax.errors import UserError
-from llm_jax.harness import MAX_GEN_TOKS, _special_ids, bucket_of, score_tokens
+from llm_jax.harness import MAX_GEN_TOKS, _special_ids, bucket_of, pack, score_packed
 
 
 class JaxLM(TemplateLM):
@@ -26,6 +26,7 @@ class JaxLM(TemplateLM):
     self.batch_size = batch_size
     self._eot, self._prefix = _special_ids(tokenizer, hf_config)
     self.compiled = set()  # the (batch, bucket) shapes scored so far
+    self.tokens_read = 0  # the tokens of every packed row scored so far (padding left out)
 
   # -- tokens --------------------------------------------------------------------------------
   @property
@@ -59,40 +60,49 @@ class JaxLM(TemplateLM):
   # -- scoring -------------------------------------------------------------------------------
   def _loglikelihood_tokens(self, requests, disable_tqdm=False, **kwargs):
     """requests: ((context, continuation), context ids, continuation ids) -> (logprob, greedy)
-    of each continuation, in order."""
+    of each continuation, in order. Each request means what HFLM's does: the model reads
+    (context + continuation)[-(T + 1):][:-1] (a context too long is cut from the left) and the
+    continuation's tokens are scored. The requests that continue one context (a multiple-choice
+    item's endings) are packed into one row (`harness.pack`): the context is read once."""
     T, B = self.block_size, self.batch_size
-    rows = []  # (request index, input ids, number of continuation tokens)
+    by_context = {}  # the context as read (cut from the left) -> [(request index, continuation)]
     for i, (_, ctx, cont) in enumerate(requests):
       if not cont:
         raise UserError("lm-eval asked to score an empty continuation: check the task's "
                         "doc_to_choice / doc_to_target")
+      bucket_of(len(cont), T)  # raises if no bucket holds it
       whole = (list(ctx) + list(cont))[-(T + 1):]
-      if len(cont) > T:
-        bucket_of(len(cont), T)  # raises: no bucket holds it
-      rows.append((i, whole, len(cont)))
-    # longest first (as HFLM), so that a bucket's requests are consecutive
-    rows.sort(key=lambda r: -len(r[1]))
-    out = [None] * len(requests)
+      by_context.setdefault(tuple(whole[:-len(cont)]), []).append((i, list(cont)))
+    rows = []
+    for ctx, members in by_context.items():
+      for row in pack(list(ctx), [cont for _, cont in members], T):
+        row["owner"] = [members[j][0] for j in row["owner"]]  # -> request indices
+        rows.append(row)
+    rows.sort(key=lambda r: -len(r["tokens"]))  # longest first: a bucket's rows are consecutive
+    sums, greedy = np.zeros(len(requests)), np.ones(len(requests), bool)
     start = 0
     while start < len(rows):
-      L = bucket_of(len(rows[start][1]) - 1, T)
-      chunk = rows[start:start + B]
-      chunk = [r for r in chunk if bucket_of(len(r[1]) - 1, T) == L]
+      L = bucket_of(len(rows[start]["tokens"]), T)
+      chunk = [r for r in rows[start:start + B] if bucket_of(len(r["tokens"]), T) == L]
       start += len(chunk)
-      inputs, targets = np.zeros((B, L), np.int32), np.zeros((B, L), np.int32)
-      for b, (_, whole, _) in enumerate(chunk):
-        n = len(whole) - 1
-        inputs[b, :n], targets[b, :n] = whole[:-1], whole[1:]
-      logp_BL, greedy_BL = score_tokens(self.model, self.params, jnp.asarray(inputs),
-                                        jnp.asarray(targets))
+      arrays = {k: np.zeros((B, L), np.int32) for k in ("tokens", "positions", "at", "target")}
+      arrays["segments"] = np.full((B, L), -1, np.int32)  # padding
+      for b, row in enumerate(chunk):
+        for k, a in arrays.items():
+          a[b, :len(row[k])] = row[k]
+      logp_BL, greedy_BL = map(np.asarray, score_packed(
+          self.model, self.params, *(jnp.asarray(arrays[k]) for k in
+                                     ("tokens", "positions", "segments", "at", "target"))))
       self.compiled.add((B, L))
-      logp_BL, greedy_BL = np.asarray(logp_BL), np.asarray(greedy_BL)
-      for b, (i, whole, n_cont) in enumerate(chunk):
-        n = len(whole) - 1
-        cont = slice(n - n_cont, n)  # the continuation's positions, the last n_cont inputs
-        out[i] = (float(logp_BL[b, cont].sum()), bool(greedy_BL[b, cont].all()))
-        if requests[i][0] is not None:
-          self.cache_hook.add_partial("loglikelihood", requests[i][0], out[i])
+      self.tokens_read += sum(len(row["tokens"]) for row in chunk)
+      for b, row in enumerate(chunk):
+        n = len(row["owner"])
+        np.add.at(sums, row["owner"], logp_BL[b, :n])
+        np.logical_and.at(greedy, row["owner"], greedy_BL[b, :n])
+    out = [(float(s), bool(g)) for s, g in zip(sums, greedy)]
+    for req, result in zip(requests, out):
+      if req[0] is not None:
+        self.cache_hook.add_partial("loglikelihood", req[0], result)
     return out
 
   def loglikelihood_rolling(self, requests, disable_tqdm=False):

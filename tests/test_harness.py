@@ -261,11 +261,14 @@ def test_a_sweep_with_harness_tasks_reports_their_columns(tmp_path, toy_corpus):
 @pytest.mark.parametrize("model", [
     {"name": "bigram"},
     {"norm": "post", "pos": "sinusoidal", "scale_embeddings": True, "qk_norm": True,
-     "activation": "relu"}], ids=["bigram", "gpt_post_sinusoidal_qknorm"])
+     "activation": "relu"},
+    {"pos": "rope", "scan_layers": True, "n_kv_head": 1}],
+    ids=["bigram", "gpt_post_sinusoidal_qknorm", "gpt_rope_scanned_mqa"])
 def test_every_lm_family_scores_as_its_own_forward(tmp_path, toy_corpus, model):
-  """A run trained here (the bigram; a GPT with switches no HF layout has): each request's score
-  from the bucketed, padded batches equals the model's forward on that request alone, the context
-  cut from the left to block_size."""
+  """A run trained here (the bigram; GPTs with switches no HF layout has): each request's score
+  equals the model's forward on that request alone, the context cut from the left to block_size,
+  whether it was read whole in a bucketed, padded batch or continued a context shared with other
+  requests (read once into a KV cache)."""
   from conftest import tiny_config
   from llm_jax.generate import load_run
   from llm_jax.training.loop import train_and_evaluate
@@ -282,7 +285,16 @@ def test_every_lm_family_scores_as_its_own_forward(tmp_path, toy_corpus, model):
   for k in range(10):  # contexts of 3..30 characters: some longer than block_size=16
     s, n, e = int(rng.integers(0, 20)), int(rng.integers(3, 31)), int(rng.integers(1, 6))
     reqs.append(Instance("loglikelihood", None, (text[s:s + n], text[s + n:s + n + e]), k))
+  for k in range(10, 40):  # 10 contexts of 1..8 characters, each with 3 endings of 1..8
+    s, n = int(rng.integers(0, 20)), int(rng.integers(1, 9))
+    e, at = int(rng.integers(1, 9)), int(rng.integers(0, 60))
+    reqs.append(Instance("loglikelihood", None, (text[s:s + n] if k % 3 == 0 else
+                                                 reqs[-1].args[0], text[at:at + e]), k))
   got = ours.loglikelihood(reqs)
+  # the endings of a context were packed into one row: it was read once, not once a request
+  whole = sum(min(len(ours._encode_pair(*r.args)[0]) + len(ours._encode_pair(*r.args)[1]),
+                  c.model.block_size + 1) - 1 for r in reqs)
+  assert ours.tokens_read < whole - 40
   for req, (ll, greedy) in zip(reqs, got):
     ctx, cont = ours._encode_pair(*req.args)  # lm-eval's split (trailing spaces move over)
     assert ctx + cont == list(tok.encode("".join(req.args)))

@@ -67,6 +67,29 @@ def test_gpt_is_causal(variant):
     assert not np.allclose(out[0, t + 1:], base[0, t + 1:])  # the future did change
 
 
+@pytest.mark.parametrize("variant", [dict(pos="learned"), dict(pos="sinusoidal", norm="post"),
+                                     MODERN[0], MODERN[-1], dict(MODERN[-1], scan_layers=True)],
+                         ids=ids)
+def test_a_packed_row_gives_each_continuation_the_logits_of_its_own_sequence(variant):
+  """positions_BT and mask_BTT: a context of 5 tokens and two continuations of 4 and 3 packed in
+  one row (each continuation at the positions after the context, attending to the context and
+  to itself) give, at every token, the logits of context + that continuation read alone."""
+  m, params = make(**variant)
+  ctx, a, b = [3, 1, 4, 1, 5], [9, 2, 6, 5], [3, 5, 8]
+  row = ctx + a + b
+  positions = list(range(5)) + list(range(5, 9)) + list(range(5, 8))
+  segment = np.array([0] * 5 + [1] * 4 + [2] * 3)
+  mask = (((segment[None, :] == 0) | (segment[None, :] == segment[:, None])) &
+          (np.array(positions)[None, :] <= np.array(positions)[:, None]))
+  packed = m.apply({"params": params}, jnp.array([row]), positions_BT=jnp.array([positions]),
+                   mask_BTT=jnp.array([mask]))[0]
+  alone_a = m.apply({"params": params}, jnp.array([ctx + a]))[0]
+  alone_b = m.apply({"params": params}, jnp.array([ctx + b]))[0]
+  np.testing.assert_allclose(packed[:9], alone_a, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(packed[9:], alone_b[5:], rtol=1e-5, atol=1e-5)
+  assert not np.allclose(packed[9:], alone_a[5:8], atol=1e-3)  # b's own, not a's
+
+
 def test_dropout_only_in_training():
   m, params = make(dropout=0.5)
   idx = jnp.zeros((2, T), jnp.int32)

@@ -42,13 +42,14 @@ def causal_mask(T: int, S: int | None = None, offset=0):
   return (jnp.arange(S)[None, :] <= q_pos)[None, None]
 
 
-def rope(x_BTHD, positions_T, theta: float):
+def rope(x_BTHD, positions, theta: float):
   """Rotates each pair of dimensions (i, i + D/2) of every head by the angle
-  position / theta^(2i/D): x -> x cos + rotate_half(x) sin, computed in float32."""
+  position / theta^(2i/D): x -> x cos + rotate_half(x) sin, computed in float32. positions: (T,),
+  or (B, T) (each row its own, as packed sequences have them)."""
   D = x_BTHD.shape[-1]
   inv_freq = 1.0 / (theta ** (np.arange(0, D, 2, dtype=np.float32) / D))  # (D/2,)
-  angles_TD = jnp.tile(positions_T.astype(jnp.float32)[:, None] * inv_freq, 2)  # (T, D)
-  cos, sin = jnp.cos(angles_TD)[:, None], jnp.sin(angles_TD)[:, None]  # (T, 1, D)
+  angles_TD = jnp.tile(positions.astype(jnp.float32)[..., None] * inv_freq, 2)  # ([B,] T, D)
+  cos, sin = jnp.cos(angles_TD)[..., None, :], jnp.sin(angles_TD)[..., None, :]  # ([B,] T, 1, D)
   x = x_BTHD.astype(jnp.float32)
   half = jnp.concatenate([-x[..., D // 2:], x[..., :D // 2]], axis=-1)  # rotate_half
   return (x * cos + half * sin).astype(x_BTHD.dtype)
@@ -65,9 +66,10 @@ class MultiHeadAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x_BTC, mask, train: bool, memory_BSC=None, decode: bool = False,
-               last_query: bool = False):
+               last_query: bool = False, positions=None):
     """Self-attention over x_BTC, or (memory_BSC given) cross-attention from x_BTC to it.
-    last_query: the last position's query alone attends (over every key): (B, 1, C) out."""
+    last_query: the last position's query alone attends (over every key): (B, 1, C) out.
+    positions: the rotary positions, (T,) or (B, T); default 0..T-1, after the cache's index."""
     cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
     B, T, C = x_BTC.shape
     H, K = cfg.n_head, cfg.n_kv_head
@@ -103,9 +105,10 @@ class MultiHeadAttention(nn.Module):
     if decode:
       index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
     if cfg.pos == "rope" and memory_BSC is None:  # positions continue from the cache's index
-      positions_T = jnp.arange(T) + (index.value if decode else 0)
-      q_BTHD = rope(q_BTHD, positions_T, cfg.rope_theta)
-      k_BSKD = rope(k_BSKD, positions_T, cfg.rope_theta)
+      if positions is None:
+        positions = jnp.arange(T) + (index.value if decode else 0)
+      q_BTHD = rope(q_BTHD, positions, cfg.rope_theta)
+      k_BSKD = rope(k_BSKD, positions, cfg.rope_theta)
     if decode:
       k_BSKD, v_BSKD, mask = self._update_cache(k_BSKD, v_BSKD, index)
     if last_query:

@@ -10,8 +10,10 @@ class Bigram(nn.Module):
   cfg: ModelConfig  # only vocab_size matters
 
   @nn.compact
-  def __call__(self, idx_BT, train: bool = False, decode: bool = False, last_only: bool = False):
-    del train, decode  # no dropout; no context, so decoding needs no cache
+  def __call__(self, idx_BT, train: bool = False, decode: bool = False, last_only: bool = False,
+               positions_BT=None, mask_BTT=None):
+    # no dropout; no context: decoding needs no cache, packed sequences neither positions nor mask
+    del train, decode, positions_BT, mask_BTT
     if last_only:  # the last position's logits alone (B, 1, V)
       idx_BT = idx_BT[:, -1:]
     V = self.cfg.vocab_size

@@ -38,13 +38,18 @@ class GPT(nn.Module):
       self.head = nn.Dense(cfg.vocab_size, use_bias=False,
                            kernel_init=param_init(nn.initializers.normal(0.02), "embed", "vocab"))
 
-  def __call__(self, idx_BT, train: bool = False, decode: bool = False, last_only: bool = False):
+  def __call__(self, idx_BT, train: bool = False, decode: bool = False, last_only: bool = False,
+               positions_BT=None, mask_BTT=None):
     """(B, T, V) logits; with last_only (B, 1, V), the last position's alone: the one a decoding
-    step samples from. Then the last Block's queries, FFN and the head see that position only."""
+    step samples from. Then the last Block's queries, FFN and the head see that position only.
+    Packed sequences: positions_BT (each token's position) and mask_BTT (True where token t may
+    attend to token s) instead of one causal sequence from 0 a row."""
     # decoding: the attention builds the causal mask over its cache
     mask = None if decode else causal_mask(idx_BT.shape[1])  # (1, 1, T, T)
-    x_BTC = self.stack(idx_BT, mask, train, decode=decode, last_only=last_only).astype(
-        jnp.float32)
+    if mask_BTT is not None:
+      mask = mask_BTT[:, None]  # (B, 1, T, T): one mask for every head
+    x_BTC = self.stack(idx_BT, mask, train, decode=decode, last_only=last_only,
+                       positions_BT=positions_BT).astype(jnp.float32)
     if self.cfg.tie_embeddings:
       return self.wte.attend(x_BTC)  # (B, T, V)
     return self.head(x_BTC)

@@ -61,7 +61,8 @@ class PositionalEncoding(nn.Module):
   max_len: int
 
   @nn.compact
-  def __call__(self, x_BTC, positions_T):
+  def __call__(self, x_BTC, positions):
+    """positions: (T,), or (B, T) (each row its own, as packed sequences have them)."""
     C = x_BTC.shape[-1]
     if self.kind in ("rope", "none"):
       return x_BTC
@@ -70,7 +71,7 @@ class PositionalEncoding(nn.Module):
                          (self.max_len, C))
     else:
       table = jnp.asarray(sinusoidal_table(self.max_len, C))
-    return x_BTC + jnp.take(table, positions_T, axis=0).astype(x_BTC.dtype)[None]
+    return x_BTC + jnp.take(table, positions, axis=0).astype(x_BTC.dtype)  # (B, T, C)
 
 
 class FeedForward(nn.Module):
@@ -139,12 +140,14 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x_BTC, mask, train: bool, memory_BSC=None, memory_mask=None, decode=False,
-               last_only=False):
+               last_only=False, positions=None):
     """(B, T, C) -> (B, T, C); with last_only (B, 1, C): the keys and values come from every
-    position, the queries (and what follows the attention) from the last one only."""
+    position, the queries (and what follows the attention) from the last one only. positions:
+    the self-attention's rotary positions, when not 0..T-1 (packed sequences)."""
     attn = lambda name: MultiHeadAttention(self.cfg, self.out_init_std, name=name)
     x_BTC = self._sublayer(
-        x_BTC, lambda h: attn("attn")(h, mask, train, decode=decode, last_query=last_only),
+        x_BTC, lambda h: attn("attn")(h, mask, train, decode=decode, last_query=last_only,
+                                      positions=positions),
         "attn", last_only)
     if self.cross:
       x_BTC = self._sublayer(
@@ -163,9 +166,10 @@ class ScannedBlock(nn.Module):
   decode: bool
 
   @nn.compact
-  def __call__(self, x_BTC, mask, memory_BSC, memory_mask):
+  def __call__(self, x_BTC, mask, memory_BSC, memory_mask, positions):
     block = Block(self.cfg, self.out_init_std, self.cross, name="block")
-    return block(x_BTC, mask, self.train, memory_BSC, memory_mask, decode=self.decode), None
+    return block(x_BTC, mask, self.train, memory_BSC, memory_mask, decode=self.decode,
+                 positions=positions), None
 
 
 class Stack(nn.Module):
@@ -191,9 +195,14 @@ class Stack(nn.Module):
 
   @nn.compact
   def __call__(self, tokens_BT, mask, train: bool, memory_BSC=None, memory_mask=None,
-               decode: bool = False, last_only: bool = False):
+               decode: bool = False, last_only: bool = False, positions_BT=None):
+    """positions_BT: each token's position, when a row is not one sequence from 0 (packed
+    sequences: several continuations of one context, each from the context's end; `mask` then
+    keeps them apart). Not with decode."""
     cfg = self.cfg
     T = tokens_BT.shape[1]
+    if positions_BT is not None and decode:
+      raise ValueError("positions_BT is for a full forward; decode continues from the cache")
     if decode:  # positions continue from what the cache already holds
       index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
       start = index.value
@@ -207,7 +216,7 @@ class Stack(nn.Module):
     if self.embed_scale != 1.0:
       x_BTC = x_BTC * self.embed_scale
     x_BTC = PositionalEncoding(cfg.pos, cfg.max_len, name=self.pos_name)(
-        x_BTC, start + jnp.arange(T))
+        x_BTC, start + jnp.arange(T) if positions_BT is None else positions_BT)
     x_BTC = Dropout(cfg.dropout, cfg.dropout_bits)(x_BTC, deterministic=not train)
     x_BTC = constrain(x_BTC, STREAM)  # (B, T, C)
     # model.remat: while training, each Block's activations are recomputed in the backward pass
@@ -221,7 +230,7 @@ class Stack(nn.Module):
                       split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
                       length=cfg.n_layer, metadata_params={nn.PARTITION_NAME: "layers"})
       x_BTC, _ = stack(cfg, self.out_init_std, self.cross, train, decode, name=self.block_name)(
-          x_BTC, mask, memory_BSC, memory_mask)
+          x_BTC, mask, memory_BSC, memory_mask, positions_BT)
       if last_only:  # the scanned blocks are one program: every position computed, one kept
         x_BTC = x_BTC[:, -1:]
     else:
@@ -230,7 +239,7 @@ class Stack(nn.Module):
       for i in range(cfg.n_layer):
         x_BTC = block(cfg, self.out_init_std, self.cross, name=f"{self.block_name}_{i}")(
             x_BTC, mask, train, memory_BSC, memory_mask, decode,
-            last_only and i == cfg.n_layer - 1)
+            last_only and i == cfg.n_layer - 1, positions_BT)
         x_BTC = constrain(x_BTC, STREAM)  # the stream stays split by examples between layers
     if cfg.norm == "pre":
       x_BTC = norm(cfg, "ln_f")(x_BTC)
