@@ -1,8 +1,16 @@
-"""experiments/optimizers at a larger shape (base.py: 6 layers, 384 wide, context 256, batch 64,
-2000 steps): each optimizer's same three learning rates x 3 seeds, and WSD against cosine for
-AdamW at each of its rates. Sized for a GPU; on 2 CPU cores one run would take hours.
+"""experiments/optimizers at a larger shape (base.py: 6 layers, 384 wide, 10.7M parameters,
+context 128, batches of 8, 120 steps on 2 CPU cores): each optimizer at three peak learning rates
+x 3 seeds, and WSD against cosine for AdamW at its middle rate.
+
+Each grid is the small shape's (../optimizers/experiment.py says why each sits where it does),
+moved to where the wider model's best rate is expected: AdamW's first (its 9 runs at the small
+shape's 1e-3, 3e-3, 1e-2 ran first) was best at its lowest rate, 1e-3, so AdamW's grid here is
+3e-4, 1e-3, 3e-3 (1e-2 ran too: README), and Lion's and Adafactor's move down with it; Muon's
+updates are orthogonalized and scaled to AdamW's RMS, and its best small-shape rate was the top
+of its grid (1e-2), so its grid is centred there.
 
   llm-jax sweep experiments/optimizers_large --vectorize
+  llm-jax sweep experiments/optimizers_large --report
 """
 
 import os
@@ -13,12 +21,20 @@ _SMALL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "optimiz
                       "experiment.py")
 small = load_python_file(_SMALL, _SMALL, "experiments/optimizers/experiment.py is missing")
 
+GRIDS = {
+    "adamw": [3e-4, 1e-3, 3e-3, 1e-2],
+    "lion": [1e-4, 3e-4, 1e-3],
+    "adafactor": [3e-4, 1e-3, 3e-3],
+    "muon": [3e-3, 1e-2, 3e-2],
+}
+# WSD at AdamW's middle rate, against the cosine point at that rate
+WSD_RATE = 1e-3
+
 
 def get_experiment():
   return {
       "base": "base.py",
-      "points": ([small.point(optimizer, lr) for optimizer, rates in small.GRIDS.items()
-                  for lr in rates] +
-                 [small.point("adamw", lr, "wsd") for lr in small.GRIDS["adamw"]]),
+      "points": ([small.point(optimizer, lr) for optimizer, rates in GRIDS.items()
+                  for lr in rates] + [small.point("adamw", WSD_RATE, "wsd")]),
       "seeds": [0, 1, 2],
   }

