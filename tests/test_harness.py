@@ -267,8 +267,8 @@ def test_a_sweep_with_harness_tasks_reports_their_columns(tmp_path, toy_corpus):
 def test_every_lm_family_scores_as_its_own_forward(tmp_path, toy_corpus, model):
   """A run trained here (the bigram; GPTs with switches no HF layout has): each request's score
   equals the model's forward on that request alone, the context cut from the left to block_size,
-  whether it was read whole in a bucketed, padded batch or continued a context shared with other
-  requests (read once into a KV cache)."""
+  whether it was read alone or packed into one row with the other continuations of its context
+  (the context read once)."""
   from conftest import tiny_config
   from llm_jax.generate import load_run
   from llm_jax.training.loop import train_and_evaluate
