@@ -1,13 +1,12 @@
 """experiments/optimizers at a larger shape (base.py: 6 layers, 384 wide, 10.7M parameters,
 context 128, batches of 8, 120 steps on 2 CPU cores): each optimizer at three peak learning rates
-x 3 seeds, and WSD against cosine for AdamW at its middle rate.
+x 3 seeds (AdamW at four), and WSD against cosine for AdamW at 1e-3.
 
 Each grid is the small shape's (../optimizers/experiment.py says why each sits where it does),
-moved to where the wider model's best rate is expected: AdamW's first (its 9 runs at the small
-shape's 1e-3, 3e-3, 1e-2 ran first) was best at its lowest rate, 1e-3, so AdamW's grid here is
-3e-4, 1e-3, 3e-3 (1e-2 ran too: README), and Lion's and Adafactor's move down with it; Muon's
-updates are orthogonalized and scaled to AdamW's RMS, and its best small-shape rate was the top
-of its grid (1e-2), so its grid is centred there.
+moved to where the wider model's best rate is: AdamW ran first at the small shape's 1e-3, 3e-3,
+1e-2 and was best at the lowest, 1e-3, so 3e-4 was added to its grid, and Lion's and Adafactor's
+grids move down 3x with it; Muon's updates are orthogonalized and scaled to AdamW's RMS, and its
+best small-shape rate was the top of its grid (1e-2), so its grid is centred there.
 
   llm-jax sweep experiments/optimizers_large --vectorize
   llm-jax sweep experiments/optimizers_large --report
@@ -27,7 +26,7 @@ GRIDS = {
     "adafactor": [3e-4, 1e-3, 3e-3],
     "muon": [3e-3, 1e-2, 3e-2],
 }
-# WSD at AdamW's middle rate, against the cosine point at that rate
+# WSD at AdamW's best rate of its first three, against the cosine point at that rate
 WSD_RATE = 1e-3
 
 
