@@ -48,6 +48,17 @@ def results_table(directory):
             for r in csv.DictReader(f)]
 
 
+def assert_reported_like_the_pool(jobs, pool):
+  """The sweep in `jobs` (its jobs ended) reports all 4 runs finished, and its results.csv equals
+  that of the same sweep trained by the local process pool in `pool`, every run done."""
+  code, out, err = run_cli("sweep", jobs, "--status")
+  assert code == 0 and out.strip().endswith("exp: 4 finished"), out + err
+  assert run_cli("sweep", jobs, "--report")[0] == 0
+  report.write_report(spec.load_experiment(pool))
+  assert results_table(jobs) == results_table(pool)
+  assert {r["status"] for r in results_table(pool)} == {"done"}
+
+
 def test_a_job_stopped_by_sigterm_is_requeued_and_ends_as_an_uninterrupted_run(tmp_path,
                                                                                toy_corpus):
   """And a run of two processes (one job of two tasks) that fails for a user error is not."""
@@ -124,13 +135,7 @@ def test_a_sweep_through_submitit_gives_the_results_of_the_local_pool(tmp_path, 
   for _, job_id in ids:  # each controller ends once its task has written its result
     wait_until(lambda: not os.path.exists(f"/proc/{job_id}/cmdline")
                or b"submitit" not in open(f"/proc/{job_id}/cmdline", "rb").read())
-  code, out, err = run_cli("sweep", jobs, "--status")
-  assert code == 0 and out.strip().endswith("exp: 4 finished"), out + err
-  assert run_cli("sweep", jobs, "--report")[0] == 0
-  report.write_report(spec.load_experiment(pool))
-
-  assert results_table(jobs) == results_table(pool)
-  assert {r["status"] for r in results_table(pool)} == {"done"}
+  assert_reported_like_the_pool(jobs, pool)
 
 
 def test_slurm_gets_one_job_array_per_process_layout_with_the_flags(tmp_path, toy_corpus,

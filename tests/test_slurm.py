@@ -21,10 +21,10 @@ import pytest
 
 from conftest import FAST_COMPILE
 from llm_jax.fileio import read_metrics
-from llm_jax.sweep import cluster, report, runner, spec
+from llm_jax.sweep import cluster, runner, spec
 from llm_jax.training.loop import train_and_evaluate
 from test_bad_inputs import run_cli
-from test_cluster import results_table
+from test_cluster import assert_reported_like_the_pool
 from test_faults import assert_same_state, tree_digest
 from test_sweep import write_experiment
 
@@ -162,13 +162,7 @@ def test_a_sweep_on_slurm_gives_the_results_of_the_local_pool(slurm, tmp_path, t
   for _, job in ids:
     wait_until(lambda: scheduler_state(job) not in cluster.SLURM_PENDING | cluster.SLURM_RUNNING,
                f"job {job} to end", poll=0.5)
-  code, out, err = run_cli("sweep", d, "--status")
-  assert code == 0 and out.strip().endswith("exp: 4 finished"), out + err
-  assert run_cli("sweep", d, "--report")[0] == 0
-  report.write_report(spec.load_experiment(pool))
-
-  assert results_table(d) == results_table(pool)
-  assert {r["status"] for r in results_table(pool)} == {"done"}
+  assert_reported_like_the_pool(d, pool)
 
 
 def test_a_job_cancelled_then_requeued_while_running_ends_as_an_uninterrupted_run(
