@@ -23,7 +23,7 @@ def get_config(run: str = ""):
     raise UserError("configs/finetune.py needs the run to start from: "
                     "--config=configs/finetune.py:<run directory>")
   run = os.path.abspath(run)
-  saved = workdir_lib.read_config(run) if os.path.isdir(run) else None
+  saved = workdir_lib.read_config(run, default_config().to_dict()) if os.path.isdir(run) else None
   if saved is None:
     raise UserError(f"--config=configs/finetune.py:{run}: no run there (no config.json): pass a "
                     f"trained or converted run directory")

@@ -112,13 +112,14 @@ def _define_profile():
 
 def _train(argv):
   from llm_jax.config import validate
+  from llm_jax.sweep.worker import train_hooks
   from llm_jax.training import parallel
   from llm_jax.training.loop import train_and_evaluate
   from llm_jax.training.workdir import removed_if_failed
   validate(FLAGS.config)  # before the device count is set from it
   parallel.set_cpu_devices(FLAGS.config)
   with removed_if_failed(FLAGS.workdir):  # a run that never trained leaves no folder behind
-    train_and_evaluate(FLAGS.config, FLAGS.workdir, profile_dir=FLAGS.profile_dir,
+    train_and_evaluate(FLAGS.config, FLAGS.workdir, train_hooks(), profile_dir=FLAGS.profile_dir,
                        profile_steps=FLAGS.profile_steps)
 
 
@@ -174,7 +175,9 @@ def _generate(argv):
   if FLAGS.prompt_file and FLAGS["prompt"].present:
     raise UserError("--prompt and --prompt_file both give the prompt: pass one of them")
   prompt = read_utf8(pathlib.Path(FLAGS.prompt_file)) if FLAGS.prompt_file else FLAGS.prompt
-  config = (workdir_lib.read_config(FLAGS.workdir) if os.path.isdir(FLAGS.workdir) else None)
+  from llm_jax.sweep.worker import defaults
+  config = (workdir_lib.read_config(FLAGS.workdir, defaults()) if os.path.isdir(FLAGS.workdir)
+            else None)
   # a language model continues the prompt; a seq2seq model's output is the target alone
   continues = config is None or task_kind(config).continues_prompt
   if not continues:

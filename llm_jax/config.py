@@ -17,6 +17,7 @@ from llm_jax.errors import UserError
 from llm_jax.models import FAMILIES
 from llm_jax.models.dropout import BITS as DROPOUT_BITS
 from llm_jax.models.layers import ACTIVATIONS, REMAT_POLICIES
+from llm_jax.training import workdir
 from llm_jax.training.optimizer import OPTIMIZERS, SCHEDULES
 
 
@@ -275,12 +276,8 @@ def default_config() -> ml_collections.ConfigDict:
 
 def with_defaults(d: dict, defaults: dict | None = None) -> dict:
   """A config dict written by an older version (a run's JSON) with the fields it lacks at their
-  defaults, so it validates and compares like a config made now."""
-  defaults = default_config().to_dict() if defaults is None else defaults
-  out = dict(d)
-  for k, v in defaults.items():
-    out[k] = with_defaults(d.get(k, {}), v) if isinstance(v, dict) else d.get(k, v)
-  return out
+  defaults, so it validates and compares like a config made now (training/workdir.py's)."""
+  return workdir.with_defaults(d, default_config().to_dict() if defaults is None else defaults)
 
 
 def _require(cond, field, value, fix):

@@ -414,7 +414,8 @@ def export(workdir: str, out: str, step: int | None = None) -> dict:
   """Writes the run's parameters at `step` (default: the latest) as a Hugging Face checkpoint
   in `out`: config.json, model.safetensors, and tokenizer.json where the run's tokenizer is one."""
   from safetensors.numpy import save_file  # noqa: PLC0415 -- the hf extra
-  config, tok, model, params, step = workdir_lib.load_run(workdir, step)
+  config, tok, model, params, step = workdir_lib.load_run(workdir, step,
+                                                          default_config().to_dict())
   arch = layout_of(config.model)
   layout, m = LAYOUTS[arch], model.cfg
   out = os.path.abspath(out)

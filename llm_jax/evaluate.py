@@ -10,6 +10,7 @@ A language model: the mean loss over the task's fixed val batches, and its bits 
 task kind's `evaluate`, training/tasks.py.)
 """
 
+from llm_jax.config import default_config
 from llm_jax.errors import UserError
 from llm_jax.training.tasks import task_kind
 from llm_jax.training.workdir import load_run
@@ -24,7 +25,7 @@ def evaluate_run(workdir, split: str = "val", beam_size: int = 1, alpha: float =
     raise UserError(f"--beam_size={beam_size} is invalid: use 1 (greedy) or more")
   if alpha < 0:
     raise UserError(f"--alpha={alpha} is invalid: use 0 (no length penalty) or more")
-  config, tokenizer, model, params, step = load_run(workdir, step)
+  config, tokenizer, model, params, step = load_run(workdir, step, default_config().to_dict())
   result = {"model": config.model.name, "step": step, "split": split}
   return {**result, **task_kind(config).evaluate(config, tokenizer, model, params, split=split,
                                                  beam_size=beam_size, alpha=alpha)}

@@ -13,6 +13,7 @@ import os
 import jax
 import numpy as np
 
+from llm_jax.config import default_config
 from llm_jax.errors import UserError
 from llm_jax.training.tasks import task_kind
 from llm_jax.training.workdir import load_run
@@ -94,7 +95,7 @@ def generate_text(workdir, prompt="\n", max_new_tokens=500, temperature=1.0, top
   the prompt; on_text (one sample): called with its text as its tokens are drawn. A seq2seq
   model: the one greedy decoding of the source `prompt`, of at most max_new_tokens tokens (and at
   most model.block_size)."""
-  config, tokenizer, model, params, _ = load_run(workdir, step)
+  config, tokenizer, model, params, _ = load_run(workdir, step, default_config().to_dict())
   check_sampling(max_new_tokens, temperature, top_k, top_p, num_samples, tokenizer.vocab_size,
                  seed)
   if not prompt:

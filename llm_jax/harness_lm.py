@@ -13,7 +13,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from llm_jax import decoding
 from llm_jax.data.tokenizers import normalize
 from llm_jax.errors import UserError
-from llm_jax.harness import MAX_GEN_TOKS, _special_ids, bucket_of, pack, score_packed
+from llm_jax.harness_scoring import MAX_GEN_TOKS, bucket_of, pack, score_packed, special_ids
 
 
 class JaxLM(TemplateLM):
@@ -24,7 +24,7 @@ class JaxLM(TemplateLM):
     self.config, self.tok, self.model, self.params = config, tokenizer, model, params
     self.block_size = config.model.block_size
     self.batch_size = batch_size
-    self._eot, self._prefix = _special_ids(tokenizer, hf_config)
+    self._eot, self._prefix = special_ids(tokenizer, hf_config)
     self.compiled = set()  # the (batch, bucket) shapes scored so far
     self.tokens_read = 0  # the tokens of every packed row scored so far (padding left out)
 

@@ -100,7 +100,7 @@ def test_a_run_saved_before_a_model_field_existed_resumes_with_its_default(tmp_p
   old = c.to_dict()
   del old["model"]["attention"]  # a config.json written before model.attention was added
   (tmp_path / workdir_lib.CONFIG_FILE).write_text(json.dumps(old))
-  saved = workdir_lib.read_config(str(tmp_path))
+  saved = workdir_lib.read_config(str(tmp_path), default_config().to_dict())
   workdir_lib.check_same_run(c, saved)
   c.model.attention = "dot_product"
   with pytest.raises(UserError, match="config.model.attention='dot_product' differs"):
@@ -152,7 +152,7 @@ def test_lr_decay_steps_follows_max_steps_unless_set_itself(tmp_path):
     assert (got.train.max_steps, got.train.lr_decay_steps) == want
   # the run's config.json holds the value, and reads back as the same run
   write_json(tmp_path / workdir_lib.CONFIG_FILE, got.to_dict())
-  saved = workdir_lib.read_config(str(tmp_path))
+  saved = workdir_lib.read_config(str(tmp_path), default_config().to_dict())
   assert (saved.train.max_steps, saved.train.lr_decay_steps) == (400, 300)
   validate(saved)
   workdir_lib.check_same_run(got, saved)

@@ -13,7 +13,7 @@ from llm_jax.errors import UserError
 from llm_jax.plot import read_curves
 from llm_jax.sweep import report, spec
 from llm_jax.training.loop import train_and_evaluate
-from llm_jax.training.runs import MetricsLog
+from llm_jax.training.record import MetricsLog
 
 
 def test_atomic_write_replaces_the_file_only_when_the_block_completes(tmp_path):

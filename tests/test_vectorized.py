@@ -7,7 +7,8 @@ import pytest
 
 from conftest import tiny_config
 from llm_jax.errors import UserError
-from llm_jax.training.loop import train_and_evaluate, train_runs
+from llm_jax.training.loop import train_and_evaluate
+from llm_jax.training.vectorized import train_runs
 from test_parallel import assert_close, read_metrics
 
 

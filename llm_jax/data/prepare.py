@@ -43,7 +43,7 @@ import numpy as np
 
 from llm_jax.data import bpe
 from llm_jax.data.corpora import sha256_of
-from llm_jax.data.prepared import FORMAT, MANIFEST, SPLITS
+from llm_jax.data.prepared import FORMAT, MANIFEST, SPLITS, load_tokenizer  # noqa: F401
 from llm_jax.data.tokenizers import (CHUNK_CHARS, CharTokenizer, HFTokenizer, TiktokenTokenizer,
                                      _cut, make_tokenizer, normalization_of, normalize,
                                      tokenizer_id)
@@ -304,29 +304,6 @@ def build_tokenizer(spec: str, root: pathlib.Path, first_texts, all_texts, sampl
   if spec == "char":
     entry["chars"] = tokenizer.chars
   return tokenizer, entry
-
-
-def load_tokenizer(root, entry: dict):
-  """The tokenizer of a prepared dataset's manifest entry (its file: the copy in root)."""
-  root = pathlib.Path(root)
-  spec, form = entry["spec"], entry["normalize"]
-  kind = spec.partition(":")[0]
-  if spec == "char":
-    tokenizer = CharTokenizer(entry["chars"], form)
-  elif entry.get("file"):
-    path = root / entry["file"]
-    if not path.is_file() or sha256_of(path) != entry["sha256"]:
-      raise UserError(f"the tokenizer file {path} of the prepared dataset is missing or changed "
-                      f"(sha256 differs from the manifest's): prepare the dataset again")
-    tokenizer = (HFTokenizer(path, spec, form) if kind == "hf" else
-                 TiktokenTokenizer.from_file(path, spec, form))
-  else:
-    tokenizer = TiktokenTokenizer.from_name(spec.removeprefix("tiktoken:"), form)
-  if tokenizer_id(tokenizer) != entry["id"]:
-    raise UserError(f"the tokenizer {spec} builds other ids than the prepared dataset's at {root}"
-                    f" (its id {tokenizer_id(tokenizer)}, the manifest's {entry['id']}): "
-                    f"prepare the dataset again")
-  return tokenizer
 
 
 # ---------------------------------------------------------------------------------- the workers

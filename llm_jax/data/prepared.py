@@ -33,6 +33,7 @@ import pathlib
 import numpy as np
 
 from llm_jax.data.corpora import sha256_of
+from llm_jax.data.tokenizers import CharTokenizer, HFTokenizer, TiktokenTokenizer, tokenizer_id
 from llm_jax.errors import UserError
 from llm_jax.fileio import atomic_write
 
@@ -249,17 +250,39 @@ def batch(windows: Windows) -> dict:
   return {"inputs": WindowPart(windows, 0), "targets": WindowPart(windows, 1)}
 
 
+def load_tokenizer(root, entry: dict):
+  """The tokenizer of a prepared dataset's manifest entry (its file: the copy in root)."""
+  root = pathlib.Path(root)
+  spec, form = entry["spec"], entry["normalize"]
+  kind = spec.partition(":")[0]
+  if spec == "char":
+    tokenizer = CharTokenizer(entry["chars"], form)
+  elif entry.get("file"):
+    path = root / entry["file"]
+    if not path.is_file() or sha256_of(path) != entry["sha256"]:
+      raise UserError(f"the tokenizer file {path} of the prepared dataset is missing or changed "
+                      f"(sha256 differs from the manifest's): prepare the dataset again")
+    tokenizer = (HFTokenizer(path, spec, form) if kind == "hf" else
+                 TiktokenTokenizer.from_file(path, spec, form))
+  else:
+    tokenizer = TiktokenTokenizer.from_name(spec.removeprefix("tiktoken:"), form)
+  if tokenizer_id(tokenizer) != entry["id"]:
+    raise UserError(f"the tokenizer {spec} builds other ids than the prepared dataset's at {root}"
+                    f" (its id {tokenizer_id(tokenizer)}, the manifest's {entry['id']}): "
+                    f"prepare the dataset again")
+  return tokenizer
+
+
+
 class PreparedData:
   """A prepared dataset opened for training: the tokenizer, the splits, the batches."""
 
   def __init__(self, path, block_size: int, sampling: str = "random", expected_tokenizer=None):
-    from llm_jax.data.prepare import load_tokenizer  # (prepare.py imports this module)
     self.root = pathlib.Path(path).expanduser().absolute()
     self.manifest = m = read_manifest(path)
     verify_shards(self.root, m)
     self.tokenizer = load_tokenizer(self.root, m["tokenizer"])
     if expected_tokenizer is not None:
-      from llm_jax.data.tokenizers import tokenizer_id
       if tokenizer_id(expected_tokenizer) != m["tokenizer"]["id"]:
         run_spec = expected_tokenizer.to_dict().get("spec", expected_tokenizer.kind)
         raise UserError(f"the run's tokenizer ({run_spec}) differs from the prepared dataset's at "

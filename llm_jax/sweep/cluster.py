@@ -30,6 +30,7 @@ import zlib
 
 import submitit
 
+from llm_jax.config import validate
 from llm_jax.errors import UserError
 from llm_jax.fileio import METRICS_FILE, atomic_write, read_metrics
 from llm_jax.sweep import worker
@@ -69,7 +70,9 @@ class TrainRun(submitit.helpers.Checkpointable):
     from llm_jax.training.parallel import enable_compilation_cache
     enable_compilation_cache()
     try:
-      return train_and_evaluate(worker.read_run(self.workdir), self.workdir)
+      config = worker.read_run(self.workdir)
+      validate(config)
+      return train_and_evaluate(config, self.workdir, worker.train_hooks())
     except Interrupted as e:
       preempt = getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG)
       handler = signal.getsignal(preempt)

@@ -2,7 +2,7 @@
 
 Each unit of work is one process: a single run (`train_and_evaluate`) or, with vectorize, the runs
 of a group that differ only in vmappable fields (seeds, learning rates, weight decay, dropout),
-trained together by `loop.train_runs`. At most `jobs` units run at once, so a small machine is not
+trained together by `vectorized.train_runs`. At most `jobs` units run at once, so a small machine is not
 oversubscribed. Finished runs (summary.json at the last step) are skipped; interrupted ones resume
 from their checkpoints, because each unit simply trains its workdirs again. A run whose resolved
 config already finished in a sibling experiment (the baseline most ablations share) is copied
@@ -24,7 +24,7 @@ from llm_jax import hostmem
 from llm_jax.errors import UserError
 from llm_jax.sweep import report, worker
 from llm_jax.sweep.spec import is_finished, load_experiment
-from llm_jax.training.runs import duration
+from llm_jax.training.progress import duration
 from llm_jax.training.vectorized import shared_key
 
 LOG_FILE = "train.log"

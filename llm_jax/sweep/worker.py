@@ -1,8 +1,9 @@
 """One unit of a sweep, in its own process: `python -m llm_jax.sweep.worker <workdir>...`.
 
 Each workdir holds the resolved config the runner wrote (its config.json, the run's one copy).
-One workdir trains with `train_and_evaluate`; several train together with `train_runs`. Either
-resumes what its workdirs hold.
+One workdir trains with `loop.train_and_evaluate`; several train together with
+`vectorized.train_runs`. Either resumes what its workdirs hold. The worker is the caller the
+training loop expects: it validates the configs and lends the loop its hooks (`train_hooks`).
 """
 
 import os
@@ -10,6 +11,7 @@ import sys
 
 import ml_collections
 
+from llm_jax.config import default_config, validate
 from llm_jax.errors import UserError
 from llm_jax.training import workdir as workdir_lib
 from llm_jax.training.signals import Interrupted
@@ -22,7 +24,7 @@ def write_run(workdir: str, config) -> None:
   """The run's config.json, before its worker starts. A run already there must be the same run
   (workdir.check_same_run): its saved config is never replaced by one its checkpoints do not
   fit."""
-  saved = workdir_lib.read_config(workdir) if os.path.isdir(workdir) else None
+  saved = workdir_lib.read_config(workdir, defaults()) if os.path.isdir(workdir) else None
   if saved is not None:
     workdir_lib.check_same_run(config, saved)
   os.makedirs(workdir, exist_ok=True)
@@ -31,23 +33,38 @@ def write_run(workdir: str, config) -> None:
 
 def read_run(workdir: str) -> ml_collections.ConfigDict:
   """The run's config; fields added to the config since it was written take their defaults."""
-  config = workdir_lib.read_config(workdir)
+  config = workdir_lib.read_config(workdir, defaults())
   if config is None:
     raise UserError(f"{workdir} holds no {RUN_FILE}: start the run with `llm-jax sweep`")
   return config
 
 
+def defaults() -> dict:
+  """The config's defaults: the fields a run saved by an older version lacks read as these."""
+  return default_config().to_dict()
+
+
+def train_hooks():
+  """What the training loop gets from above training (loop.Hooks): lm-eval's tasks at the
+  evaluations (train.harness_tasks), the config's defaults."""
+  from llm_jax import harness
+  from llm_jax.training.loop import Hooks
+  return Hooks(evaluations=harness.training_metrics, defaults=defaults())
+
+
 def main(workdirs) -> int:
-  configs = [read_run(w) for w in workdirs]
   from llm_jax.training.parallel import enable_compilation_cache
   enable_compilation_cache()  # the runs of a sweep share their programs' compilations
   try:
+    configs = [read_run(w) for w in workdirs]
+    for c in configs:
+      validate(c)
     if len(workdirs) == 1:
       from llm_jax.training.loop import train_and_evaluate
-      train_and_evaluate(configs[0], workdirs[0])
+      train_and_evaluate(configs[0], workdirs[0], train_hooks())
     else:
-      from llm_jax.training.loop import train_runs
-      train_runs(configs, workdirs)
+      from llm_jax.training.vectorized import train_runs
+      train_runs(configs, workdirs, train_hooks())
   except UserError as e:
     print(f"llm-jax sweep worker: error: {e}", file=sys.stderr, flush=True)
     return 2

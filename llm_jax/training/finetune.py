@@ -19,11 +19,11 @@ from llm_jax.training import workdir as workdir_lib
 FREE = ("dropout", "dtype", "attention", "remat")
 
 
-def source_run(config):
+def source_run(config, defaults: dict | None):
   """(source config, its tokenizer) of config.train.init_from, or a UserError saying what does not
-  fit."""
+  fit. defaults: as workdir.read_config's."""
   src = os.path.abspath(config.train.init_from)
-  saved = workdir_lib.read_config(src) if os.path.isdir(src) else None
+  saved = workdir_lib.read_config(src, defaults) if os.path.isdir(src) else None
   tokenizer = workdir_lib.read_tokenizer(src) if saved is not None else None
   if saved is None or tokenizer is None:
     raise UserError(f"config.train.init_from={config.train.init_from!r} is not a run directory "
@@ -47,6 +47,6 @@ def source_run(config):
   return saved, tokenizer
 
 
-def load_params(config):
+def load_params(config, defaults: dict | None):
   """The init_from run's latest parameters."""
-  return workdir_lib.load_run(config.train.init_from)[3]
+  return workdir_lib.load_run(config.train.init_from, defaults=defaults)[3]

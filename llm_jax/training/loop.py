@@ -1,147 +1,174 @@
-"""train_and_evaluate(config, workdir): the whole training run, resumable from its workdir.
+"""train_and_evaluate(config, workdir): one run, top to bottom, resumable from its workdir.
 
-    data -> model + loss -> jitted train/eval steps -> loop: step, log, evaluate, checkpoint -> sample
+    data -> model + state -> restore -> loop: step, log, evaluate, checkpoint, stop on a signal
+    -> the sample and the summary
 
-The same loop trains K runs at once (`train_runs`, for `llm-jax sweep --vectorize`): their states
-stacked on a leading axis and the step vmapped (vectorized.py builds those functions). The loop
-reads as a single run's: runs.Runs holds the K runs and splits what each writes (its workdir,
-metrics, events, checkpoints and summary, exactly as a single run's), so K appears nowhere here.
-
-The batch of step s is drawn from (seed, s) and the dropout key is folded with s, so a run resumed
-from a checkpoint continues exactly as the uninterrupted run would (bitwise on CPU), whether it
-stopped on a signal (signals.py: the step finishes and a checkpoint is saved), was killed (the
-last complete checkpoint is used; a damaged one is skipped, checkpoint.py) or met a non-finite
-loss (guards.py: stop, or skip the update). With several processes, every process stops at the
-same step: the signal one of them received is shared at each log step (parallel.first_stop_signal).
-Process 0 writes metrics.jsonl and TensorBoard events (events.py) in the workdir, and prints a
-plain progress line every train.log_seconds where the progress bar draws nothing (no terminal).
+The batch of step s is drawn from (seed, s) and the dropout key is folded with s, so a resumed run
+continues exactly as the uninterrupted run would (bitwise on CPU), whether it stopped on a signal
+(signals.py), was killed (checkpoint.py: the last complete checkpoint) or met a non-finite loss
+(guards.py). Every process stops at the same step (parallel.first_stop_signal). Process 0 writes
+the run's record (record.py). The caller validates the config (config.validate), and lends the
+loop what lies above training as `Hooks`.
 """
 
 import time
+from typing import Callable, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from llm_jax.errors import UserError
 from llm_jax.models import flops_per_token
 from llm_jax.models.flops import count_params
-from llm_jax.training import (finetune, parallel, profile, signals, vectorized,
+from llm_jax.training import (checkpoint, finetune, parallel, profile, signals,
                               workdir as workdir_lib)
-from llm_jax.training.optimizer import make_optimizer, warmup_steps
-from llm_jax.training.runs import Progress, Runs
-from llm_jax.training.steps import create_state
+from llm_jax.training.optimizer import lr_schedule, make_optimizer, warmup_steps
+from llm_jax.training.progress import Progress
+from llm_jax.training.record import EVAL_SAMPLE_TOKENS, Run
+from llm_jax.training.steps import create_state, run_functions
+from llm_jax.training.tasks import build_task
 
 
-def train_and_evaluate(config, workdir: str, **profiling) -> dict:
-  """Trains config's model in workdir (resuming what is there). Returns the run's summary."""
-  return train_runs([config], [workdir], **profiling)[0]
+class Hooks(NamedTuple):
+  """What the caller (the command line, the sweep) lends the loop from above training."""
+  # (config, task, params, step) -> more metrics at an evaluation (harness.training_metrics)
+  evaluations: Callable | None = None
+  # config.default_config().to_dict(), for a run saved by an older version (workdir.read_config)
+  defaults: dict | None = None
 
 
-def train_runs(configs, workdirs, profile_dir: str | None = None, profile_steps: int = 5
-               ) -> list[dict]:
-  """Trains configs[k] in workdirs[k] (resuming what is there). One config: a single run; several:
-  one vmapped program (they may differ only in vectorized.VMAPPABLE fields). Returns the
-  summaries. With profile_dir, profile_steps steps after the first logged interval are traced
-  there (training/profile.py)."""
-  runs = Runs(configs, workdirs)
-  tc = runs.config.train
-  place, state, train_step, evaluate_split, param_norm = _program(runs)
-  state, start = _restore_or_init(runs, place, state)
+def train_and_evaluate(config, workdir: str, hooks: Hooks = Hooks(), profile_dir: str | None = None,
+                       profile_steps: int = 5) -> dict:
+  """Trains config's model in workdir (resuming what is there). Returns the run's summary. With
+  profile_dir, profile_steps steps after the first logged interval are traced there
+  (training/profile.py)."""
+  tc = config.train
+  check_hooks(config, hooks)
+  parallel.init_distributed(config.distributed)
+  is_main = jax.process_index() == 0  # only it prints and writes the files beside checkpoints
+  # the data (the tokenizer a resumed run saved), the model, the train state
+  run = Run(config, workdir, is_main, hooks.defaults)
+  task = build_task(config, run.tokenizer)
+  workdir_lib.check_same_data(run.workdir, task.data_identity)  # a prepared dataset's run
+  tx = make_optimizer(tc)
+  place = parallel.placement(config, task.model, tx)
+  init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
+  fns = run_functions(config, task, tx, place.axis_name, tc.nan_policy == "skip")
+  state, train_step, evaluate, param_norm = program(place, fns, init_rng, dropout_rng)
+  workdir_lib.check_free_space(run.workdir, state_bytes(state))
+  state, start = restore_or_init(run, place, state, tx, hooks)
   if start >= tc.max_steps:  # a finished run is read-only: nothing trains, nothing is written
-    return runs.finished(start)
-  runs.open(start)
-  n_params = _announce(runs, place, state, start)
-  eval_batches = {name: place.put_batch(b) for name, b in runs.eval_batches().items()}
+    return run.finished(start)
+  run.open(start, task)
+  n_params = announce(config, task, place, state.params, start, run.workdir, is_main)
+  eval_batches = {name: place.put_batch(b) for name, b in task.eval_batches.items()}
 
-  def evaluate(step):  # every process: the losses, and the parameters (a collective on a mesh)
-    losses = {name: place.local(evaluate_split(state, b)) for name, b in eval_batches.items()}
-    runs.log_eval(step, losses, place.to_host(state.params))
+  def evaluate_now(state, step):  # every process (the parameters: a collective on a mesh)
+    losses = {name: float(place.local(evaluate(state, b))) for name, b in eval_batches.items()}
+    log_evaluation(run, task, hooks, step, losses, place.to_host(state.params))
     return losses
 
-  def save():  # never a state past a NaN
-    runs.check_finite([place.local(p) for p in pending], steps_done - progress.n_since + 1)
-    runs.save(place.to_host(state) if runs.several else place.saveable(state))
-
-  losses = evaluate(start) if start == 0 else {}
-  pending, progress = [], Progress(tc, start, runs.is_main, runs.K)
-  one_process = jax.process_count() == 1
-  tracer = profile.StepTracer(profile_dir if runs.is_main else None,
+  losses = evaluate_now(state, start) if start == 0 else {}
+  progress = Progress(tc, start, is_main)
+  tracer = profile.StepTracer(profile_dir if is_main else None,
                               min(start + tc.log_interval, tc.max_steps - 1), profile_steps,
-                              runs.print)
+                              print if is_main else lambda *a, **k: None)
+  schedule, n_tokens = lr_schedule(tc), tokens_per_step(config, task)
+  one_process, pending = jax.process_count() == 1, []
   try:
-    with signals.StopRequest("llm-jax sweep worker" if runs.several else "llm-jax train") as stop:
+    with signals.StopRequest("llm-jax train") as stop:
       for step in range(start, tc.max_steps):
         tracer.before(step)
-        state, metrics = train_step(state, place.put_batch(runs.train_batch(step)))
+        state, metrics = train_step(state, place.put_batch(task.train_batch(step)))
         pending.append(metrics)
         progress.step_done()
         steps_done, last = step + 1, step + 1 == tc.max_steps
         tracer.after(steps_done, state, last=last)
-        # one process stops at the next step; several, all at the next log step
+        # one process stops at the next step; more than one, all at the next log step
         stopping = stop.signum if one_process else None
         if steps_done % tc.log_interval == 0 or last:
           if not one_process:
             stopping = parallel.first_stop_signal(stop.signum)
           host = [place.local(p) for p in pending]  # replicated: a local read
-          runs.check_finite(host, steps_done - progress.n_since + 1)
+          run.check_finite(host, steps_done - progress.n_since + 1)
           dt = progress.interval()
-          record = runs.log_train(steps_done, host, place.local(param_norm(state.params)), dt)
-          progress.show(steps_done, record, float(runs.at(losses["val"], 0)) if losses
-                        else float("nan"))
+          record = run.log_train(steps_done, host, place.local(param_norm(state.params)),
+                                 float(schedule(steps_done - 1)), dt, n_tokens)
+          progress.show(steps_done, record["loss"], losses["val"] if losses else float("nan"),
+                        record["tokens_per_s"])
           pending = []
         if steps_done % tc.eval_interval == 0 or last:
-          losses = evaluate(steps_done)
-        if steps_done % tc.checkpoint_every == 0 or last or stopping:
-          save()
+          losses = evaluate_now(state, steps_done)
+        if steps_done % tc.checkpoint_every == 0 or last or stopping:  # never a state past a NaN
+          run.check_finite([place.local(p) for p in pending], steps_done - progress.n_since + 1)
+          run.save(place.saveable(state))
         if stopping:
-          runs.wait(steps_done)
-          raise signals.Interrupted(stopping, steps_done, ", ".join(r.workdir for r in runs.runs))
+          run.wait(steps_done)
+          raise signals.Interrupted(stopping, steps_done, run.workdir)
         progress.resume_clock()
   finally:
     tracer.close()
     progress.close()
-    runs.close()
-  for r in runs.runs:
-    r.wait(tc.max_steps)
-    r.manager.close()
+    run.close()
+  run.close_checkpoints(tc.max_steps)
   final = place.to_host(state)  # every process: a collective under a mesh
-  return runs.finish(final, losses, n_params, start, time.perf_counter() - progress.t_start,
-                     progress.steady_ms())
+  return run.finish(int(final.step), losses, n_params, n_tokens, tc.max_steps - start,
+                    time.perf_counter() - progress.t_start, progress.steady_ms(),
+                    sample=lambda: task.sample(final.params, tc.sample_tokens, config.seed))
 
 
-def _program(runs):
-  """The placement, the initial train state on it, and the placed step functions: (place, state,
-  train_step, evaluate, param_norm)."""
-  configs, config, tc = runs.configs, runs.config, runs.config.train
-  tx = make_optimizer(tc)  # (the vmapped runs build theirs from their knobs, with its shapes)
-  place = parallel.placement(config, runs.task.model, tx, lead=int(runs.several))
-  keys = [jax.random.split(jax.random.key(c.seed)) for c in configs]  # (init, dropout) per run
-  if runs.several:
-    fns = vectorized.functions(configs, runs.tasks, runs.skip)
-    dropout_rng = jnp.stack([k[1] for k in keys])
-  else:
-    fns = vectorized.one_run(config, runs.task, tx, place.axis_name, runs.skip)
-    dropout_rng = keys[0][1]
-  # a constant of the program, on no device
-  init_key = np.asarray(jax.random.key_data(jnp.stack([k[0] for k in keys]) if runs.several
-                                            else keys[0][0]))
-  state = place.create_state(lambda: fns.init(jax.random.wrap_key_data(init_key)))
-  run_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state)) // runs.K
-  for r in runs.runs:
-    workdir_lib.check_free_space(r.workdir, run_bytes)
-  train_step, evaluate = place.steps(fns.train_step, fns.evaluate, dropout_rng)
-  return place, state, train_step, evaluate, place.replicated_fn(fns.param_norm)
+def check_hooks(config, hooks: Hooks) -> None:
+  if config.train.harness_tasks and hooks.evaluations is None:
+    raise UserError(f"config.train.harness_tasks={config.train.harness_tasks!r} needs the "
+                    f"harness: train through `llm-jax train` or `llm-jax sweep`, or pass "
+                    f"loop.Hooks(evaluations=harness.training_metrics)")
 
 
-def _restore_or_init(runs, place, state):
-  """(state, its step): each run's newest good checkpoint; else, for train.init_from, the source's
+def log_evaluation(run, task, hooks: Hooks, step: int, losses: dict, params) -> None:
+  """The run's record of an evaluation: its losses, the task's metrics and the hooks' (process 0
+  computes those), a short sample."""
+  config, extra, sample = run.config, {}, None
+  if run.is_main:
+    extra = task.eval_metrics(params, losses)
+    if hooks.evaluations:
+      extra.update(hooks.evaluations(config, task, params, step))
+    n = min(config.train.sample_tokens, EVAL_SAMPLE_TOKENS)
+    sample = task.sample(params, n, config.seed) if n else None
+  run.log_eval(step, losses, extra, sample)
+
+
+def restore_or_init(run, place, state, tx, hooks: Hooks):
+  """(state, its step): the newest good checkpoint; else, for train.init_from, the source's
   parameters with a fresh optimizer state at step 0; else the fresh state."""
-  if any([r.checkpoints().all_steps() for r in runs.runs]):  # (a list: every manager opens)
-    state = runs.restore(state, place)
-  elif runs.config.train.init_from:
-    tx = make_optimizer(runs.config.train)
-    state = place.create_state(lambda p: create_state(p, tx), finetune.load_params(runs.config))
-  return state, int(np.asarray(place.local(state.step)).reshape(-1)[0])
+  if run.checkpoints().all_steps():
+    state, meta = checkpoint.restore_latest_good(run.manager, place.saveable(state),
+                                                 move_bad=run.is_main)
+    state = place.place(state)
+    run.meta.update(meta)
+  elif run.config.train.init_from:
+    state = place.create_state(lambda p: create_state(p, tx),
+                               finetune.load_params(run.config, hooks.defaults))
+  return state, first_step(place, state)
+
+
+def first_step(place, state) -> int:
+  return int(np.asarray(place.local(state.step)).reshape(-1)[0])
+
+
+def program(place, fns, init_rng, dropout_rng):
+  """(the initial train state, placed; the placed train step, evaluation and parameter norm)."""
+  init_key = np.asarray(jax.random.key_data(init_rng))  # a constant of the program, on no device
+  state = place.create_state(lambda: fns.init(jax.random.wrap_key_data(init_key)))
+  train_step, evaluate = place.steps(fns.train_step, fns.evaluate, dropout_rng)
+  return state, train_step, evaluate, place.replicated_fn(fns.param_norm)
+
+
+def state_bytes(state) -> int:
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+
+
+def tokens_per_step(config, task) -> int:
+  return config.train.batch_size * config.train.grad_accum_steps * task.tokens_per_example
 
 
 def _si(x: float) -> str:
@@ -151,24 +178,23 @@ def _si(x: float) -> str:
   return f"{x:.0f}"
 
 
-def _announce(runs, place, state, start: int) -> int:
-  """The two start-of-run lines (the run, the model and its placement). Returns the parameter
-  count of one run."""
-  config, tc = runs.config, runs.config.train
-  n_params, n_params_flops = count_params(jax.eval_shape(lambda p: runs.at(p, 0), state.params))
-  runs.print(f"llm-jax: {config.model.name}, {runs.task.summary_line}, " +
-             (f"resuming at step {start}" if start else "starting") + f" in {runs.where}",
-             flush=True)
+def announce(config, task, place, params, start: int, where: str, is_main: bool,
+             more: str = "") -> int:
+  """The two start-of-run lines (the run, the model and its placement; `more` ends the second).
+  `params`: the run's (or their shapes). Returns its parameter count."""
+  tc, say = config.train, print if is_main else lambda *a, **k: None
+  n_params, n_params_flops = count_params(params)
+  say(f"llm-jax: {config.model.name}, {task.summary_line}, " +
+      (f"resuming at step {start}" if start else "starting") + f" in {where}", flush=True)
   if warmup_steps(tc) < tc.warmup_steps:
-    runs.print(f"llm-jax: train.warmup_steps={tc.warmup_steps} is not shorter than the run's "
-               f"{tc.lr_decay_steps} steps: the learning rate warms up over all "
-               f"{warmup_steps(tc)} of them", flush=True)
+    say(f"llm-jax: train.warmup_steps={tc.warmup_steps} is not shorter than the run's "
+        f"{tc.lr_decay_steps} steps: the learning rate warms up over all "
+        f"{warmup_steps(tc)} of them", flush=True)
   flops = flops_per_token(config.model, n_params_flops)
-  runs.print(f"llm-jax: {n_params / 1e6:.2f}M parameters, "
-             f"{_si(flops) + 'FLOPs' if flops else 'n/a FLOPs'}/token, {jax.process_count()} "
-             f"process(es), {place.n_devices} device(s) ({place.description}), global batch "
-             f"{tc.batch_size * tc.grad_accum_steps} ({tc.batch_size // place.batch_divisor} "
-             f"examples per batch shard x {tc.grad_accum_steps} accumulation steps), "
-             f"{runs.tokens_per_step:,} tokens/step" +
-             (f" each, {runs.K} runs vmapped" if runs.several else ""), flush=True)
+  say(f"llm-jax: {n_params / 1e6:.2f}M parameters, "
+      f"{_si(flops) + 'FLOPs' if flops else 'n/a FLOPs'}/token, {jax.process_count()} "
+      f"process(es), {place.n_devices} device(s) ({place.description}), global batch "
+      f"{tc.batch_size * tc.grad_accum_steps} ({tc.batch_size // place.batch_divisor} "
+      f"examples per batch shard x {tc.grad_accum_steps} accumulation steps), "
+      f"{tokens_per_step(config, task):,} tokens/step{more}", flush=True)
   return n_params

@@ -8,7 +8,7 @@ device holds B / devices examples; gradients and metrics are averaged over the d
 lax.pmean, so every device applies the same update to its replica of the state.
 """
 
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import flax
 import jax
@@ -18,6 +18,7 @@ import optax
 
 from llm_jax.models import init_params
 from llm_jax.training import guards
+from llm_jax.training.losses import make_loss_fn
 
 
 # Not flax.training.train_state.TrainState: it carries the optimizer (and apply_fn) as static
@@ -89,3 +90,20 @@ def make_evaluate(loss_fn, axis_name=None):
   """evaluate(state, batches) -> the mean loss over a stack of batches (E, B, ...), in one scan."""
   eval_step = make_eval_step(loss_fn, axis_name)
   return lambda state, batches: jax.lax.map(lambda b: eval_step(state, b), batches).mean()
+
+
+class Functions(NamedTuple):
+  """What the training loop runs: for one run (`run_functions`), or K vmapped (vectorized.py,
+  each argument and result with a leading K axis)."""
+  init: Callable  # rng -> the train state
+  train_step: Callable  # (state, batch, rng) -> (state, metrics)
+  evaluate: Callable  # (state, batches) -> the mean loss
+  param_norm: Callable  # params -> their global norm
+
+
+def run_functions(config, task, tx, axis_name, skip_nonfinite: bool) -> Functions:
+  """A single run's functions; axis_name: the placement's (pmap's device axis)."""
+  loss_fn = make_loss_fn(task.model, task.input_keys)
+  return Functions(init=lambda rng: init_state(task.model, config.model, tx, rng),
+                   train_step=make_train_step(loss_fn, tx, axis_name, skip_nonfinite),
+                   evaluate=make_evaluate(loss_fn, axis_name), param_norm=optax.tree.norm)

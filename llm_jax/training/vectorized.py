@@ -1,28 +1,35 @@
-"""K runs in one compiled program: the functions of the training loop, vmapped over the train
-state, the batch stream and the knobs.
+"""K runs in one compiled program (`llm-jax sweep --vectorize`): the training loop of loop.py with
+the train state, the batch stream and the knobs stacked on a leading axis K, and the step vmapped.
 
 Runs that share every shape (same model, data, batch, schedule lengths) and differ only in
-VMAPPABLE fields (seed, learning rates, weight decay, dropout rate) train together: the state is
-stacked along a leading axis K, step s feeds each run its own batch (from its own seed), and the
-optimizer and the dropout rate are built inside the vmapped step from that run's traced values.
-The training loop (loop.train_runs) runs them as it runs one (runs.Runs splits what they write):
-each run keeps its own workdir (config.json, metrics.jsonl, events, checkpoints, summary.json), the
-NaN policy, damaged-checkpoint fallback and disk checks; its per-step losses equal a separate run's
-(to float rounding).
+VMAPPABLE fields (seed, learning rates, weight decay, dropout rate) train together: step s feeds
+each run its own batch (from its own seed), and the optimizer and the dropout rate are built inside
+the vmapped step from that run's traced values. `train_runs` reuses the single run's parts (the
+step functions of steps.py, the placement, loop.py's evaluation and start-of-run lines) and gives
+each run its own record (record.Run: workdir, config.json, metrics.jsonl, events, checkpoints,
+summary.json), the NaN policy, damaged-checkpoint fallback and disk checks of a single run; its
+per-step losses equal a separate run's (to float rounding). The progress bar shows the mean over
+the runs.
 """
 
 import dataclasses
-from typing import Callable, NamedTuple
+import sys
+import time
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from llm_jax.errors import UserError
+from llm_jax.training import checkpoint, loop, parallel, signals, workdir as workdir_lib
 from llm_jax.training.losses import make_loss_fn
-from llm_jax.training.optimizer import make_optimizer
-from llm_jax.training.steps import init_state, make_evaluate, make_train_step
+from llm_jax.training.optimizer import lr_schedule, make_optimizer
+from llm_jax.training.progress import Progress
+from llm_jax.training.record import Run
+from llm_jax.training.steps import Functions, init_state, make_evaluate, make_train_step
+from llm_jax.training.tasks import build_task
 
 # the fields that may differ between the K runs: none of them changes a shape
 VMAPPABLE = ("seed", "train.learning_rate", "train.min_lr", "train.weight_decay", "model.dropout")
@@ -68,23 +75,6 @@ def _knobs(configs) -> dict:
   return {k: jnp.asarray(v, jnp.float32) for k, v in values.items()}
 
 
-class Functions(NamedTuple):
-  """What the training loop runs: for one run, or K vmapped (each argument and result with a
-  leading K axis)."""
-  init: Callable  # rng -> the train state
-  train_step: Callable  # (state, batch, rng) -> (state, metrics)
-  evaluate: Callable  # (state, batches) -> the mean loss
-  param_norm: Callable  # params -> their global norm
-
-
-def one_run(config, task, tx, axis_name, skip_nonfinite: bool) -> Functions:
-  """A single run's functions (no K axis); axis_name: the placement's (pmap's device axis)."""
-  loss_fn = make_loss_fn(task.model, task.input_keys)
-  return Functions(init=lambda rng: init_state(task.model, config.model, tx, rng),
-                   train_step=make_train_step(loss_fn, tx, axis_name, skip_nonfinite),
-                   evaluate=make_evaluate(loss_fn, axis_name), param_norm=optax.tree.norm)
-
-
 def _with_knobs(train_config, knobs):
   """A copy of config.train whose OPTIMIZER_KNOBS are a run's traced values (a ConfigDict without
   type checks: a tracer is no float), for make_optimizer."""
@@ -120,3 +110,146 @@ def functions(configs, tasks, skip_nonfinite: bool) -> Functions:
                    train_step=lambda s, b, r: jax.vmap(train_step)(s, b, r, knobs),
                    evaluate=lambda s, b: jax.vmap(evaluate)(s, b, knobs),
                    param_norm=jax.vmap(optax.tree.norm))
+
+
+def _at(tree, k: int):
+  """Run k's part of a tree stacked over the runs."""
+  return jax.tree.map(lambda x: x[k], tree)
+
+
+def _stack(trees):
+  return jax.tree.map(lambda *xs: np.stack(xs), *trees)
+
+
+def train_runs(configs, workdirs, hooks: loop.Hooks = loop.Hooks()) -> list[dict]:
+  """Trains configs[k] in workdirs[k], together (resuming what is there); one config is a single
+  run (loop.train_and_evaluate). Returns the summaries."""
+  if len(configs) != len(workdirs) or not configs:
+    raise ValueError("one workdir per config")
+  if len(configs) == 1:
+    return [loop.train_and_evaluate(configs[0], workdirs[0], hooks)]
+  K, config, tc = len(configs), configs[0], configs[0].train
+  check_vectorizable(configs)
+  loop.check_hooks(config, hooks)
+  parallel.init_distributed(config.distributed)
+  is_main = jax.process_index() == 0
+  runs, tasks = _runs_and_tasks(configs, workdirs, is_main, hooks)
+  place = parallel.placement(config, tasks[0].model, make_optimizer(tc), lead=1)
+  keys = [jax.random.split(jax.random.key(c.seed)) for c in configs]  # (init, dropout) per run
+  state, train_step, evaluate, param_norm = loop.program(
+      place, functions(configs, tasks, tc.nan_policy == "skip"),
+      jnp.stack([k[0] for k in keys]), jnp.stack([k[1] for k in keys]))
+  for r in runs:
+    workdir_lib.check_free_space(r.workdir, loop.state_bytes(state) // K)
+  if any([r.checkpoints().all_steps() for r in runs]):  # (a list: every manager opens)
+    state = place.place(_stack(_restore(runs, state, is_main)))
+  start = loop.first_step(place, state)
+  if start >= tc.max_steps:  # every run is finished: read-only
+    return [r.finished(start) for r in runs]
+  for r, t in zip(runs, tasks):
+    r.open(start, t)
+  n_params = loop.announce(config, tasks[0], place,
+                           jax.eval_shape(lambda p: _at(p, 0), state.params), start,
+                           f"{K} vectorized runs", is_main, f" each, {K} runs vmapped")
+  eval_batches = {name: place.put_batch(_stack([t.eval_batches[name] for t in tasks]))
+                  for name in tasks[0].eval_batches}
+
+  def evaluate_now(state, step):  # every process; each run's losses {split: (K,)}
+    losses = {name: place.local(evaluate(state, b)) for name, b in eval_batches.items()}
+    params = place.to_host(state.params)
+    for k, (r, t) in enumerate(zip(runs, tasks)):
+      loop.log_evaluation(r, t, hooks, step, {n: float(v[k]) for n, v in losses.items()},
+                          _at(params, k))
+    return losses
+
+  losses = evaluate_now(state, start) if start == 0 else {}
+  progress = Progress(tc, start, is_main)
+  tokens_per_step = loop.tokens_per_step(config, tasks[0])
+  schedules = [lr_schedule(c.train) for c in configs]
+  one_process, pending = jax.process_count() == 1, []
+  try:
+    with signals.StopRequest("llm-jax sweep worker") as stop:
+      for step in range(start, tc.max_steps):
+        batch = _stack([t.train_batch(step) for t in tasks])
+        state, metrics = train_step(state, place.put_batch(batch))
+        pending.append(metrics)
+        progress.step_done()
+        steps_done, last = step + 1, step + 1 == tc.max_steps
+        stopping = stop.signum if one_process else None
+        if steps_done % tc.log_interval == 0 or last:
+          if not one_process:
+            stopping = parallel.first_stop_signal(stop.signum)
+          host = _check_finite(runs, place, pending, steps_done - progress.n_since + 1)
+          dt, norms = progress.interval(), place.local(param_norm(state.params))
+          records = [r.log_train(steps_done, [_at(h, k) for h in host], norms[k],
+                                 float(schedules[k](steps_done - 1)), dt, tokens_per_step)
+                     for k, r in enumerate(runs)]
+          progress.show(steps_done, float(np.mean([r["loss"] for r in records])),
+                        float(np.mean(losses["val"])) if losses else float("nan"),
+                        K * tokens_per_step / dt, runs=f"mean of {K}")
+          pending = []
+        if steps_done % tc.eval_interval == 0 or last:
+          losses = evaluate_now(state, steps_done)
+        if steps_done % tc.checkpoint_every == 0 or last or stopping:  # never a state past a NaN
+          _check_finite(runs, place, pending, steps_done - progress.n_since + 1)
+          state_host = place.to_host(state)
+          for k, r in enumerate(runs):
+            r.save(_at(state_host, k))
+        if stopping:
+          for r in runs:
+            r.wait(steps_done)
+          raise signals.Interrupted(stopping, steps_done, ", ".join(r.workdir for r in runs))
+        progress.resume_clock()
+  finally:
+    progress.close()
+    for r in runs:
+      r.close()
+  for r in runs:
+    r.close_checkpoints(tc.max_steps)
+  final, wall_s = place.to_host(state), time.perf_counter() - progress.t_start
+  return [r.finish(int(final.step[k]), {n: float(v[k]) for n, v in losses.items()}, n_params,
+                   tokens_per_step, tc.max_steps - start, wall_s, progress.steady_ms(),
+                   sample=lambda k=k, t=t: t.sample(_at(final, k).params, tc.sample_tokens,
+                                                    configs[k].seed), vectorized=K)
+          for k, (r, t) in enumerate(zip(runs, tasks))]
+
+
+def _runs_and_tasks(configs, workdirs, is_main: bool, hooks: loop.Hooks):
+  runs = [Run(c, w, is_main, hooks.defaults, label=f"run {k}")
+          for k, (c, w) in enumerate(zip(configs, workdirs))]
+  tasks = [build_task(c, r.tokenizer) for c, r in zip(configs, runs)]
+  for r, t in zip(runs, tasks):  # a prepared dataset's run resumes on that dataset only
+    workdir_lib.check_same_data(r.workdir, t.data_identity)
+  return runs, tasks
+
+
+def _check_finite(runs, place, pending: list, first_done: int) -> list:
+  """The fetched steps' metrics (K-stacked); each run's nan_policy 'stop' (record.Run's)."""
+  host = [place.local(p) for p in pending]
+  for k, r in enumerate(runs):
+    r.check_finite([_at(h, k) for h in host], first_done)
+  return host
+
+
+def _restore(runs, state, is_main: bool) -> list:
+  """Each run's newest checkpoint that restores (damaged ones skipped, checkpoint.py), on the
+  host. The runs resume together at the oldest of their steps: a run whose newest is later drops
+  the later checkpoints, which it writes again."""
+  like = jax.tree.map(lambda x: np.zeros(x.shape[1:], x.dtype), state)
+  if not all(r.manager.all_steps() for r in runs):
+    missing = next(r.workdir for r in runs if not r.manager.all_steps())
+    raise UserError(f"vectorized runs resume together, and {missing} has no checkpoint while "
+                    f"the others have: run it alone, or remove the others' checkpoints")
+  restored = [checkpoint.restore_latest_good(r.manager, like, move_bad=is_main) for r in runs]
+  step = min(int(s.step) for s, _ in restored)
+  states = []
+  for r, (s, meta) in zip(runs, restored):
+    if int(s.step) > step:
+      print(f"llm-jax: warning: {r.workdir} resumes at step {step} with the other vectorized "
+            f"runs; its later checkpoints are deleted", file=sys.stderr, flush=True)
+      for later in [x for x in r.manager.all_steps() if x > step]:
+        r.manager.delete(later)
+      s, meta = checkpoint.restore(r.manager, like, step)
+    r.meta.update(meta)
+    states.append(s)
+  return states

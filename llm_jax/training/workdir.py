@@ -21,7 +21,6 @@ import jax
 import ml_collections
 import numpy as np
 
-from llm_jax.config import with_defaults
 from llm_jax.data.tokenizers import tokenizer_from_dict
 from llm_jax.errors import UserError
 from llm_jax.fileio import METRICS_FILE, write_json  # noqa: F401 -- the layout's names
@@ -48,10 +47,23 @@ def _read_json(workdir, name):
     raise UserError(f"{path} is unreadable ({e}): restore it or use a fresh --workdir") from None
 
 
-def read_config(workdir) -> ml_collections.ConfigDict | None:
-  """The run's config; fields added to the config since it was saved read as their defaults."""
+def with_defaults(d: dict, defaults: dict) -> dict:
+  """A config dict written by an older version (a run's JSON) with the fields it lacks at their
+  `defaults`, so it validates and compares like a config made now."""
+  out = dict(d)
+  for k, v in defaults.items():
+    out[k] = with_defaults(d.get(k, {}), v) if isinstance(v, dict) else d.get(k, v)
+  return out
+
+
+def read_config(workdir, defaults: dict | None) -> ml_collections.ConfigDict | None:
+  """The run's config. `defaults`: the config's defaults as a dict (config.default_config(), which
+  the caller passes: training never imports the config); the fields added to the config since the
+  run was saved read as theirs. None: the saved fields alone."""
   d = _read_json(workdir, CONFIG_FILE)
-  return None if d is None else ml_collections.ConfigDict(with_defaults(d))
+  if d is None:
+    return None
+  return ml_collections.ConfigDict(with_defaults(d, defaults) if defaults is not None else d)
 
 
 def read_tokenizer(workdir):
@@ -198,15 +210,16 @@ def write_data_identity(workdir, identity: dict | None) -> None:
     write_json(os.path.join(workdir, DATA_FILE), identity)
 
 
-def load_run(workdir: str, step: int | None = None):
-  """(config, tokenizer, model, params, step) of the run in workdir, at `step` (default: latest)."""
+def load_run(workdir: str, step: int | None = None, defaults: dict | None = None):
+  """(config, tokenizer, model, params, step) of the run in workdir, at `step` (default: latest).
+  defaults: as read_config's."""
   workdir = os.path.abspath(workdir)
   if os.path.isfile(workdir):
     raise UserError(f"--workdir={workdir} is a file, not a run directory: pass the directory of a "
                     f"training run (the --workdir it trained in)")
   if not os.path.isdir(workdir):
     raise UserError(f"--workdir={workdir} does not exist: pass the directory of a training run")
-  config, tokenizer = read_config(workdir), read_tokenizer(workdir)
+  config, tokenizer = read_config(workdir, defaults), read_tokenizer(workdir)
   if config is None or tokenizer is None:
     raise UserError(f"--workdir={workdir} holds no training run (no config.json/tokenizer.json): "
                     f"train one there with `llm-jax train`")
