@@ -159,6 +159,8 @@ def _announce(runs, place, state, start: int) -> int:
   runs.print(f"llm-jax: {config.model.name}, {runs.task.summary_line}, " +
              (f"resuming at step {start}" if start else "starting") + f" in {runs.where}",
              flush=True)
+  for line in dict.fromkeys(r.dtype_line for r in runs.runs if r.dtype_line):
+    runs.print(f"llm-jax: {line}", flush=True)  # what 'auto' chose for the run, and why
   if warmup_steps(tc) < tc.warmup_steps:
     runs.print(f"llm-jax: train.warmup_steps={tc.warmup_steps} is not shorter than the run's "
                f"{tc.lr_decay_steps} steps: the learning rate warms up over all "

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from llm_jax import harness
+from llm_jax import harness, peaks
 from llm_jax.config import validate
 from llm_jax.errors import UserError
 from llm_jax.fileio import atomic_write, read_metrics, write_json
@@ -71,6 +71,8 @@ class Run:
     self.workdir = os.path.abspath(workdir)
     workdir_lib.check_writable(self.workdir)
     saved = workdir_lib.read_config(self.workdir)
+    # model.dtype 'auto' becomes the run's concrete dtype here, once: config.json keeps it
+    self.dtype_line = peaks.fix_run_dtype(config.model, saved.model if saved else None)
     if saved is not None:
       workdir_lib.check_same_run(config, saved)
     self.tokenizer = workdir_lib.read_tokenizer(self.workdir)
