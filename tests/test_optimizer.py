@@ -53,6 +53,7 @@ def straight(corpus, tmp_path_factory):
   return runs
 
 
+@pytest.mark.floors
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_each_optimizer_learns_and_resumes_bitwise(name, corpus, straight, tmp_path):
   losses, _ = read_metrics(straight[name])
@@ -67,6 +68,7 @@ def test_each_optimizer_learns_and_resumes_bitwise(name, corpus, straight, tmp_p
     np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.floors
 def test_muon_on_a_mesh_gives_the_losses_of_one_device(corpus, straight, tmp_path):
   c = opt_config(corpus, "muon")
   c.parallel = "auto"
