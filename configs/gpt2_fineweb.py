@@ -16,7 +16,7 @@ import os
 from llm_jax.fileio import load_python_file
 
 # the model is GPT-2 small's, as configs/gpt2_small.py has it (124M, biases, tanh GELU, tied head,
-# the vocabulary padded to 50304, bf16 matmuls where the accelerator is faster at them)
+# the vocabulary padded to 50304)
 _SMALL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpt2_small.py")
 
 
@@ -27,6 +27,8 @@ def get_config():
   c.data.tokenizer = "tiktoken:gpt2"
   # every window of the ~10B tokens once per epoch, in a seeded order
   c.data.sampling = "epoch"
+  # nanoGPT's and llm.c's GPT-2 runs multiply in bfloat16 and accumulate in float32, as ours do
+  c.model.dtype = "bfloat16"
   t = c.train
   # 64 x 1024 tokens per micro-batch, 8 micro-batches: 524,288 tokens per update
   t.batch_size = 64

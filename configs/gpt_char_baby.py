@@ -21,6 +21,8 @@ def get_config():
   c.model.n_embd = 128
   c.model.dropout = 0.0
   c.model.use_bias = False
+  # nanoGPT on --device=cpu multiplies in float32 (its autocast is for CUDA alone), on every CPU
+  c.model.dtype = "float32"
   # nanoGPT: batch_size=12, gradient_accumulation_steps=1
   c.train.batch_size = 12
   c.train.grad_accum_steps = 1

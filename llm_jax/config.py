@@ -158,7 +158,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.use_bias = False
   # the matmuls' inputs: 'float32' | 'bfloat16' (rounded to bf16, accumulated in f32; parameters,
   # norms, softmax, activations and loss stay float32) | 'auto': bfloat16 where this machine's
-  # measured bf16 matmul peak is at least 1.5x its f32 one (measured once, cached), else float32
+  # measured bf16 matmul peak is at least 1.5x its f32 one (measured once, cached), else float32,
+  # decided when the run is created; its config.json keeps the concrete dtype, so a resume on
+  # any machine keeps it (peaks.fix_run_dtype)
   c.model.dtype = "auto"
   # every attention's implementation: 'einsum' (the formula written out) | 'dot_product'
   # (jax.nn.dot_product_attention, a fused kernel where the backend has one; with dropout in

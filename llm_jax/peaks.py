@@ -12,8 +12,15 @@ reported too.
 
 `cached()` keeps the figures in a file (LLM_JAX_CACHE_DIR, by default ~/.cache/llm_jax, beside
 the compilation cache's xla/), one entry per machine (backend, device kind, CPU model and its
-flags, device count, jax version): model.dtype='auto' reads them there (models/precision.py)
-and measures only on a machine it has not seen. It sits below models/ and bench/, which both read it.
+flags, device count, jax version): model.dtype='auto' reads them there and measures only on a
+machine it has not seen.
+
+model.dtype='auto' is decided here, once, when a run is created (`fix_run_dtype`, called by the
+training run and by `llm-jax bench`): bfloat16 where this machine multiplies bf16 at least
+BF16_GAIN times as fast as f32, float32 elsewhere. The run's config.json keeps the concrete
+dtype, so a resume on another machine keeps the precision the run was created with. Building a
+model never measures: an 'auto' that reaches models/ unresolved is float32 (models/precision.py).
+It sits below models/, training/ and bench/, which read it.
 """
 
 import hashlib
@@ -27,6 +34,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from llm_jax.errors import UserError
 from llm_jax.fileio import write_json
 
 # dense (no sparsity) datasheet peaks in TFLOP/s, by a substring of jax's device_kind
@@ -115,6 +123,56 @@ def cached() -> dict:
       print(f"warning: could not keep the measured matmul peaks in {path}: {e}", file=sys.stderr)
   _SEEN[path, key] = table[key]
   return table[key]
+
+
+# how much faster a 2048^3 bf16 matmul must be than an f32 one for dtype='auto' to choose bf16:
+# below that the rounding's cost in accuracy buys too little. A CPU without bf16 arithmetic
+# (Zen 3) is slower in bf16; a Zen 4 (AVX-512 BF16) measures 1.7-2.0x and its steps are 1.6x as
+# fast in bf16; an Intel Xeon with AMX measures about 5x (experiments/perf)
+BF16_GAIN = 1.5
+
+# overrides the measurement for model.dtype='auto' (the test suite, whose comparisons of two
+# paths want float32 on every machine, sets it to float32)
+AUTO_ENV = "LLM_JAX_AUTO_DTYPE"
+
+
+def auto_choice(peaks: dict) -> tuple[str, str]:
+  """(dtype, why) that 'auto' takes on a machine of these measured peaks."""
+  ratio = peaks["bfloat16"] / peaks["float32"]
+  dtype = "bfloat16" if ratio >= BF16_GAIN else "float32"
+  return dtype, (f"this machine's bf16 matmul is {ratio:.1f}x its f32 "
+                 f"({'at least' if dtype == 'bfloat16' else 'under'} {BF16_GAIN}x)")
+
+
+def auto_dtype(peaks: dict | None = None) -> tuple[str, str]:
+  """(dtype, why) of model.dtype='auto' on this machine: $LLM_JAX_AUTO_DTYPE if set, else from
+  the measured matmul peaks (by default `cached`'s: measured once per machine)."""
+  forced = os.environ.get(AUTO_ENV)
+  if forced:
+    if forced not in ("float32", "bfloat16"):
+      raise UserError(f"{AUTO_ENV}={forced!r}: use float32 or bfloat16 (or unset it: the "
+                      f"measured matmul peaks decide)")
+    return forced, f"${AUTO_ENV}={forced}"
+  return auto_choice(peaks or cached())
+
+
+def fix_run_dtype(model_config, saved_model_config=None, peaks: dict | None = None) -> str | None:
+  """Fixes a run's precision when it is created: model_config.dtype 'auto' becomes a concrete
+  dtype, in place. A resumed run (saved_model_config: its config.json's) keeps its saved dtype;
+  a new one (or one saved as 'auto' by an older llm-jax, whose saved dtype is set alike) takes
+  this machine's `auto_dtype` (peaks: measured ones to decide by). An explicit float32 or bfloat16 stays as it is. Returns the line
+  that says what 'auto' chose and why; None where the dtype was explicit."""
+  if model_config.dtype != "auto":
+    return None
+  saved = saved_model_config.get("dtype") if saved_model_config is not None else None
+  if saved in ("float32", "bfloat16"):
+    dtype, why = saved, "the run's own, kept from its config.json"
+  else:
+    dtype, why = auto_dtype(peaks)
+    if saved_model_config is not None:
+      saved_model_config.dtype = dtype
+  model_config.dtype = dtype
+  return f"model.dtype auto -> {dtype}: {why}"
 
 
 if __name__ == "__main__":

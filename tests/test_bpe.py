@@ -127,6 +127,7 @@ def test_training_is_deterministic(tmp_path):
     assert (tmp_path / f"a{suffix}").read_bytes() == (tmp_path / f"b{suffix}").read_bytes()
 
 
+@pytest.mark.floors
 @pytest.mark.parametrize("text", UNICODE)
 def test_round_trip_on_any_unicode(trained, text):
   _, tok = trained

@@ -53,6 +53,7 @@ def straight(corpus, tmp_path_factory):
   return runs
 
 
+@pytest.mark.floors
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_each_optimizer_learns_and_resumes_bitwise(name, corpus, straight, tmp_path):
   losses, _ = read_metrics(straight[name])
@@ -67,6 +68,7 @@ def test_each_optimizer_learns_and_resumes_bitwise(name, corpus, straight, tmp_p
     np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.floors
 def test_muon_on_a_mesh_gives_the_losses_of_one_device(corpus, straight, tmp_path):
   c = opt_config(corpus, "muon")
   c.parallel = "auto"
@@ -124,12 +126,16 @@ def newton_schulz(g, steps=5, eps=1e-8):
   return x if wide else x.T
 
 
-@pytest.mark.parametrize("scan", [False, True])
-def test_muon_orthogonalizes_each_matrix_as_numpy_newton_schulz(scan):
+@pytest.mark.floors
+@pytest.mark.parametrize("scan,rms", [(False, 0.2), (True, 0.2), (False, 0.0)])
+def test_muon_orthogonalizes_each_matrix_as_numpy_newton_schulz(scan, rms):
   """The first update of each kernel of a block is -lr x sqrt(max(in, out)) x 0.2 x NS(gradient)
-  (the momentum's first value is a positive multiple of the gradient, which NS's normalization
-  removes); the fused QKV is three C x C matrices, the output projection (H D) x C, each
-  layer's alone; the embedding and head get AdamW's first step, -lr x sign(gradient)."""
+  (train.muon_consistent_rms=0.2), or -lr x sqrt(max(1, out / in)) x NS(gradient) (0: Jordan's;
+  optax 0.2.6 applied that factor twice), under every optax pyproject allows (the floors
+  environment of .ci/run runs this too). The momentum's first value is a positive multiple of
+  the gradient, which NS's normalization removes; the fused QKV is three C x C matrices, the
+  output projection (H D) x C, each layer's alone; the embedding and head get AdamW's first
+  step, -lr x sign(gradient)."""
   C, H, D, F, V, L = 16, 2, 8, 24, 12, 2
   shapes = {"qkv": (C, 3, H, D), "out": (H, D, C), "fc": (C, F)}
   lead = (L,) if scan else ()
@@ -144,7 +150,9 @@ def test_muon_orthogonalizes_each_matrix_as_numpy_newton_schulz(scan):
   params = jax.tree.map(jnp.zeros_like, grads)
   c = default_config().train
   c.update(optimizer="muon", schedule="constant", warmup_steps=0, learning_rate=0.1,
-           weight_decay=0.0, grad_clip=0.0)
+           weight_decay=0.0, grad_clip=0.0, muon_consistent_rms=rms)
+  scale = lambda fan_in, fan_out: (np.sqrt(max(fan_in, fan_out)) * rms if rms else
+                                   np.sqrt(max(1, fan_out / fan_in)))
   tx = make_optimizer(c)
   updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
   lr = 0.1
@@ -154,13 +162,13 @@ def test_muon_orthogonalizes_each_matrix_as_numpy_newton_schulz(scan):
     at = (lambda x: x[layer]) if scan else (lambda x: x)
     g, u = at(blk_g["attn"]["qkv"]["kernel"]), at(blk_u["attn"]["qkv"]["kernel"])
     for j in range(3):  # query, key, value: C x (H D) each
-      want = -lr * np.sqrt(C) * 0.2 * newton_schulz(g[:, j].reshape(C, H * D))
+      want = -lr * scale(C, H * D) * newton_schulz(g[:, j].reshape(C, H * D))
       np.testing.assert_allclose(u[:, j].reshape(C, H * D), want, rtol=1e-4, atol=1e-5)
     g, u = at(blk_g["attn"]["out"]["kernel"]), at(blk_u["attn"]["out"]["kernel"])
-    want = -lr * np.sqrt(C) * 0.2 * newton_schulz(g.reshape(H * D, C))
+    want = -lr * scale(H * D, C) * newton_schulz(g.reshape(H * D, C))
     np.testing.assert_allclose(u.reshape(H * D, C), want, rtol=1e-4, atol=1e-5)
     g, u = at(blk_g["ffn"]["fc"]["kernel"]), at(blk_u["ffn"]["fc"]["kernel"])
-    want = -lr * np.sqrt(F) * 0.2 * newton_schulz(g)
+    want = -lr * scale(C, F) * newton_schulz(g)
     np.testing.assert_allclose(u, want, rtol=1e-4, atol=1e-5)
   for name, leaf in (("wte", "embedding"), ("head", "kernel")):
     np.testing.assert_allclose(updates[name][leaf], -lr * np.sign(grads[name][leaf]), rtol=1e-4)

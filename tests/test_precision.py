@@ -12,7 +12,7 @@ import pytest
 
 from conftest import tiny_config
 from llm_jax import peaks as peak
-from llm_jax.config import validate
+from llm_jax.config import default_config, validate
 from llm_jax.errors import UserError
 from llm_jax.models import build_model, precision
 from llm_jax.models.dropout import Dropout, random_uints
@@ -111,7 +111,7 @@ def test_the_backward_matmuls_of_a_bf16_step_multiply_as_the_forward_ones(toy_co
 @pytest.fixture
 def measured(monkeypatch, tmp_path):
   """'auto' decided by the peaks: no override, a fresh cache file, measure() counted."""
-  monkeypatch.delenv(precision.AUTO_ENV, raising=False)
+  monkeypatch.delenv(peak.AUTO_ENV, raising=False)
   monkeypatch.setenv("LLM_JAX_CACHE_DIR", str(tmp_path / "cache"))
   calls = []
   def measure(**kw):
@@ -127,26 +127,35 @@ def test_auto_measures_once_keeps_the_peaks_and_chooses_bf16_only_where_it_is_1_
     measured, monkeypatch):
   measure, calls = measured
   measure.bf16 = 174.0  # 1.74x, as a Zen 4 in a process of two devices: bf16 steps 1.6x as fast
-  assert precision.resolve("auto") == "bfloat16"
+  assert peak.auto_dtype() == ("bfloat16", "this machine's bf16 matmul is 1.7x its f32 "
+                                           "(at least 1.5x)")
   table = json.loads(peak.cache_file().read_text())
   assert list(table) == [peak.machine()] and len(calls) == 1
   monkeypatch.setattr(peak, "_SEEN", {})  # a new process: the file answers
-  assert precision.resolve("auto") == "bfloat16" and len(calls) == 1
+  assert peak.auto_dtype()[0] == "bfloat16" and len(calls) == 1
   measure.bf16 = 140.0  # another machine, whose bf16 is 1.4x its f32
   monkeypatch.setattr(peak, "_SEEN", {})
   monkeypatch.setattr(peak, "machine", lambda: "another machine")
-  assert precision.resolve("auto") == "float32" and len(calls) == 2
+  assert peak.auto_dtype()[0] == "float32" and len(calls) == 2
   assert len(json.loads(peak.cache_file().read_text())) == 2
+
+
+def test_building_a_model_never_measures_and_an_unresolved_auto_is_float32(measured):
+  _, calls = measured
+  c = default_config()
+  assert c.model.dtype == "auto"
+  model = build_model(c.model, 65)
+  assert model.cfg.dtype == "float32" and not calls
   assert precision.resolve("float32") == "float32" and precision.resolve("bfloat16") == "bfloat16"
 
 
 def test_auto_is_overridden_by_the_environment_and_a_bad_value_is_one_line(measured, monkeypatch):
   _, calls = measured
-  monkeypatch.setenv(precision.AUTO_ENV, "float32")
-  assert precision.resolve("auto") == "float32" and not calls
-  monkeypatch.setenv(precision.AUTO_ENV, "fp8")
-  with pytest.raises(UserError, match=precision.AUTO_ENV):
-    precision.resolve("auto")
+  monkeypatch.setenv(peak.AUTO_ENV, "float32")
+  assert peak.auto_dtype()[0] == "float32" and not calls
+  monkeypatch.setenv(peak.AUTO_ENV, "fp8")
+  with pytest.raises(UserError, match=peak.AUTO_ENV):
+    peak.auto_dtype()
 
 
 @pytest.mark.parametrize("bits", [8, 16, 32])

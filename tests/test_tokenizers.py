@@ -81,6 +81,7 @@ def offline(monkeypatch, tmp_path):
   monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty_cache"))
 
 
+@pytest.mark.floors
 def test_cl100k_gives_tiktokens_ids(cl100k):
   assert cl100k.vocab_size == 100277
   for text, ids in CL100K_IDS.items():
@@ -88,6 +89,7 @@ def test_cl100k_gives_tiktokens_ids(cl100k):
     assert cl100k.decode(ids) == text
 
 
+@pytest.mark.floors
 def test_cl100k_offline_comes_from_the_wheel_with_the_same_ids(offline):
   enc = tokenizers.tiktoken_encoding("cl100k_base")
   for text, ids in CL100K_IDS.items():

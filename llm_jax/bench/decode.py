@@ -8,6 +8,7 @@ program minus a steady call. A 1-token prompt, as nanoGPT's sample.py ('\\n').
 """
 
 import json
+import sys
 import time
 
 from absl import app, flags
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_flags
 
-from llm_jax import decoding
+from llm_jax import decoding, peaks
 from llm_jax.models import build_model
 
 config_flags.DEFINE_config_file("config", "configs/gpt_char_baby.py", "model config")
@@ -36,6 +37,9 @@ def time_call(fn):
 def main(_):
   c = FLAGS.config
   T = c.model.block_size
+  chosen = peaks.fix_run_dtype(c.model)  # 'auto' as a run created here would take it
+  if chosen:
+    print(chosen, file=sys.stderr, flush=True)
   model = build_model(c.model, FLAGS.vocab_size)
   params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, T), jnp.int32))["params"]
   results = []

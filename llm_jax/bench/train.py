@@ -116,6 +116,9 @@ def run(config, steps: int = 20, warmup: int = 3, vocab_size: int = 65, decode_t
   m, tc = config.model, config.train
   _check_args(m, vocab_size, decode_tokens, steps, warmup)
   peaks = peak.measure(peak_n)
+  dtype_asked = m.dtype
+  # 'auto' as a run created here would take it (peaks.fix_run_dtype), and why
+  dtype_line = peak.fix_run_dtype(m, peaks=peaks)
   T, B, A = m.block_size, tc.batch_size, tc.grad_accum_steps
   model = build_model(m, vocab_size)
   loss_fn = make_loss_fn(model)
@@ -154,12 +157,13 @@ def run(config, steps: int = 20, warmup: int = 3, vocab_size: int = 65, decode_t
   tokens_per_step = A * B * T
   fpt = flops_per_token(m, n_params_flops)
   achieved = fpt * tokens_per_step / median_s
-  dtype = model.cfg.dtype  # 'auto' as the model resolved it
+  dtype = model.cfg.dtype
   peak_gflops = peaks[dtype]
   sheet = peaks["datasheet_tflops"]
   return {
       "benchmark": "train",
-      "model": {**{k: m[k] for k in MODEL_FIELDS}, "dtype": dtype, "dtype_asked": m.dtype},
+      "model": {**{k: m[k] for k in MODEL_FIELDS}, "dtype": dtype, "dtype_asked": dtype_asked},
+      "dtype_chosen": dtype_line,
       "optimizer": tc.optimizer,
       "batch_size": B, "grad_accum_steps": A, "tokens_per_step": tokens_per_step,
       "params": n_params, "params_for_flops": n_params_flops, "flops_per_token": fpt,
@@ -197,6 +201,7 @@ def table(r: dict) -> str:
                 f"{r['model']['n_embd']}d T={r['model']['block_size']} B={r['batch_size']} "
                 f"{r['model']['dtype']}, {r['params'] / 1e6:.2f}M parameters"),
       ("device", f"{r['device']} x {r['devices']} ({r['parallel']})"),
+  ] + ([("precision", r["dtype_chosen"])] if r.get("dtype_chosen") else []) + [
       ("train step", f"{ms['median']:.2f} ms median (p10 {ms['p10']:.2f}, p90 {ms['p90']:.2f}) "
                      f"over {r['steps']} steps; {r['cpu_ms_per_step']:.1f} ms CPU time"),
       ("tokens/s", f"{r['tokens_per_s']:,.0f}"),

@@ -10,46 +10,24 @@ the same care: JAX's transpose of a dot with a float32 output multiplies the flo
 with the bf16 operand upcast, an f32 matmul. The matmuls therefore have their own VJPs: the
 cotangent is rounded to bf16, and each of the two gradients is again a bf16 x bf16 -> f32 matmul.
 
-dtype='float32' is the plain jnp.einsum. dtype='auto' (`resolve`) is bfloat16 where this machine
-multiplies bf16 at least BF16_GAIN times as fast as f32 (its measured matmul peaks, measured once
-and cached: peaks.py), float32 elsewhere (e.g. a CPU without bf16 arithmetic).
+dtype='float32' is the plain jnp.einsum. dtype='auto' is decided when a run is created, from
+this machine's measured matmul peaks (peaks.fix_run_dtype), and the run's config keeps the
+concrete dtype; building a model never measures anything. An 'auto' that reaches a model
+unresolved (a model built straight from a config, outside a run) is float32 (`resolve`).
 """
 
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llm_jax.errors import UserError
-
-
-# how much faster a 2048^3 bf16 matmul must be than an f32 one for dtype='auto' to choose bf16:
-# below that the rounding's cost in accuracy buys too little. A CPU without bf16 arithmetic
-# (Zen 3) is slower in bf16; a Zen 4 (AVX-512 BF16) measures 1.7-2.0x and its steps are 1.6x as
-# fast in bf16; an Intel Xeon with AMX measures about 5x (experiments/perf)
-BF16_GAIN = 1.5
-
-
-# overrides the measurement for model.dtype='auto' (the test suite, whose comparisons of two
-# paths want float32 on every machine, sets it to float32)
-AUTO_ENV = "LLM_JAX_AUTO_DTYPE"
 
 
 def resolve(dtype: str) -> str:
-  """config.model.dtype -> the dtype the matmuls multiply in: 'auto' -> $LLM_JAX_AUTO_DTYPE if set,
-  else 'bfloat16' or 'float32' from the measured peaks; anything else as it is."""
-  if dtype != "auto":
-    return dtype
-  if os.environ.get(AUTO_ENV):
-    if os.environ[AUTO_ENV] not in ("float32", "bfloat16"):
-      raise UserError(f"{AUTO_ENV}={os.environ[AUTO_ENV]!r}: use float32 or bfloat16 (or unset "
-                      f"it: the measured matmul peaks decide)")
-    return os.environ[AUTO_ENV]
-  from llm_jax import peaks as measured  # only 'auto' needs the measurement
-  peaks = measured.cached()
-  return "bfloat16" if peaks["bfloat16"] >= BF16_GAIN * peaks["float32"] else "float32"
+  """config.model.dtype -> the dtype the matmuls multiply in: an unresolved 'auto' (a run resolves
+  it when created: peaks.fix_run_dtype) is float32; anything else as it is."""
+  return "float32" if dtype == "auto" else dtype
 
 
 def _einsum(spec: str, a, b):

@@ -50,7 +50,10 @@ def find_twin(run, experiments_root: str) -> str | None:
     if os.path.abspath(twin) == os.path.abspath(run.workdir):
       continue
     try:
-      if worker.read_run(twin).to_dict() == config and is_finished(run._replace(workdir=twin)):
+      found = worker.read_run(twin).to_dict()
+      if config["model"]["dtype"] == "auto":  # the twin keeps the dtype 'auto' chose (peaks.py)
+        found["model"]["dtype"] = "auto"
+      if found == config and is_finished(run._replace(workdir=twin)):
         return twin
     except (OSError, ValueError, UserError):
       continue

@@ -26,6 +26,8 @@ def write_run(workdir: str, config) -> None:
   fit."""
   saved = workdir_lib.read_config(workdir, defaults()) if os.path.isdir(workdir) else None
   if saved is not None:
+    if config.model.dtype == "auto":  # the dtype the run took when it started (peaks.py)
+      config.model.dtype = saved.model.dtype
     workdir_lib.check_same_run(config, saved)
   os.makedirs(workdir, exist_ok=True)
   workdir_lib.write_config(workdir, config)
@@ -46,10 +48,11 @@ def defaults() -> dict:
 
 def train_hooks():
   """What the training loop gets from above training (loop.Hooks): lm-eval's tasks at the
-  evaluations (train.harness_tasks), the config's defaults."""
-  from llm_jax import harness
+  evaluations (train.harness_tasks), the config's defaults, the precision 'auto' chooses."""
+  from llm_jax import harness, peaks
   from llm_jax.training.loop import Hooks
-  return Hooks(evaluations=harness.training_metrics, defaults=defaults())
+  return Hooks(evaluations=harness.training_metrics, defaults=defaults(),
+               fix_dtype=peaks.fix_run_dtype)
 
 
 def main(workdirs) -> int:

@@ -31,10 +31,9 @@ from llm_jax.training.tasks import build_task
 
 class Hooks(NamedTuple):
   """What the caller (the command line, the sweep) lends the loop from above training."""
-  # (config, task, params, step) -> more metrics at an evaluation (harness.training_metrics)
-  evaluations: Callable | None = None
-  # config.default_config().to_dict(), for a run saved by an older version (workdir.read_config)
-  defaults: dict | None = None
+  evaluations: Callable | None = None  # (config, task, params, step) -> more metrics (harness)
+  defaults: dict | None = None  # default_config().to_dict(): fills runs saved by older versions
+  fix_dtype: Callable | None = None  # (model, saved model) -> 'auto' fixed (peaks.fix_run_dtype)
 
 
 def train_and_evaluate(config, workdir: str, hooks: Hooks = Hooks(), profile_dir: str | None = None,
@@ -47,7 +46,7 @@ def train_and_evaluate(config, workdir: str, hooks: Hooks = Hooks(), profile_dir
   parallel.init_distributed(config.distributed)
   is_main = jax.process_index() == 0  # only it prints and writes the files beside checkpoints
   # the data (the tokenizer a resumed run saved), the model, the train state
-  run = Run(config, workdir, is_main, hooks.defaults)
+  run = Run(config, workdir, is_main, hooks.defaults, fix_dtype=hooks.fix_dtype)
   task = build_task(config, run.tokenizer)
   workdir_lib.check_same_data(run.workdir, task.data_identity)  # a prepared dataset's run
   tx = make_optimizer(tc)

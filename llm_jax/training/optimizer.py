@@ -18,12 +18,16 @@ Every weight decay is decoupled and multiplied by the learning rate (optax's con
 masked by name (decay_mask). The schedules (lr_schedule) share nanoGPT's linear warmup.
 """
 
-import math
-
 import jax
 import jax.numpy as jnp
 import optax
 from optax.contrib import MuonDimensionNumbers
+# the orthogonalized update of an (in x out) matrix scaled by sqrt(max(in, out)) x consistent_rms
+# (Liu et al. 2025: an RMS like AdamW's, so that AdamW's learning rate and weight decay carry
+# over), or with consistent_rms None by sqrt(max(1, out / in)) (Jordan's). optax >= 0.2.7 has it
+# (its scale_by_muon orthogonalizes only; 0.2.6's also scaled by the latter), outside
+# optax.contrib's exports
+from optax.contrib._muon import scale_by_shape
 
 OPTIMIZERS = ("adamw", "lion", "adafactor", "muon", "sgd")
 SCHEDULES = ("cosine", "wsd", "linear", "constant")
@@ -116,37 +120,11 @@ def muon_labels(params):
                           d, MuonDimensionNumbers))
 
 
-def _fans(shape, dims):
-  axes = lambda a: (a,) if isinstance(a, int) else tuple(a)
-  size = lambda a: math.prod(shape[i] for i in axes(a))
-  return size(dims.reduction_axis), size(dims.output_axis)
-
-
 def _muon_dims_of(updates):
   """The dimension numbers of the Muon part's (masked) updates: optax's MaskedNode where AdamW's."""
   dims = muon_dimension_numbers(updates)
   return jax.tree.map(lambda u, d: optax.MaskedNode() if d is None else d, updates, dims,
                       is_leaf=lambda x: isinstance(x, optax.MaskedNode))
-
-
-def scale_by_shape(consistent_rms: float) -> optax.GradientTransformation:
-  """The orthogonalized update of an (in x out) matrix, scaled by sqrt(max(in, out)) x
-  consistent_rms (Liu et al. 2025: an RMS like AdamW's, so that AdamW's learning rate and
-  weight decay carry over); with consistent_rms=0 by sqrt(max(1, out / in)) (Jordan's)."""
-  def scale(u, d):
-    if isinstance(u, optax.MaskedNode):  # AdamW's parameter
-      return u
-    fan_in, fan_out = _fans(u.shape, d)
-    if consistent_rms:
-      return u * (math.sqrt(max(fan_in, fan_out)) * consistent_rms)
-    return u * math.sqrt(max(1.0, fan_out / fan_in))
-
-  def update(updates, state, params=None):
-    del params
-    return jax.tree.map(scale, updates, _muon_dims_of(updates),
-                        is_leaf=lambda x: isinstance(x, optax.MaskedNode)), state
-
-  return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 
 def _adamw(cfg, schedule):
@@ -158,7 +136,7 @@ def _muon(cfg, schedule):
   muon = optax.chain(
       optax.contrib.scale_by_muon(ns_steps=cfg.muon_ns_steps, beta=cfg.momentum,
                                   nesterov=cfg.nesterov, weight_dimension_numbers=_muon_dims_of),
-      scale_by_shape(cfg.muon_consistent_rms),
+      scale_by_shape(_muon_dims_of, cfg.muon_consistent_rms or None),
       optax.add_decayed_weights(cfg.weight_decay, decay_mask),
       optax.scale_by_learning_rate(schedule))
   adam_schedule = lambda it: schedule(it) * cfg.muon_adam_lr_ratio

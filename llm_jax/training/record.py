@@ -56,14 +56,17 @@ class Run:
   events (process 0 alone writes those), its checkpoints (every process), summary.json."""
 
   def __init__(self, config, workdir: str, is_main_process: bool, defaults: dict | None = None,
-               label: str = ""):
+               label: str = "", fix_dtype=None):
     """defaults: the config's defaults as a dict (the caller's config.default_config()), filling
     the fields a run saved by an older version lacks (workdir.read_config); label: how messages
-    name the run beside others ('' alone)."""
+    name the run beside others ('' alone); fix_dtype: loop.Hooks.fix_dtype, which makes model.dtype
+    'auto' the run's concrete dtype once (config.json keeps it, so a resume anywhere keeps it)."""
     self.config, self.is_main, self.defaults, self.label = config, is_main_process, defaults, label
     self.workdir = os.path.abspath(workdir)
     workdir_lib.check_writable(self.workdir)
     saved = workdir_lib.read_config(self.workdir, defaults)
+    self.dtype_line = (fix_dtype(config.model, saved.model if saved is not None else None)
+                       if fix_dtype else None)
     if saved is not None:
       workdir_lib.check_same_run(config, saved)
     self.tokenizer = workdir_lib.read_tokenizer(self.workdir)
@@ -84,6 +87,8 @@ class Run:
     from `start` (the restored step) on."""
     self.last_saved = start or None
     if self.is_main:
+      if self.dtype_line:  # what model.dtype 'auto' chose for the run, and why
+        print(f"llm-jax: {self.label + ': ' if self.label else ''}{self.dtype_line}", flush=True)
       workdir_lib.write_run_files(self.workdir, self.config, task.tokenizer)
       workdir_lib.write_data_identity(self.workdir, task.data_identity)
       self.log, self.events = MetricsLog(self.workdir, start), EventWriter(self.workdir, start)

@@ -215,7 +215,7 @@ def train_runs(configs, workdirs, hooks: loop.Hooks = loop.Hooks()) -> list[dict
 
 
 def _runs_and_tasks(configs, workdirs, is_main: bool, hooks: loop.Hooks):
-  runs = [Run(c, w, is_main, hooks.defaults, label=f"run {k}")
+  runs = [Run(c, w, is_main, hooks.defaults, label=f"run {k}", fix_dtype=hooks.fix_dtype)
           for k, (c, w) in enumerate(zip(configs, workdirs))]
   tasks = [build_task(c, r.tokenizer) for c, r in zip(configs, runs)]
   for r, t in zip(runs, tasks):  # a prepared dataset's run resumes on that dataset only
