@@ -167,6 +167,8 @@ class Runs:
       raise ValueError("one workdir per config")
     for c in configs:
       validate(c)
+    # the runs' own copies: each Run fixes its model.dtype 'auto' in its copy, not the caller's
+    configs = [c.copy_and_resolve_references() for c in configs]
     self.configs, self.config, self.K = configs, configs[0], len(configs)
     self.several = self.K > 1
     if self.several:
@@ -174,6 +176,8 @@ class Runs:
     parallel.init_distributed(self.config.distributed)
     self.is_main = jax.process_index() == 0  # only it prints and writes files beside checkpoints
     self.runs = [Run(c, w, self.is_main) for c, w in zip(configs, workdirs)]
+    if self.several:  # again with each run's dtype fixed (Run: 'auto' -> the dtype it took)
+      vectorized.check_vectorizable(configs)
     self.tasks = [build_task(c, r.tokenizer) for c, r in zip(configs, self.runs)]
     self.task = self.tasks[0]
     for r, t in zip(self.runs, self.tasks):  # a prepared dataset's run resumes on that dataset only
