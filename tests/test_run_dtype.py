@@ -96,3 +96,20 @@ def test_a_sweep_keeps_the_dtype_its_runs_took(tmp_path, toy_corpus, capsys):
   runner.run_sweep(b)
   assert "copied n_layer=1/seed0" in capsys.readouterr().out
   assert saved_dtype(tmp_path / spec.load_experiment(b).runs[0].workdir) == "bfloat16"
+
+
+def test_vectorized_runs_that_took_different_dtypes_are_refused(tmp_path, toy_corpus):
+  """Two runs of one vmapped program say 'auto', but one was created in bfloat16 and the other in
+  float32 (on two machines): refused in one line before anything is built."""
+  from llm_jax.sweep import worker
+  from llm_jax.training.vectorized import train_runs
+  configs = []
+  for name, dtype in (("a", "bfloat16"), ("b", "float32")):
+    c = tiny_config(toy_corpus)
+    c.model.dtype = dtype
+    worker.write_run(str(tmp_path / name), c)
+    configs.append(tiny_config(toy_corpus))
+  assert [c.model.dtype for c in configs] == ["auto", "auto"]
+  with pytest.raises(UserError, match="config.model.dtype differs between vectorized runs"):
+    train_runs(configs, [str(tmp_path / "a"), str(tmp_path / "b")],
+               Hooks(fix_dtype=peaks.fix_run_dtype))

@@ -27,6 +27,7 @@ def write_run(workdir: str, config) -> None:
   saved = workdir_lib.read_config(workdir, defaults()) if os.path.isdir(workdir) else None
   if saved is not None:
     if config.model.dtype == "auto":  # the dtype the run took when it started (peaks.py)
+      config = config.copy_and_resolve_references()
       config.model.dtype = saved.model.dtype
     workdir_lib.check_same_run(config, saved)
   os.makedirs(workdir, exist_ok=True)

@@ -41,6 +41,7 @@ def train_and_evaluate(config, workdir: str, hooks: Hooks = Hooks(), profile_dir
   """Trains config's model in workdir (resuming what is there). Returns the run's summary. With
   profile_dir, profile_steps steps after the first logged interval are traced there
   (training/profile.py)."""
+  config = config.copy_and_resolve_references()  # the run's own: Run fixes its 'auto' dtype
   tc = config.train
   check_hooks(config, hooks)
   parallel.init_distributed(config.distributed)

@@ -128,6 +128,8 @@ def train_runs(configs, workdirs, hooks: loop.Hooks = loop.Hooks()) -> list[dict
     raise ValueError("one workdir per config")
   if len(configs) == 1:
     return [loop.train_and_evaluate(configs[0], workdirs[0], hooks)]
+  # the runs' own copies: each Run fixes its model.dtype 'auto' in its copy, not the caller's
+  configs = [c.copy_and_resolve_references() for c in configs]
   K, config, tc = len(configs), configs[0], configs[0].train
   check_vectorizable(configs)
   loop.check_hooks(config, hooks)
@@ -217,6 +219,7 @@ def train_runs(configs, workdirs, hooks: loop.Hooks = loop.Hooks()) -> list[dict
 def _runs_and_tasks(configs, workdirs, is_main: bool, hooks: loop.Hooks):
   runs = [Run(c, w, is_main, hooks.defaults, label=f"run {k}", fix_dtype=hooks.fix_dtype)
           for k, (c, w) in enumerate(zip(configs, workdirs))]
+  check_vectorizable(configs)  # again, each run's dtype fixed ('auto' -> the dtype it took)
   tasks = [build_task(c, r.tokenizer) for c, r in zip(configs, runs)]
   for r, t in zip(runs, tasks):  # a prepared dataset's run resumes on that dataset only
     workdir_lib.check_same_data(r.workdir, t.data_identity)
