@@ -298,8 +298,6 @@ def _sweep(argv):
     runner.run_sweep(argv[1], FLAGS.jobs, FLAGS.vectorize)
 
 
-
-
 def _define_plot(argv):
   flags.DEFINE_string("out", "curves.png", "the PNG file to write")
 
@@ -308,8 +306,6 @@ def _plot(argv):
   from llm_jax.plot import plot_runs
   out = plot_runs(argv[1:], FLAGS.out)
   print(f"llm-jax plot: wrote the loss curves of {len(argv) - 1} run(s) to {out}", flush=True)
-
-
 
 
 def _define_bench(argv):
@@ -334,8 +330,6 @@ def _bench(argv):
                    profile_steps=FLAGS.profile_steps)
 
 
-
-
 def _define_convert(argv):
   flags.DEFINE_string("from", None, "a Hugging Face model directory: config.json + "
                       "model.safetensors (GPT2LMHeadModel or LlamaForCausalLM)")
@@ -355,8 +349,6 @@ def _convert(argv):
         f"--workdir={r['workdir']}`, fine-tune it with configs/finetune.py", flush=True)
 
 
-
-
 def _define_export(argv):
   flags.DEFINE_string("workdir", None, "the run to export")
   flags.DEFINE_string("to", None, "the directory to write config.json and model.safetensors in")
@@ -374,8 +366,6 @@ def _export(argv):
   print(f"llm-jax: step {r['step']} written to {r['out']} as {r['architecture']} ({r['tensors']} "
         f"tensors, float32) {tok}: transformers' AutoModelForCausalLM.from_pretrained loads it",
         flush=True)
-
-
 
 
 def _define_prepare(argv):
@@ -432,8 +422,6 @@ def _harness(argv):
   if "groups" in results:
     print(make_table(results, "groups"), flush=True)
   print(f"llm-jax harness: results written to {', '.join(paths)}", flush=True)
-
-
 
 
 class Command(NamedTuple):
