@@ -192,9 +192,14 @@ def _generate(argv):
     print(("" if printed else prompt) + text, end="", flush=True)
     printed.append(True)
 
+  # with JAX's persistent compilation cache on (main's default) the decode program is kept there
+  # too, exported: a later `llm-jax generate` of the same shapes does not trace the model
+  import jax
+  xla_cache = jax.config.jax_compilation_cache_dir
   samples = generate_text(FLAGS.workdir, prompt, FLAGS.max_new_tokens, FLAGS.temperature,
                           FLAGS.top_k, FLAGS.top_p, FLAGS.greedy, FLAGS.num_samples, FLAGS.seed,
-                          FLAGS.step, on_text=on_text if FLAGS.stream else None)
+                          FLAGS.step, on_text=on_text if FLAGS.stream else None,
+                          program_dir=xla_cache and os.path.join(xla_cache, "llm_jax_decode"))
   if FLAGS.stream:
     print("" if printed else prompt, flush=True)
     return

@@ -49,7 +49,7 @@ def train_hooks():
   evaluations (train.harness_tasks), the config's defaults."""
   from llm_jax import harness
   from llm_jax.training.loop import Hooks
-  return Hooks(evaluations=harness.training_metrics, defaults=defaults())
+  return Hooks(evaluations=harness.TrainingMetrics(), defaults=defaults())
 
 
 def main(workdirs) -> int:
