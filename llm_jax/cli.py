@@ -192,9 +192,14 @@ def _generate(argv):
     print(("" if printed else prompt) + text, end="", flush=True)
     printed.append(True)
 
+  # with JAX's persistent compilation cache on (main's default) the decode program is kept there
+  # too, exported: a later `llm-jax generate` of the same shapes does not trace the model
+  import jax
+  xla_cache = jax.config.jax_compilation_cache_dir
   samples = generate_text(FLAGS.workdir, prompt, FLAGS.max_new_tokens, FLAGS.temperature,
                           FLAGS.top_k, FLAGS.top_p, FLAGS.greedy, FLAGS.num_samples, FLAGS.seed,
-                          FLAGS.step, on_text=on_text if FLAGS.stream else None)
+                          FLAGS.step, on_text=on_text if FLAGS.stream else None,
+                          program_dir=xla_cache and os.path.join(xla_cache, "llm_jax_decode"))
   if FLAGS.stream:
     print("" if printed else prompt, flush=True)
     return
@@ -298,8 +303,6 @@ def _sweep(argv):
     runner.run_sweep(argv[1], FLAGS.jobs, FLAGS.vectorize)
 
 
-
-
 def _define_plot(argv):
   flags.DEFINE_string("out", "curves.png", "the PNG file to write")
 
@@ -308,8 +311,6 @@ def _plot(argv):
   from llm_jax.plot import plot_runs
   out = plot_runs(argv[1:], FLAGS.out)
   print(f"llm-jax plot: wrote the loss curves of {len(argv) - 1} run(s) to {out}", flush=True)
-
-
 
 
 def _define_bench(argv):
@@ -334,8 +335,6 @@ def _bench(argv):
                    profile_steps=FLAGS.profile_steps)
 
 
-
-
 def _define_convert(argv):
   flags.DEFINE_string("from", None, "a Hugging Face model directory: config.json + "
                       "model.safetensors (GPT2LMHeadModel or LlamaForCausalLM)")
@@ -355,8 +354,6 @@ def _convert(argv):
         f"--workdir={r['workdir']}`, fine-tune it with configs/finetune.py", flush=True)
 
 
-
-
 def _define_export(argv):
   flags.DEFINE_string("workdir", None, "the run to export")
   flags.DEFINE_string("to", None, "the directory to write config.json and model.safetensors in")
@@ -374,8 +371,6 @@ def _export(argv):
   print(f"llm-jax: step {r['step']} written to {r['out']} as {r['architecture']} ({r['tensors']} "
         f"tensors, float32) {tok}: transformers' AutoModelForCausalLM.from_pretrained loads it",
         flush=True)
-
-
 
 
 def _define_prepare(argv):
@@ -432,8 +427,6 @@ def _harness(argv):
   if "groups" in results:
     print(make_table(results, "groups"), flush=True)
   print(f"llm-jax harness: results written to {', '.join(paths)}", flush=True)
-
-
 
 
 class Command(NamedTuple):

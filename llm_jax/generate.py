@@ -90,11 +90,13 @@ class TextStream:
 
 
 def generate_text(workdir, prompt="\n", max_new_tokens=500, temperature=1.0, top_k=0, top_p=1.0,
-                  greedy=False, num_samples=1, seed=0, step=None, on_text=None) -> list[str]:
+                  greedy=False, num_samples=1, seed=0, step=None, on_text=None,
+                  program_dir=None) -> list[str]:
   """A language model: `num_samples` continuations of `prompt` (decoded in one batch), without
   the prompt; on_text (one sample): called with its text as its tokens are drawn. A seq2seq
   model: the one greedy decoding of the source `prompt`, of at most max_new_tokens tokens (and at
-  most model.block_size)."""
+  most model.block_size). program_dir: a language model's decode program is kept there,
+  exported, so that a later process does not trace the model again (decoding.generate's)."""
   config, tokenizer, model, params, _ = load_run(workdir, step, default_config().to_dict())
   check_sampling(max_new_tokens, temperature, top_k, top_p, num_samples, tokenizer.vocab_size,
                  seed)
@@ -104,11 +106,13 @@ def generate_text(workdir, prompt="\n", max_new_tokens=500, temperature=1.0, top
   if kind.continues_prompt:  # (a prompt has at most as many tokens as UTF-8 bytes)
     check_length(len(prompt.encode("utf-8")), max_new_tokens, num_samples,
                  config.model.block_size)
-  stream = {"on_tokens": TextStream(tokenizer, on_text)} if on_text else {}
+  extra = {"on_tokens": TextStream(tokenizer, on_text)} if on_text else {}
+  if kind.continues_prompt and program_dir:
+    extra["program_dir"] = program_dir
   out = kind.generate(
       config, tokenizer, model, params, prompt, max_new_tokens=max_new_tokens,
       temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, num_samples=num_samples,
-      seed=seed, **stream)
-  if stream:
-    stream["on_tokens"].close()
+      seed=seed, **extra)
+  if on_text:
+    extra["on_tokens"].close()
   return out

@@ -42,6 +42,8 @@ import json
 import logging
 import os
 
+import numpy as np
+
 from llm_jax.errors import UserError
 from llm_jax.fileio import atomic_write
 from llm_jax.harness_scoring import (MAX_GEN_TOKS, MIN_BUCKET, bucket_of, buckets,  # noqa: F401
@@ -106,20 +108,10 @@ def parse_tasks(tasks) -> list[str]:
   return [t.strip() for t in tasks if t and t.strip()]
 
 
-_MANAGERS = {}  # (tasks, include path) -> TaskManager: a training run's evaluations index once
-
-
 def task_manager(tasks: list[str], include_path: str = ""):
-  """lm-eval's TaskManager that knows `tasks`: the include path's alone when it holds them all
-  (indexing lm-eval's thousands of shipped tasks takes seconds), else with the shipped ones.
-  A missing include path or an unknown task is one line."""
-  key = (tuple(tasks), include_path)
-  if key not in _MANAGERS:
-    _MANAGERS[key] = _task_manager(tasks, include_path)
-  return _MANAGERS[key]
-
-
-def _task_manager(tasks: list[str], include_path: str = ""):
+  """(lm-eval's TaskManager that knows `tasks`, whether they are all local). The include path's
+  alone when it holds them all (indexing lm-eval's thousands of shipped tasks takes seconds), else
+  with the shipped ones. A missing include path or an unknown task is one line."""
   from lm_eval.tasks import TaskManager
   if include_path:
     include_path = os.path.abspath(os.path.expanduser(include_path))
@@ -128,8 +120,7 @@ def _task_manager(tasks: list[str], include_path: str = ""):
                       f"task YAML files")
     local = TaskManager(include_path=include_path, include_defaults=False)
     if all(t in local.all_tasks for t in tasks):
-      offline()
-      return local
+      return local, True
   manager = TaskManager(include_path=include_path or None)
   for t in tasks:
     if t not in manager.all_tasks:
@@ -139,16 +130,26 @@ def _task_manager(tasks: list[str], include_path: str = ""):
                       ("" if include_path else
                        ": a local task's folder is passed with --include_path") +
                       " (`lm_eval ls tasks` lists the shipped ones)")
-  return manager
+  return manager, False
 
 
-def offline() -> None:
-  """Local tasks only: Hugging Face's hub and datasets are not asked (no network, no waits)."""
-  os.environ["HF_DATASETS_OFFLINE"] = os.environ["HF_HUB_OFFLINE"] = "1"
-  import sys
-  config = sys.modules.get("datasets.config")  # read at import: set there too if imported
-  if config is not None:
-    config.HF_HUB_OFFLINE = config.HF_DATASETS_OFFLINE = True
+@contextlib.contextmanager
+def offline():
+  """Inside the block, Hugging Face's hub and datasets are not asked (no network, no waits): the
+  offline switches they read at each call (set from HF_HUB_OFFLINE at their import) are on, and
+  afterwards as they were."""
+  import datasets.config
+  import huggingface_hub.constants
+  switches = [(datasets.config, "HF_HUB_OFFLINE"), (datasets.config, "HF_DATASETS_OFFLINE"),
+              (huggingface_hub.constants, "HF_HUB_OFFLINE")]
+  saved = [getattr(module, name) for module, name in switches]
+  for module, name in switches:
+    setattr(module, name, True)
+  try:
+    yield
+  finally:
+    for (module, name), value in zip(switches, saved):
+      setattr(module, name, value)
 
 
 @contextlib.contextmanager
@@ -166,9 +167,11 @@ def _quiet():
 
 
 def evaluate(lm, tasks, num_fewshot=None, limit=None, include_path="", log_samples=False,
-             quiet=True) -> dict:
+             quiet=True, managers: dict | None = None) -> dict:
   """lm-eval's simple_evaluate of `lm` on `tasks`: its results dictionary ('results',
-  'configs', 'n-shot', ...; 'samples' with log_samples)."""
+  'configs', 'n-shot', ...; 'samples' with log_samples). Local tasks alone run offline.
+  managers: the caller's cache of task managers ((tasks, include path) -> task_manager's), so
+  that a training run's evaluations index the tasks once."""
   lm_eval = require_lm_eval()
   tasks = parse_tasks(tasks)
   if not tasks:
@@ -177,8 +180,13 @@ def evaluate(lm, tasks, num_fewshot=None, limit=None, include_path="", log_sampl
     raise UserError(f"--limit={limit} is invalid: use a positive number of items (or leave it out)")
   if num_fewshot is not None and num_fewshot < 0:
     raise UserError(f"--num_fewshot={num_fewshot} is invalid: use 0 or more")
-  manager = task_manager(tasks, include_path)
-  with _quiet() if quiet else contextlib.nullcontext():
+  managers = {} if managers is None else managers
+  key = (tuple(tasks), include_path)
+  if key not in managers:
+    managers[key] = task_manager(tasks, include_path)
+  manager, local = managers[key]
+  with _quiet() if quiet else contextlib.nullcontext(), \
+       offline() if local else contextlib.nullcontext():
     results = lm_eval.simple_evaluate(model=lm, tasks=tasks, num_fewshot=num_fewshot,
                                       limit=limit, task_manager=manager, log_samples=log_samples,
                                       bootstrap_iters=0 if quiet else 100000)
@@ -235,13 +243,19 @@ def due(train_config, step: int) -> bool:
   return tc.harness_every == 0 or step % tc.harness_every == 0 or step == tc.max_steps
 
 
-def training_metrics(config, task, params, step: int) -> dict:
-  """The loop's hook at each evaluation: lm-eval's metrics of train.harness_tasks on the current
-  parameters ({} when off or not due), as {'harness/<task>/<metric>': value}."""
-  tc = config.train
-  if not due(tc, step):
-    return {}
-  lm = make_lm(config, task.tokenizer, task.model, params, TRAINING_BATCH_SIZE)
-  results = evaluate(lm, tc.harness_tasks, limit=tc.harness_limit or None,
-                     include_path=tc.harness_include_path)
-  return flat_metrics(results)
+class TrainingMetrics:
+  """The loop's hook at each evaluation (training/loop.Hooks.evaluations): lm-eval's metrics of
+  train.harness_tasks on the current parameters ({} when off or not due), as
+  {'harness/<task>/<metric>': value}. One per run: it keeps the run's task managers."""
+
+  def __init__(self):
+    self.managers = {}
+
+  def __call__(self, config, task, params, step: int) -> dict:
+    tc = config.train
+    if not due(tc, step):
+      return {}
+    lm = make_lm(config, task.tokenizer, task.model, params, TRAINING_BATCH_SIZE)
+    results = evaluate(lm, tc.harness_tasks, limit=tc.harness_limit or None,
+                       include_path=tc.harness_include_path, managers=self.managers)
+    return flat_metrics(results)

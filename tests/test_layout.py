@@ -187,6 +187,58 @@ def test_the_checker_finds_a_planted_upward_import_and_a_planted_circle(tmp_path
       "pkg.other: a part the layout does not name"]
 
 
+# the process entries, where a process's own state is set: the command line, the sweep's worker
+# process and its cluster job (submitit's)
+PROCESS_ENTRIES = ("cli.py", "__main__.py", "sweep/worker.py", "sweep/cluster.py")
+MUTATORS = ("update", "setdefault", "pop", "popitem", "clear", "__setitem__", "__delitem__")
+
+
+def _process_state(node) -> str | None:
+  """'os.environ' or 'sys.modules' where node names one (as `os.environ` or `environ`)."""
+  if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+    name = f"{node.value.id}.{node.attr}"
+    return name if name in ("os.environ", "sys.modules") else None
+  if isinstance(node, ast.Name) and node.id == "environ":
+    return "os.environ"
+  return None
+
+
+def process_state_writes(root: pathlib.Path) -> list[str]:
+  """Each place a module under root (entries aside) sets os.environ or sys.modules: an item
+  assigned or deleted, a mutating method, os.putenv or os.unsetenv."""
+  out = []
+  for path in sorted(root.rglob("*.py")):
+    rel = path.relative_to(root).as_posix()
+    if rel in PROCESS_ENTRIES:
+      continue
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+      targets = []
+      if isinstance(node, (ast.Assign, ast.AugAssign, ast.Delete)):
+        targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
+        targets = [t.value for t in targets if isinstance(t, ast.Subscript)]
+        targets += [t for t in (node.targets if isinstance(node, ast.Assign) else [])
+                    if _process_state(t)]  # os.environ = {...}
+      elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+        if node.func.attr in MUTATORS:
+          targets = [node.func.value]
+        elif ast.unparse(node.func) in ("os.putenv", "os.unsetenv"):
+          out.append(f"{rel}:{node.lineno} {ast.unparse(node.func)}")
+      out += [f"{rel}:{node.lineno} {_process_state(t)}" for t in targets if _process_state(t)]
+  return out
+
+
+def test_no_library_module_sets_the_process_environment_or_modules(tmp_path):
+  assert process_state_writes(PACKAGE) == []
+  planted = tmp_path / "lib.py"
+  for line in ('os.environ["HF_HUB_OFFLINE"] = "1"', "sys.modules['torch'] = None",
+               "del sys.modules['torch']", "os.environ.update(A='1')", "os.putenv('A', '1')",
+               "environ.setdefault('A', '1')"):
+    planted.write_text(f"import os, sys\nfrom os import environ\ndef f():\n  {line}\n")
+    assert len(process_state_writes(tmp_path)) == 1, line
+  planted.write_text("import os\nx = os.environ.get('A')\ny = dict(os.environ)\n")  # reads
+  assert process_state_writes(tmp_path) == []
+
+
 def test_the_placements_have_the_same_methods():
   def public(cls):
     return {n for n, v in inspect.getmembers(cls, callable) if not n.startswith("_")}

@@ -52,14 +52,15 @@ def test_tensorboard_events_hold_the_metrics_and_a_sample(run):
   params = [v.astype(np.float64) for k, v in state.items() if k.startswith("['params']")]
   np.testing.assert_allclose(norms[-1], np.sqrt(sum((p ** 2).sum() for p in params)), rtol=1e-5)
   # a text sample at each evaluation (steps 0, 10, 20)
-  texts = acc.Tensors("text/sample/text_summary")
+  texts = acc.Tensors("text/sample")
   assert [t.step for t in texts] == [0, 10, 20]
   sample = texts[-1].tensor_proto.string_val[0].decode()
   assert sample.startswith("```\n") and len(sample.strip("`\n")) > 0
 
 
 def test_the_event_writer_leaves_torch_unimported_and_importable(tmp_path):
-  """tensorboardX imports torch where it is installed, about a second of every run's start."""
+  """The events are written without torch (tensorboardX imported it where installed: 3.7-5.3 s of
+  every run's start on 2 shared cores, against 0.4-0.7 s for tensorboard's own writer)."""
   import importlib.util
   import subprocess
   import sys

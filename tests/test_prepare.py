@@ -153,10 +153,28 @@ def test_every_tokenizer_kind_prepares_and_round_trips(prepared, tmp_path, spec)
 # ------------------------------------------------------------------------------ kill -9, resume
 
 
+# `llm-jax prepare` that kills itself (SIGKILL) the n-th time it reaches the fault point named by
+# its first argument, <point>:<n> (prepare._fault_point, replaced here; '': no kill)
+KILLING_PREPARE = """
+import os, signal, sys
+from llm_jax.cli import main
+from llm_jax.data import prepare
+point, _, n = sys.argv.pop(1).partition(":")
+reached = []
+def fault_point(name):
+  if name == point:
+    reached.append(name)
+    if len(reached) == int(n):
+      os.kill(os.getpid(), signal.SIGKILL)
+prepare._fault_point = fault_point
+main()
+"""
+
+
 def start_prepare(source, out, kill_at):
-  env = {**os.environ, prep.KILL_AT: kill_at, "LLM_JAX_PREPARE_BATCH_CHARS": "400"}
-  return subprocess.run([sys.executable, "-m", "llm_jax", "prepare", f"--source={source}",
-                         f"--tokenizer={TOK}", f"--out={out}", "--val=0.1",
+  env = {**os.environ, "LLM_JAX_PREPARE_BATCH_CHARS": "400"}
+  return subprocess.run([sys.executable, "-c", KILLING_PREPARE, kill_at, "prepare",
+                         f"--source={source}", f"--tokenizer={TOK}", f"--out={out}", "--val=0.1",
                          "--shard_tokens=300", "--workers=0"],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 

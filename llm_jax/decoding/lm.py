@@ -104,16 +104,6 @@ def buffer_length(prompt_len: int, max_new_tokens: int, block_size: int) -> int:
   return 1 << (need - 1).bit_length()
 
 
-# where a streaming program's tokens go as they are drawn (`generate`'s on_tokens), looked up when
-# they arrive: one compiled program serves every caller
-_ON_TOKENS = [None]
-
-
-def _emit(tok_B):
-  if _ON_TOKENS[0] is not None:
-    _ON_TOKENS[0](np.asarray(tok_B))
-
-
 def generate(model, params, prompt_BP, rng, *, max_new_tokens, block_size, temperature=1.0,
              top_k=0, top_p=1.0, greedy=False, program_dir=None, on_tokens=None):
   """(B, P) prompt -> (B, P + max_new_tokens) numpy tokens, with a KV cache while the sequence
@@ -121,24 +111,21 @@ def generate(model, params, prompt_BP, rng, *, max_new_tokens, block_size, tempe
   buffer_length) serves every length. With program_dir the program is also kept there, exported
   (`exported_program`), and a later process runs it without tracing the model again.
   on_tokens: called with each step's (B,) new tokens as they are drawn (a host callback in the
-  program, which is then not exported)."""
+  program: a static argument, so each callback compiles its own program, which is not exported;
+  streaming serves one interactive sample, `llm-jax generate --stream`)."""
   P = prompt_BP.shape[1]
   static = dict(buffer_len=buffer_length(P, max_new_tokens, block_size), block_size=block_size,
                 temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
-                key_impl=str(jax.random.key_impl(rng)), stream=on_tokens is not None)
+                key_impl=str(jax.random.key_impl(rng)), on_tokens=on_tokens)
   args = (params, jnp.asarray(prompt_BP, jnp.int32), jax.random.key_data(rng),
           jnp.int32(max_new_tokens))
   fn = partial(_generate, model, **static)
   if program_dir and on_tokens is None:
     fn = exported_program(fn, args, program_dir,
                           key=(repr(model), sorted(static.items()), code_digest()))
-  _ON_TOKENS[0] = on_tokens
-  try:
-    seq = fn(*args)
-    if on_tokens is not None:
-      jax.effects_barrier()  # every token has been handed over
-  finally:
-    _ON_TOKENS[0] = None
+  seq = fn(*args)
+  if on_tokens is not None:
+    jax.effects_barrier()  # every token has been handed over
   return np.asarray(seq)[:, :P + max_new_tokens]  # on the host: no program per length
 
 
@@ -180,9 +167,10 @@ def code_digest() -> str:
 
 
 @partial(jax.jit, static_argnums=(0,), static_argnames=(
-    "buffer_len", "block_size", "temperature", "top_k", "top_p", "greedy", "key_impl", "stream"))
+    "buffer_len", "block_size", "temperature", "top_k", "top_p", "greedy", "key_impl",
+    "on_tokens"))
 def _generate(model, params, prompt_BP, rng_data, n_new, *, buffer_len, block_size, temperature,
-              top_k, top_p, greedy, key_impl, stream=False):
+              top_k, top_p, greedy, key_impl, on_tokens=None):
   B, P = prompt_BP.shape
   rng = jax.random.wrap_key_data(rng_data, impl=key_impl)  # the key as raw data: exportable
   L = block_size
@@ -202,8 +190,8 @@ def _generate(model, params, prompt_BP, rng_data, n_new, *, buffer_len, block_si
 
   def draw(seq, logits_BV, i):
     tok_B = sample(logits_BV, jax.random.fold_in(rng, i))
-    if stream:  # handed to the host in order, as drawn
-      jax.debug.callback(_emit, tok_B, ordered=True)
+    if on_tokens is not None:  # handed to the host in order, as drawn
+      jax.debug.callback(lambda t: on_tokens(np.asarray(t)), tok_B, ordered=True)
     return tok_B, jax.lax.dynamic_update_slice_in_dim(seq, tok_B[:, None], P + i, axis=1)
 
   def cached_step(i, carry):  # token P + i still has a slot in the cache

@@ -52,7 +52,7 @@ def train_hooks():
   evaluations (train.harness_tasks), the config's defaults, the precision 'auto' chooses."""
   from llm_jax import harness, peaks
   from llm_jax.training.loop import Hooks
-  return Hooks(evaluations=harness.training_metrics, defaults=defaults(),
+  return Hooks(evaluations=harness.TrainingMetrics(), defaults=defaults(),
                fix_dtype=peaks.fix_run_dtype)
 
 

@@ -4,7 +4,7 @@ Orbax wants absolute paths (a relative one fails late, in its background thread)
 is made absolute here. Saves are asynchronous; `wait` before reading them or exiting.
 
 Faults: Orbax writes a step into `<step>.orbax-checkpoint-tmp-*` and renames it when complete, so
-a process killed mid-save leaves only such a leftover, which the manager ignores and deletes. A
+a process killed mid-save leaves only such a leftover, which is deleted on start. A
 step that is complete by name but damaged (a truncated or missing file) fails to restore:
 `restore_latest_good` then warns and tries the next older step; the damaged ones are moved aside
 to <workdir>/checkpoints_corrupt/ once a good one is found. A checkpoint of another model (other
@@ -29,21 +29,33 @@ from llm_jax.errors import UserError
 CORRUPT_DIR = "checkpoints_corrupt"
 
 
+# in the name of a step Orbax has not finished writing: `<step>.orbax-checkpoint-tmp-<time>`
+UNFINISHED = ".orbax-checkpoint-tmp"
+
+
+def remove_unfinished(directory: str) -> None:
+  """A killed save leaves an unfinished step: never a step, deleted before the manager opens (by
+  process 0). Here, not by Orbax's cleanup_tmp_directories: that runs in a thread only a save
+  waits for, so a command failing next (and removing the folder it made,
+  workdir.removed_if_failed) would leave a thread behind that looks for the folder."""
+  if jax.process_index() != 0 or not os.path.isdir(directory):
+    return
+  for name in os.listdir(directory):
+    if UNFINISHED in name:
+      shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+
+
 def make_manager(workdir: str, keep: int, create: bool = True) -> ocp.CheckpointManager:
   directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-  # a killed save leaves `<step>.orbax-checkpoint-tmp-*`: never a step, deleted on start
+  if create:
+    remove_unfinished(directory)
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
-                                         cleanup_tmp_directories=create)
+                                         cleanup_tmp_directories=False)
   # handlers named up front: a step's metadata (its arrays' shapes) reads before any restore.
   # The state's is the PyTree handler (what StandardCheckpointHandler wraps, so the steps it wrote
   # read alike), whose restore can be partial
   handlers = {"state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
-  manager = ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
-  # the leftovers' cleanup runs in a thread that only a save waits for: waited for here, so that
-  # a command failing next (and removing the folder it made, workdir.removed_if_failed) leaves
-  # no thread behind that looks for the folder
-  getattr(manager, "_maybe_await_cleanup_tmp_directory", lambda: None)()
-  return manager
+  return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
 def save(manager: ocp.CheckpointManager, state, meta: dict) -> None:

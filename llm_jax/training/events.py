@@ -3,60 +3,60 @@
 Scalars under the names TensorBoard groups by prefix: train/loss, train/grad_norm,
 train/param_norm, train/lr, train/tokens_per_s at log steps; val/loss, eval/train_loss and the
 task's further metrics (val/bpb, val/exact_match, ...) at evaluations; and a short sample of text
-at evaluations (text/sample). tensorboardX writes them without TensorFlow. A resumed run passes
-its start step as `purge_step`, so TensorBoard drops the events an interrupted run logged past
-its last checkpoint, as metrics.jsonl does.
+at evaluations (text/sample). They are written with the `tensorboard` package's own event writer
+and protocol buffers (no TensorFlow, no torch). A resumed run starts its file with TensorBoard's
+purge marker at its start step (a SessionLog START), so TensorBoard drops the events an
+interrupted run logged past its last checkpoint, as metrics.jsonl does.
 """
 
-import logging
-import sys
+import time
 
-
-def _import_summary_writer():
-  """tensorboardX's SummaryWriter, imported with torch hidden unless torch is loaded already:
-  where torch is installed, tensorboardX imports it at once only to accept torch tensors (this
-  module passes numbers and strings), about a second of every run's start (experiments/perf).
-  Its functions that need torch import it themselves when called."""
-  hide = "torch" not in sys.modules
-  if hide:
-    sys.modules["torch"] = None  # `import torch` raises ImportError meanwhile
-  try:
-    from tensorboardX import SummaryWriter
-  finally:
-    if hide:
-      del sys.modules["torch"]
-  return SummaryWriter
-
-
-SummaryWriter = _import_summary_writer()
-
-# a NaN loss is reported by the run itself (guards.py): no warning per scalar
-logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
+from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+from tensorboard.compat.proto.tensor_pb2 import TensorProto
+from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+from tensorboard.compat.proto.types_pb2 import DT_STRING
+from tensorboard.plugins.text.plugin_data_pb2 import TextPluginData
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 # metrics.jsonl key at a log step -> TensorBoard tag
 TRAIN_TAGS = {"loss": "train/loss", "grad_norm": "train/grad_norm",
               "param_norm": "train/param_norm", "lr": "train/lr",
               "tokens_per_s": "train/tokens_per_s", "ms_per_step": "train/ms_per_step",
               "skipped_updates": "train/skipped_updates"}
+# what marks a summary as the text plugin's (TensorBoard's text dashboard shows it)
+TEXT_METADATA = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(
+    plugin_name="text", content=TextPluginData(version=0).SerializeToString()))
 
 
 class EventWriter:
   def __init__(self, workdir: str, start_step: int):
-    self.writer = SummaryWriter(workdir, purge_step=start_step or None)
+    self.writer = EventFileWriter(workdir)
+    if start_step:  # TensorBoard forgets what the file's earlier runs logged from here on
+      self._add(start_step, session_log=SessionLog(status=SessionLog.START))
+
+  def _add(self, step: int, **fields) -> None:
+    self.writer.add_event(Event(wall_time=time.time(), step=step, **fields))
+
+  def _scalar(self, tag: str, value, step: int) -> None:
+    self._add(step, summary=Summary(value=[Summary.Value(tag=tag, simple_value=float(value))]))
 
   def train(self, record: dict) -> None:
     for key, tag in TRAIN_TAGS.items():
       if key in record:
-        self.writer.add_scalar(tag, record[key], record["step"])
+        self._scalar(tag, record[key], record["step"])
 
   def evaluation(self, step: int, losses: dict, extra: dict, sample: str | None) -> None:
-    self.writer.add_scalar("val/loss", losses["val"], step)
-    self.writer.add_scalar("eval/train_loss", losses["train"], step)
+    self._scalar("val/loss", losses["val"], step)
+    self._scalar("eval/train_loss", losses["train"], step)
     for key, value in extra.items():  # 'val_bpb' -> 'val/bpb'; 'harness/<task>/acc' as it is
-      self.writer.add_scalar(key if "/" in key else key.replace("_", "/", 1), value, step)
+      self._scalar(key if "/" in key else key.replace("_", "/", 1), value, step)
     if sample is not None:
       # TensorBoard renders text as Markdown: a code block keeps the sample's lines and spaces
-      self.writer.add_text("text/sample", "```\n" + sample + "\n```", step)
+      text = TensorProto(dtype=DT_STRING, tensor_shape=TensorShapeProto(),
+                         string_val=[("```\n" + sample + "\n```").encode("utf-8")])
+      self._add(step, summary=Summary(value=[Summary.Value(tag="text/sample",
+                                                           metadata=TEXT_METADATA, tensor=text)]))
     self.writer.flush()
 
   def close(self) -> None:

@@ -31,7 +31,7 @@ from llm_jax.training.tasks import build_task
 
 class Hooks(NamedTuple):
   """What the caller (the command line, the sweep) lends the loop from above training."""
-  evaluations: Callable | None = None  # (config, task, params, step) -> more metrics (harness)
+  evaluations: Callable | None = None  # (config, task, params, step) -> metrics (harness)
   defaults: dict | None = None  # default_config().to_dict(): fills runs saved by older versions
   fix_dtype: Callable | None = None  # (model, saved model) -> 'auto' fixed (peaks.fix_run_dtype)
 
@@ -121,7 +121,7 @@ def check_hooks(config, hooks: Hooks) -> None:
   if config.train.harness_tasks and hooks.evaluations is None:
     raise UserError(f"config.train.harness_tasks={config.train.harness_tasks!r} needs the "
                     f"harness: train through `llm-jax train` or `llm-jax sweep`, or pass "
-                    f"loop.Hooks(evaluations=harness.training_metrics)")
+                    f"loop.Hooks(evaluations=harness.TrainingMetrics())")
 
 
 def log_evaluation(run, task, hooks: Hooks, step: int, losses: dict, params) -> None:

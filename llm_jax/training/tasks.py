@@ -12,7 +12,6 @@ split). `build_task(config)` builds the task of config.model's kind.
 """
 
 import math
-import os
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -168,22 +167,19 @@ def seq2seq_task(config, tokenizer=None) -> Task:
 
 
 def lm_generate(config, tokenizer, model, params, prompt, *, max_new_tokens, temperature, top_k,
-                top_p, greedy, num_samples, seed, on_tokens=None) -> list[str]:
+                top_p, greedy, num_samples, seed, on_tokens=None, program_dir=None) -> list[str]:
   """`num_samples` continuations of `prompt` (decoded in one batch), without the prompt.
-  on_tokens: called with each step's new tokens as they are drawn (decoding.generate's)."""
+  on_tokens: called with each step's new tokens as they are drawn; program_dir: where the decode
+  program is kept, exported (decoding.generate's)."""
   prompt_ids = tokenizer.encode(prompt)
   if not len(prompt_ids):
     raise UserError(f"--prompt={prompt!r} encodes to no tokens with this run's tokenizer (it drops "
                     f"such text): give a prompt with words in it")
   prompt_BP = jnp.asarray(np.tile(prompt_ids, (num_samples, 1)))
-  # with JAX's persistent compilation cache on (the CLI's default) the decode program is kept
-  # there too, exported: a later `llm-jax generate` of the same shapes does not trace the model
-  xla_cache = jax.config.jax_compilation_cache_dir
   out_BN = decoding.generate(model, params, prompt_BP, jax.random.key(seed),
                              max_new_tokens=max_new_tokens, block_size=config.model.block_size,
                              temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
-                             program_dir=xla_cache and os.path.join(xla_cache, "llm_jax_decode"),
-                             on_tokens=on_tokens)
+                             program_dir=program_dir, on_tokens=on_tokens)
   return [tokenizer.decode(row[len(prompt_ids):]) for row in np.asarray(out_BN)]
 
 
@@ -191,7 +187,7 @@ def seq2seq_generate(config, tokenizer, model, params, prompt, *, max_new_tokens
                      **sampling) -> list[str]:
   """The one greedy decoding of the source `prompt`, of at most max_new_tokens tokens (and at
   most model.block_size)."""
-  del sampling  # greedy: nothing is drawn
+  del sampling  # greedy: nothing is drawn (nor kept exported)
   inputs_1S = seq2seq_data.encode_sources(tokenizer, [prompt], config.model.block_size,
                                           name="--prompt")
   out_1L = decoding.greedy_decode(model, params, jnp.asarray(inputs_1S),

@@ -136,14 +136,10 @@ def train_runs(configs, workdirs, hooks: loop.Hooks = loop.Hooks()) -> list[dict
   parallel.init_distributed(config.distributed)
   is_main = jax.process_index() == 0
   runs, tasks = _runs_and_tasks(configs, workdirs, is_main, hooks)
-  place = parallel.placement(config, tasks[0].model, make_optimizer(tc), lead=1)
-  keys = [jax.random.split(jax.random.key(c.seed)) for c in configs]  # (init, dropout) per run
-  state, train_step, evaluate, param_norm = loop.program(
-      place, functions(configs, tasks, tc.nan_policy == "skip"),
-      jnp.stack([k[0] for k in keys]), jnp.stack([k[1] for k in keys]))
-  for r in runs:
+  place, (state, train_step, evaluate, param_norm) = _program(configs, tasks)
+  for r in runs:  # (then a list: every manager opens)
     workdir_lib.check_free_space(r.workdir, loop.state_bytes(state) // K)
-  if any([r.checkpoints().all_steps() for r in runs]):  # (a list: every manager opens)
+  if any([r.checkpoints().all_steps() for r in runs]):
     state = place.place(_stack(_restore(runs, state, is_main)))
   start = loop.first_step(place, state)
   if start >= tc.max_steps:  # every run is finished: read-only
@@ -183,11 +179,10 @@ def train_runs(configs, workdirs, hooks: loop.Hooks = loop.Hooks()) -> list[dict
             stopping = parallel.first_stop_signal(stop.signum)
           host = _check_finite(runs, place, pending, steps_done - progress.n_since + 1)
           dt, norms = progress.interval(), place.local(param_norm(state.params))
-          records = [r.log_train(steps_done, [_at(h, k) for h in host], norms[k],
-                                 float(schedules[k](steps_done - 1)), dt, tokens_per_step)
-                     for k, r in enumerate(runs)]
-          progress.show(steps_done, float(np.mean([r["loss"] for r in records])),
-                        float(np.mean(losses["val"])) if losses else float("nan"),
+          loss = np.mean([r.log_train(steps_done, [_at(h, k) for h in host], norms[k],
+                                      float(schedules[k](steps_done - 1)), dt,
+                                      tokens_per_step)["loss"] for k, r in enumerate(runs)])
+          progress.show(steps_done, float(loss), float(np.mean(losses.get("val", np.nan))),
                         K * tokens_per_step / dt, runs=f"mean of {K}")
           pending = []
         if steps_done % tc.eval_interval == 0 or last:
@@ -208,12 +203,28 @@ def train_runs(configs, workdirs, hooks: loop.Hooks = loop.Hooks()) -> list[dict
       r.close()
   for r in runs:
     r.close_checkpoints(tc.max_steps)
-  final, wall_s = place.to_host(state), time.perf_counter() - progress.t_start
-  return [r.finish(int(final.step[k]), {n: float(v[k]) for n, v in losses.items()}, n_params,
-                   tokens_per_step, tc.max_steps - start, wall_s, progress.steady_ms(),
-                   sample=lambda k=k, t=t: t.sample(_at(final, k).params, tc.sample_tokens,
-                                                    configs[k].seed), vectorized=K)
+  final = place.to_host(state)  # every process: a collective under a mesh
+  return [_finish(r, t, k, final, losses, n_params, tokens_per_step, tc.max_steps - start,
+                  time.perf_counter() - progress.t_start, progress.steady_ms(), K)
           for k, (r, t) in enumerate(zip(runs, tasks))]
+
+
+def _finish(run, task, k, final, losses, n_params, tokens_per_step, trained_steps, wall_s,
+            steady_ms, K) -> dict:
+  """Run k's summary (record.Run.finish), from the final state and losses of the K runs."""
+  params, seed, n = _at(final, k).params, run.config.seed, run.config.train.sample_tokens
+  return run.finish(int(final.step[k]), {name: float(v[k]) for name, v in losses.items()},
+                    n_params, tokens_per_step, trained_steps, wall_s, steady_ms,
+                    sample=lambda: task.sample(params, n, seed), vectorized=K)
+
+
+def _program(configs, tasks):
+  """(the placement, loop.program's: the K runs' state, placed, and their placed functions)."""
+  tc = configs[0].train
+  place = parallel.placement(configs[0], tasks[0].model, make_optimizer(tc), lead=1)
+  keys = [jax.random.split(jax.random.key(c.seed)) for c in configs]  # (init, dropout) per run
+  return place, loop.program(place, functions(configs, tasks, tc.nan_policy == "skip"),
+                             jnp.stack([k[0] for k in keys]), jnp.stack([k[1] for k in keys]))
 
 
 def _runs_and_tasks(configs, workdirs, is_main: bool, hooks: loop.Hooks):
