@@ -226,3 +226,39 @@ def test_prepared_bos_and_doc_mask_batches(prepared):
   assert all(np.array_equal(b[k], again[k]) for k in b)  # a function of (seed, step)
   assert 0 <= data.discarded_fraction() < 0.5
 
+
+
+# ------------------------------------------------------------------- the windowed KV cache
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_sliding_window_cached_decoding_past_block_size_is_the_windowed_forward(scan):
+  """Greedy decoding through the ring-buffer cache, from a prompt longer than block_size (its
+  first block_size tokens prefilled, the rest fed one at a time) to 2.5 x block_size, equals
+  greedy decoding by the uncached forward over the whole sequence, its window mask its only
+  limit (a global layer's window: max_len = block_size)."""
+  from llm_jax import decoding
+  model, params = model_and_params(seed=3, attn_window=5, window_pattern="LLG", scan_layers=scan)
+  # larger weights than the init's, so that the greedy tokens vary
+  params = jax.tree.map(lambda x: x * 3 if x.ndim >= 2 else x, params)
+  P, N = T + 4, 40
+  prompt = jax.random.randint(jax.random.key(5), (2, P), 0, V)
+  cached = decoding.generate(model, params, prompt, jax.random.key(0), max_new_tokens=N - P,
+                             block_size=T, greedy=True)
+  forward = jax.jit(lambda seq: model.apply({"params": params}, seq))
+  seq = np.zeros((2, N), np.int32)
+  seq[:, :P] = prompt
+  for n in range(P, N):  # the logits at n - 1 see tokens up to n - 1 only (causal)
+    seq[:, n] = np.argmax(np.asarray(forward(jnp.asarray(seq)))[:, n - 1], axis=-1)
+  assert np.array_equal(cached, seq)
+  # greedy decoding of a random model repeats itself: the logits of a sequence of varied tokens,
+  # fed through the ring one at a time, are the forward's at every position too
+  tokens = jax.random.randint(jax.random.key(6), (2, N), 0, V)
+  cache = decoding.init_cache(model, 2, T)
+  step = jax.jit(lambda tok, cache: model.apply({"params": params, "cache": cache}, tok,
+                                                 decode=True, mutable=["cache"]))
+  out, cache = step(tokens[:, :T], cache)
+  rows = [np.asarray(out)]
+  for n in range(T, N):
+    out, cache = step(tokens[:, n:n + 1], cache["cache"] if "cache" in cache else cache)
+    rows.append(np.asarray(out))
+  assert np.allclose(np.concatenate(rows, axis=1), forward(tokens), atol=1e-5, rtol=0)
