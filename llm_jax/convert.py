@@ -234,7 +234,11 @@ class Layout(NamedTuple):
 # which promises that no code outside models/ tests a family's name
 GPT_FAMILIES = tuple(name for name, family in FAMILIES.items() if family.module is GPT)
 _COMMON = {"name": GPT_FAMILIES, "norm": ("pre",), "qk_norm": (False,),
-           "scale_embeddings": (False,), "scan_layers": (False,)}
+           "scale_embeddings": (False,), "scan_layers": (False,),
+           # the speedrun switches neither transformers' GPT-2 nor its Llama has (relu2 is refused
+           # by the activations; zero_init_proj is an init, nothing to write)
+           "attn_window": (0,), "logit_softcap": (0.0,), "value_embeddings": (False,),
+           "unet_skips": (False,)}
 LAYOUTS = {
     "GPT2LMHeadModel": Layout(
         gpt2_model_fields, gpt2_config, gpt2_rules,

@@ -262,3 +262,40 @@ def test_sliding_window_cached_decoding_past_block_size_is_the_windowed_forward(
     out, cache = step(tokens[:, n:n + 1], cache["cache"] if "cache" in cache else cache)
     rows.append(np.asarray(out))
   assert np.allclose(np.concatenate(rows, axis=1), forward(tokens), atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------------ bad inputs
+
+def test_export_refuses_the_switches_gpt2_and_llama_cannot_hold_in_one_line():
+  from llm_jax import convert
+  assert convert.layout_of(model_config(pos="learned", zero_init_proj=True)) == "GPT2LMHeadModel"
+  for switch, value in (("attn_window", 8), ("logit_softcap", 15.0), ("value_embeddings", True),
+                        ("unet_skips", True)):
+    with pytest.raises(UserError, match=f"GPT2LMHeadModel needs config.model.{switch}=") as e:
+      convert.layout_of(model_config(pos="learned", **{switch: value}))
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("section, switches, match", [
+    ("model", dict(window_pattern="LLGX"), r"model.window_pattern='LLGX' .*unknown letter 'X'"),
+    ("model", dict(window_pattern="LLLG"), r"model.attn_window=0 .*has local layers"),
+    ("model", dict(name="bigram", value_embeddings=True),
+     r"model.value_embeddings=True .*model 'bigram' does not read it"),
+    ("model", dict(unet_skips=True, scan_layers=True), r"model.unet_skips=True .*scan_layers"),
+    ("data", dict(packing="bos"), r"data.packing='bos' .*prepared"),
+    ("train", dict(embed_lr=-1.0), r"train.embed_lr=-1.0"),
+])
+def test_bad_switches_are_one_line(section, switches, match):
+  c = tiny_config("unused")
+  c[section].update(switches)
+  with pytest.raises(UserError, match=match) as e:
+    validate(c)
+  assert "\n" not in str(e.value)
+
+
+def test_bos_packing_of_a_corpus_without_document_boundaries_is_one_line(prepared):
+  from llm_jax.data.prepared import PreparedData
+  with pytest.raises(UserError, match=r"data.packing='bos': the train split .* has no document "
+                                      r"boundaries") as e:
+    PreparedData(prepared / "one", T, packing="bos")
+  assert "\n" not in str(e.value)
