@@ -264,6 +264,36 @@ def test_sliding_window_cached_decoding_past_block_size_is_the_windowed_forward(
   assert np.allclose(np.concatenate(rows, axis=1), forward(tokens), atol=1e-5, rtol=0)
 
 
+# ------------------------------------------------------------------ the mesh and the loop
+
+def test_every_switch_on_a_mesh_trains_as_one_device(prepared, tmp_path):
+  """Every switch at once (doc_mask rows of a prepared dataset, local/global windows, relu2,
+  soft-capping, zero-initialized projections, value embeddings, U-net skips, embedding and head
+  rates over Muon) trained on a (data=2, fsdp=2, tensor=2) mesh of simulated devices: the
+  losses of one device to 1e-5, and they go down."""
+  from llm_jax.training.loop import train_and_evaluate
+  from test_parallel import assert_close, read_metrics
+  assert jax.device_count() == 8
+  c = tiny_config("unused", batch_size=8, max_steps=8, lr_decay_steps=8, eval_interval=4,
+                  log_interval=1, checkpoint_every=8, optimizer="muon", learning_rate=0.02,
+                  embed_lr=0.05, head_lr=0.005)
+  c.data.update(corpus="prepared", path=str(prepared / "docs"), packing="doc_mask")
+  c.model.update(n_layer=4, n_head=4, n_embd=32, pos="rope", attn_window=4, window_pattern="LG",
+                 activation="relu2", logit_softcap=5.0, zero_init_proj=True,
+                 value_embeddings=True, unet_skips=True, tie_embeddings=False)
+  runs = {}
+  for name, mesh in (("one", None), ("mesh", dict(data=2, fsdp=2, tensor=2))):
+    cfg = c.copy_and_resolve_references()
+    if mesh:
+      cfg.parallel = "auto"
+      cfg.mesh.update(mesh)
+    train_and_evaluate(cfg, str(tmp_path / name))
+    runs[name] = read_metrics(tmp_path / name)
+  assert_close(runs["mesh"][0], runs["one"][0])
+  assert_close(runs["mesh"][1], runs["one"][1])
+  assert runs["one"][0][8] < runs["one"][0][1] - 0.3
+
+
 # ------------------------------------------------------------------------------ bad inputs
 
 def test_export_refuses_the_switches_gpt2_and_llama_cannot_hold_in_one_line():
