@@ -62,8 +62,8 @@ def prepared_lm_task(config, tokenizer=None) -> Task:
   bytes_per_token = data.val_bytes_per_token()
   eval_batches = {name: data.get_batch(name, eval_shape, config.seed, i, stream=EVAL)
                   for i, name in enumerate(("train", "val"))}
-  packed = "" if d.packing == "none" else (
-      f", {d.packing} rows ({data.discarded_fraction():.1%} of the packed tokens discarded)")
+  rows = f"{d.sampling} windows" if d.packing == "none" else (
+      f"{d.packing} rows, {data.discarded_fraction():.1%} of the packed tokens discarded")
   return Task(
       tokenizer=data.tokenizer, model=model, input_keys=("inputs",),
       train_batch=lambda step: data.get_batch("train", (tc.grad_accum_steps, tc.batch_size),
@@ -73,9 +73,9 @@ def prepared_lm_task(config, tokenizer=None) -> Task:
       eval_metrics=lambda params, losses: {"val_bpb": losses["val"] / math.log(2) /
                                            bytes_per_token},
       sample=lm_sampler(data.tokenizer, model, T),
-      summary_line=f"prepared {data.root.name} ({d.sampling} windows): vocab "
+      summary_line=f"prepared {data.root.name} ({rows}): vocab "
                    f"{data.tokenizer.vocab_size}, {len(data.streams['train']):,} train / "
-                   f"{len(data.streams['val']):,} val tokens{packed}",
+                   f"{len(data.streams['val']):,} val tokens",
       tokens_per_example=T,
       data_identity={"path": str(data.root), "identity": data.identity})
 
