@@ -3,6 +3,7 @@ without it, what it must guarantee (windows, caps, document masks, BOS rows, the
 cache), the mesh agreeing with one device, and one line for each bad input."""
 
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -299,11 +300,42 @@ def test_every_switch_on_a_mesh_trains_as_one_device(prepared, tmp_path):
 def test_export_refuses_the_switches_gpt2_and_llama_cannot_hold_in_one_line():
   from llm_jax import convert
   assert convert.layout_of(model_config(pos="learned", zero_init_proj=True)) == "GPT2LMHeadModel"
+  windowed = model_config(norm_type="rmsnorm", activation="swiglu", attn_window=8)
+  assert convert.layout_of(windowed) == "MistralForCausalLM"
+  windowed.window_pattern = "LG"
+  with pytest.raises(UserError, match="MistralForCausalLM needs config.model.window_pattern="):
+    convert.layout_of(windowed)
   for switch, value in (("attn_window", 8), ("logit_softcap", 15.0), ("value_embeddings", True),
                         ("unet_skips", True)):
     with pytest.raises(UserError, match=f"GPT2LMHeadModel needs config.model.{switch}=") as e:
       convert.layout_of(model_config(pos="learned", **{switch: value}))
     assert "\n" not in str(e.value)
+
+
+def test_a_sliding_window_model_converts_from_and_exports_to_mistral(tmp_path):
+  """transformers' Mistral (a sliding window in every layer) converts with model.attn_window and
+  gives its logits past the window, full forward and cached; exported back, the same tensors
+  and window."""
+  pytest.importorskip("transformers")
+  import transformers
+  from safetensors.numpy import load_file
+  from llm_jax import convert
+  from test_convert import check_logits, randomize, save
+  hf_model = randomize(transformers.MistralForCausalLM(transformers.MistralConfig(
+      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
+      intermediate_size=40, vocab_size=96, max_position_embeddings=24, sliding_window=5,
+      rms_norm_eps=1e-6, bos_token_id=0, eos_token_id=0, attn_implementation="eager")))
+  src = save(hf_model, tmp_path / "hf")
+  r = convert.convert(src, tmp_path / "run")
+  assert r["architecture"] == "MistralForCausalLM"
+  assert check_logits(hf_model, r["workdir"]).model.attn_window == 5
+  out = convert.export(r["workdir"], tmp_path / "out")
+  assert out["architecture"] == "MistralForCausalLM"
+  assert json.loads((tmp_path / "out" / "config.json").read_text())["sliding_window"] == 5
+  before, after = load_file(os.path.join(src, "model.safetensors")), load_file(
+      os.path.join(out["out"], "model.safetensors"))
+  assert sorted(before) == sorted(after)
+  assert all(np.array_equal(after[k], before[k]) for k in before)
 
 
 @pytest.mark.parametrize("section, switches, match", [
