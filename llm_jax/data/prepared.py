@@ -32,6 +32,7 @@ import pathlib
 
 import numpy as np
 
+from llm_jax.data import packing as packing_lib
 from llm_jax.data.corpora import sha256_of
 from llm_jax.data.tokenizers import CharTokenizer, HFTokenizer, TiktokenTokenizer, tokenizer_id
 from llm_jax.errors import UserError
@@ -273,11 +274,46 @@ def load_tokenizer(root, entry: dict):
   return tokenizer
 
 
+# ------------------------------------------------------------ rows aligned to documents (packing)
+
+# tokens read at a time while walking the documents
+DOC_CHUNK = 1 << 16
+# the tokens at the start of the train split that must hold two document starts (bos, doc_mask)
+BOUNDARY_PROBE = 1 << 20
+
+
+def stream_documents(stream: TokenStream, start: int, bos_id: int, chunk: int = DOC_CHUNK):
+  """The documents of `stream` (each from its BOS), from the first BOS at or after `start` to the
+  end of the split, then round from its start again, without end."""
+  n, pos, doc, wraps = len(stream), start, None, 0
+  while True:
+    if pos >= n:  # the split's last document ends with it
+      if doc is not None and len(doc):
+        yield doc
+        doc = doc[:0]
+      pos, wraps = 0, wraps + 1
+      if wraps > 2 and doc is None:
+        raise ValueError("no document start in the split")
+    piece = stream.read(pos, min(chunk, n - pos))
+    pos += len(piece)
+    cuts = np.flatnonzero(piece == bos_id)
+    if doc is None:  # skip to the first document start
+      if not len(cuts):
+        continue
+      piece, cuts, doc = piece[cuts[0]:], cuts - cuts[0], piece[:0]
+    parts = np.split(piece, cuts)
+    doc = np.concatenate([doc, parts[0]])  # the document read so far goes on
+    for part in parts[1:]:
+      if len(doc):
+        yield doc
+      doc = part
+
 
 class PreparedData:
   """A prepared dataset opened for training: the tokenizer, the splits, the batches."""
 
-  def __init__(self, path, block_size: int, sampling: str = "random", expected_tokenizer=None):
+  def __init__(self, path, block_size: int, sampling: str = "random", expected_tokenizer=None,
+               packing: str = "none"):
     self.root = pathlib.Path(path).expanduser().absolute()
     self.manifest = m = read_manifest(path)
     verify_shards(self.root, m)
@@ -298,6 +334,16 @@ class PreparedData:
                         f"model.block_size + 1 = {block_size + 1}: prepare more documents "
                         f"(--val for the val split) or use a smaller --config.model.block_size")
     self.n_windows = (len(self.streams["train"]) - 1) // block_size  # the epoch sampler's
+    self.packing, self.bos_id = packing, m["tokenizer"].get("eot")
+    # bos, doc_mask: the tokens of the documents taken, and of their cropped tails, per split
+    self.packed_tokens = {s: [0, 0] for s in SPLITS}
+    if packing != "none":
+      probe = self.streams["train"].read(0, min(len(self.streams["train"]), BOUNDARY_PROBE))
+      if self.bos_id is None or np.count_nonzero(probe == self.bos_id) < 2:
+        raise UserError(f"config.data.packing={packing!r}: the train split of {self.root} has no "
+                        f"document boundaries (fewer than two end-of-text tokens in its first "
+                        f"{len(probe):,} tokens) to align rows to: prepare it as separate "
+                        f"documents (one per line, file or record), or use packing 'none'")
 
   def starts(self, split: str, seed: int, step: int, count: int, stream: int) -> np.ndarray:
     n = len(self.streams[split])
@@ -311,8 +357,27 @@ class PreparedData:
                 stream: int = TRAIN_STREAM) -> dict:
     """{'inputs', 'targets'}: lazy (batch_shape + (T,)) int32 batches of step `step`."""
     count = int(np.prod(batch_shape))
+    if self.packing != "none":
+      return self.packed_batch(split, batch_shape, seed, step, stream)
     return batch(Windows(self.streams[split], self.starts(split, seed, step, count, stream),
                          batch_shape, self.T))
+
+  def packed_batch(self, split: str, batch_shape: tuple, seed: int, step: int, stream: int):
+    """data.packing 'bos' or 'doc_mask' (packing.py): the rows of a step filled best-fit from
+    the documents after a start drawn from (seed, step), read whole (not lazily per device)."""
+    count = int(np.prod(batch_shape))
+    start = int(np.random.default_rng([seed, stream, step]).integers(0, len(self.streams[split])))
+    docs = stream_documents(self.streams[split], start, self.bos_id)
+    packed = packing_lib.best_fit_rows(docs, count, self.T + 1)
+    self.packed_tokens[split][0] += packed.used_tokens
+    self.packed_tokens[split][1] += packed.discarded_tokens
+    out = packing_lib.lm_batch(packed, self.packing == "doc_mask")
+    return {k: v.reshape(*batch_shape, self.T) for k, v in out.items()}
+
+  def discarded_fraction(self, split: str = "train") -> float:
+    """Of the tokens of the documents packed so far, the fraction cropped away."""
+    used, discarded = self.packed_tokens[split]
+    return discarded / max(used, 1)
 
   def val_bytes_per_token(self) -> float:
     v = self.manifest["splits"]["val"]

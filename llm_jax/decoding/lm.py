@@ -13,6 +13,14 @@ every kept token shift by one at each step, so, to give exactly nanoGPT's result
 token is computed by a full forward pass over the last block_size tokens, of which only the
 last position's output is needed (`last_only`). `generate_uncached` always does the whole full
 pass: the reference the cached path is tested against.
+
+A windowed model (model.attn_window > 0) with rotary positions or none has no position past
+which it cannot go: each layer attends to at most the last attn_window positions (a global one
+to the last max_len), at their true positions. Its cache is a ring buffer of block_size slots
+(attention.py), and `generate` decodes every token through it, past block_size too, instead of
+the full-forward fallback; a prompt longer than block_size is fed into it a token at a time
+after its first block_size. That is the model's own forward over the whole sequence (the
+window mask), not nanoGPT's cropped context: tests/test_speedrun.py checks them token for token.
 """
 
 import hashlib
@@ -63,6 +71,12 @@ def _past_window_logits(model, params, seq_BN, n, block_size):
   the head see it alone), the cheapest exact full forward."""
   window_BL = jax.lax.dynamic_slice_in_dim(seq_BN, n - block_size, block_size, axis=1)
   return model.apply({"params": params}, window_BL, last_only=True)[:, 0]
+
+
+def ring_decoding(model) -> bool:
+  """Whether `generate` decodes `model` through a ring-buffer cache past block_size (above)."""
+  cfg = getattr(model, "cfg", None)
+  return bool(getattr(cfg, "attn_window", 0)) and cfg.pos in ("rope", "none")
 
 
 def _buffer(prompt_BP, length: int):
@@ -183,7 +197,13 @@ def _generate(model, params, prompt_BP, rng_data, n_new, *, buffer_len, block_si
 
   seq = _buffer(prompt_BP, buffer_len)
   cache = init_cache(model, B, L)
-  if P <= L:  # prefill the prompt into the cache in one pass
+  ring = ring_decoding(model)
+  if ring:  # the first block_size prompt tokens in one pass, the rest one at a time
+    logits_BV, cache = cached(prompt_BP[:, :min(P, L)], cache)
+    logits_BV, cache = jax.lax.fori_loop(
+        min(P, L), P, lambda i, c: cached(jax.lax.dynamic_slice_in_dim(prompt_BP, i, 1, 1), c[1]),
+        (logits_BV, cache))
+  elif P <= L:  # prefill the prompt into the cache in one pass
     logits_BV, cache = cached(prompt_BP, cache)
   else:
     logits_BV = _past_window_logits(model, params, seq, P, L)
@@ -205,7 +225,8 @@ def _generate(model, params, prompt_BP, rng_data, n_new, *, buffer_len, block_si
     tok_B, seq = draw(seq, logits_BV, i)
     return seq, _past_window_logits(model, params, seq, P + i + 1, L)
 
-  n_cached = jnp.clip(L - P, 0, n_new)  # steps whose new token fits in the cache
+  # steps whose new token fits in the cache: for a ring, every one
+  n_cached = n_new if ring else jnp.clip(L - P, 0, n_new)
   seq, logits_BV, _ = jax.lax.fori_loop(0, n_cached, cached_step, (seq, logits_BV, cache))
   seq, _ = jax.lax.fori_loop(n_cached, n_new, window_step, (seq, logits_BV))
   return seq

@@ -39,15 +39,20 @@ class Family(NamedTuple):
 
 # the switches of the blocks, which a table has none of
 _NO_BLOCKS = "it is a table of logits, without attention or FFN"
+# the speedrun switches (docs/speedrun.md) are GPT's; relu2 is an activation, read by all
+_SPEEDRUN = ("attn_window", "window_pattern", "logit_softcap", "zero_init_proj",
+             "value_embeddings", "unet_skips")
+_SPEEDRUN_GPT_ONLY = "the speedrun switches are GPT's (docs/speedrun.md)"
 
 FAMILIES = {
     "bigram": Family(Bigram, "lm", lambda m, n: flops.per_token(n), unread={
         field: _NO_BLOCKS for field in ("pos", "norm_type", "norm_eps", "activation", "ffn_hidden",
-                                        "n_kv_head", "qk_norm", "remat")}),
+                                        "n_kv_head", "qk_norm", "remat") + _SPEEDRUN}),
     "gpt": Family(GPT, "lm", lambda m, n: flops.per_token(n, m.n_layer, m.block_size, m.n_embd)),
     # a token passes through one of the two stacks: no one figure
     "transformer": Family(Transformer, "seq2seq", lambda m, n: None, unread={
-        "scale_embeddings": "it always scales its embeddings by sqrt(n_embd), as Vaswani et al."},
+        "scale_embeddings": "it always scales its embeddings by sqrt(n_embd), as Vaswani et al.",
+        **{field: _SPEEDRUN_GPT_ONLY for field in _SPEEDRUN}},
         refuses={("pos", "none"): "without positions its bidirectional encoder sees the source "
                                   "as a bag of tokens: use 'learned', 'sinusoidal' or 'rope'"}),
 }

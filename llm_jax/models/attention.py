@@ -42,6 +42,15 @@ def causal_mask(T: int, S: int | None = None, offset=0):
   return (jnp.arange(S)[None, :] <= q_pos)[None, None]
 
 
+def window_mask(q_pos, k_pos, window):
+  """Sliding-window attention (model.attn_window): True where key position k_pos is among the
+  last `window` positions up to query position q_pos (q - k < window; the causal mask keeps
+  k <= q). q_pos (T,) and k_pos (S,), or each (B, T) / (B, S): (1, 1, T, S) or (B, 1, T, S).
+  `window` may be traced (one per scanned layer)."""
+  keep = (q_pos[..., :, None] - k_pos[..., None, :]) < window
+  return keep[None, None] if keep.ndim == 2 else keep[:, None]
+
+
 def rope(x_BTHD, positions, theta: float):
   """Rotates each pair of dimensions (i, i + D/2) of every head by the angle
   position / theta^(2i/D): x -> x cos + rotate_half(x) sin, computed in float32. positions: (T,),
@@ -66,10 +75,13 @@ class MultiHeadAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x_BTC, mask, train: bool, memory_BSC=None, decode: bool = False,
-               last_query: bool = False, positions=None):
+               last_query: bool = False, positions=None, window=None, value_embed_BTC=None):
     """Self-attention over x_BTC, or (memory_BSC given) cross-attention from x_BTC to it.
     last_query: the last position's query alone attends (over every key): (B, 1, C) out.
-    positions: the rotary positions, (T,) or (B, T); default 0..T-1, after the cache's index."""
+    positions: the rotary positions, (T,) or (B, T); default 0..T-1, after the cache's index.
+    window: each query sees at most the last `window` positions (window_mask; None: all of
+    them); with decode the cache is then a ring (_update_cache). value_embed_BTC: (B, T, K D)
+    added to the values, times a learned scalar 've_lambda' (model.value_embeddings)."""
     cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
     B, T, C = x_BTC.shape
     H, K = cfg.n_head, cfg.n_kv_head
@@ -95,6 +107,9 @@ class MultiHeadAttention(nn.Module):
       kv_M2KD = dense((2, K, D), ("qkv", "kv_heads", "head_dim"), "kv")(
           kv_BSC.reshape(B * S, C))
       k_BSKD, v_BSKD = jnp.unstack(kv_M2KD.reshape(B, S, 2, K, D), axis=2)
+    if value_embed_BTC is not None:  # modded-nanogpt's value embeddings: v + lambda ve(token)
+      lam = self.param("ve_lambda", param_init(nn.initializers.constant(0.5)), ())
+      v_BSKD = v_BSKD + (lam * value_embed_BTC).reshape(B, T, K, D).astype(v_BSKD.dtype)
 
     if cfg.qk_norm:
       head_norm = lambda name: nn.RMSNorm(
@@ -110,7 +125,11 @@ class MultiHeadAttention(nn.Module):
       q_BTHD = rope(q_BTHD, positions, cfg.rope_theta)
       k_BSKD = rope(k_BSKD, positions, cfg.rope_theta)
     if decode:
-      k_BSKD, v_BSKD, mask = self._update_cache(k_BSKD, v_BSKD, index)
+      k_BSKD, v_BSKD, mask = self._update_cache(k_BSKD, v_BSKD, index, window)
+    elif window is not None:  # self-attention: the keys' positions are the queries'
+      pos = jnp.arange(T) if positions is None else positions
+      wm = window_mask(pos, pos, window)
+      mask = wm if mask is None else mask & wm
     if last_query:
       q_BTHD, T = q_BTHD[:, -1:], 1
       mask = None if mask is None else mask[..., -1:, :]
@@ -142,8 +161,12 @@ class MultiHeadAttention(nn.Module):
     drop = Dropout(cfg.dropout, cfg.dropout_bits)
     return drop(y_NC.reshape(B, T, C), deterministic=not train)
 
-  def _update_cache(self, k_BTKD, v_BTKD, index):
-    """Writes the new keys/values at `index`; returns all cached ones and the causal mask over them."""
+  def _update_cache(self, k_BTKD, v_BTKD, index, window=None):
+    """Writes the new keys/values at `index`; returns all cached ones and the causal mask over them.
+    A windowed model's cache (cfg.attn_window > 0) is a ring of L slots: position p is kept at
+    slot p mod L, so decoding goes on past L with every layer's window at most L (a global
+    layer's is max_len); T new positions at once must not wrap past keys they still need (the
+    prompt's prefill from 0, then one token at a time, as decoding.generate does)."""
     creating = not self.has_variable("cache", "k")
     k_cache = self.variable("cache", "k", jnp.zeros, k_BTKD.shape, k_BTKD.dtype)
     v_cache = self.variable("cache", "v", jnp.zeros, v_BTKD.shape, v_BTKD.dtype)
@@ -151,6 +174,17 @@ class MultiHeadAttention(nn.Module):
       return k_BTKD, v_BTKD, None
     T, L = k_BTKD.shape[1], k_cache.value.shape[1]
     i = index.value
+    if self.cfg.attn_window > 0:
+      slots_T = (i + jnp.arange(T)) % L
+      k_cache.value = k_cache.value.at[:, slots_T].set(k_BTKD)
+      v_cache.value = v_cache.value.at[:, slots_T].set(v_BTKD)
+      index.value = i + T
+      last = i + T - 1
+      k_pos_S = last - (last - jnp.arange(L)) % L  # the position each slot holds (< 0: none yet)
+      q_pos_T = i + jnp.arange(T)
+      mask = (k_pos_S[None, :] >= 0) & (k_pos_S[None, :] <= q_pos_T[:, None])
+      mask = mask[None, None] & window_mask(q_pos_T, k_pos_S, L if window is None else window)
+      return k_cache.value, v_cache.value, mask
     k_cache.value = jax.lax.dynamic_update_slice_in_dim(k_cache.value, k_BTKD, i, axis=1)
     v_cache.value = jax.lax.dynamic_update_slice_in_dim(v_cache.value, v_BTKD, i, axis=1)
     index.value = i + T

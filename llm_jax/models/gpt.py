@@ -29,8 +29,11 @@ class GPT(nn.Module):
                         embedding_init=param_init(nn.initializers.normal(0.02), "vocab", "embed"))
     # token embeddings x sqrt(n_embd) before the positions are added (Vaswani et al. 3.4)
     scale = math.sqrt(cfg.n_embd) if cfg.scale_embeddings else 1.0
-    self.stack = Stack(cfg, self.wte, scale, out_init_std=0.02 / math.sqrt(2 * cfg.n_layer),
-                       pos_name="wpe", block_name="h")
+    # model.zero_init_proj: the projections into the residual stream start at zero, so each
+    # block starts as the identity (modded-nanogpt, nanochat)
+    out_std = 0.0 if cfg.zero_init_proj else 0.02 / math.sqrt(2 * cfg.n_layer)
+    self.stack = Stack(cfg, self.wte, scale, out_init_std=out_std, pos_name="wpe",
+                       block_name="h")
     # the stack's parameters sit beside wte and head, not under a 'stack' key: GPT's parameter
     # names are those of its checkpoints from before the stack was shared with the transformer
     nn.share_scope(self, self.stack)
@@ -50,6 +53,8 @@ class GPT(nn.Module):
       mask = mask_BTT[:, None]  # (B, 1, T, T): one mask for every head
     x_BTC = self.stack(idx_BT, mask, train, decode=decode, last_only=last_only,
                        positions_BT=positions_BT).astype(jnp.float32)
-    if self.cfg.tie_embeddings:
-      return self.wte.attend(x_BTC)  # (B, T, V)
-    return self.head(x_BTC)
+    logits_BTV = self.wte.attend(x_BTC) if self.cfg.tie_embeddings else self.head(x_BTC)
+    cap = self.cfg.logit_softcap
+    if cap:  # model.logit_softcap: cap tanh(logits / cap), in (-cap, cap) (Gemma 2, modded-nanogpt)
+      logits_BTV = cap * jnp.tanh(logits_BTV / cap)
+    return logits_BTV  # (B, T, V)

@@ -25,7 +25,9 @@ def gelu(x):
 # the gated ones (model_config.GATED) name the activation of their gate: SwiGLU is SiLU-gated,
 # GeGLU GELU-gated (Shazeer 2020)
 ACTIVATIONS = {"relu": nn.relu, "gelu": gelu, "gelu_tanh": lambda x: nn.gelu(x, approximate=True),
-               "swiglu": nn.silu, "geglu": gelu}
+               "swiglu": nn.silu, "geglu": gelu,
+               # ReLU squared (So et al. 2021, Primer; modded-nanogpt's and nanochat's MLP)
+               "relu2": lambda x: jnp.square(nn.relu(x))}
 
 
 def norm(cfg: ModelConfig, name: str) -> nn.Module:
@@ -140,14 +142,16 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x_BTC, mask, train: bool, memory_BSC=None, memory_mask=None, decode=False,
-               last_only=False, positions=None):
+               last_only=False, positions=None, window=None, value_embed_BTC=None):
     """(B, T, C) -> (B, T, C); with last_only (B, 1, C): the keys and values come from every
     position, the queries (and what follows the attention) from the last one only. positions:
-    the self-attention's rotary positions, when not 0..T-1 (packed sequences)."""
+    the self-attention's rotary positions, when not 0..T-1 (packed sequences). window and
+    value_embed_BTC: the self-attention's (attention.py; Stack decides them per layer)."""
     attn = lambda name: MultiHeadAttention(self.cfg, self.out_init_std, name=name)
     x_BTC = self._sublayer(
         x_BTC, lambda h: attn("attn")(h, mask, train, decode=decode, last_query=last_only,
-                                      positions=positions),
+                                      positions=positions, window=window,
+                                      value_embed_BTC=value_embed_BTC),
         "attn", last_only)
     if self.cross:
       x_BTC = self._sublayer(
@@ -155,6 +159,32 @@ class Block(nn.Module):
           "cross")
     ffn = FeedForward(self.cfg, self.out_init_std, name="ffn")
     return self._sublayer(x_BTC, lambda h: ffn(h, train), "ffn")
+
+
+# model.window_pattern's letters: a local layer attends to the last attn_window positions, a
+# global one to all of them (up to max_len: past block_size, decoding's ring-buffer cache)
+WINDOW_LETTERS = "LG"
+
+
+def layer_windows(cfg: ModelConfig) -> list | None:
+  """Each layer's attention window (model.attn_window, model.window_pattern), or None (every
+  layer full causal: attn_window 0). The pattern repeats over the layers ('' = every layer
+  local); a global layer's window is max_len, which within the trained context is all of it."""
+  if not cfg.attn_window:
+    return None
+  pattern = cfg.window_pattern or "L"
+  return [cfg.attn_window if pattern[i % len(pattern)] == "L" else cfg.max_len
+          for i in range(cfg.n_layer)]
+
+
+def value_embedding_layers(cfg: ModelConfig) -> dict:
+  """{layer: its value-embedding table} (model.value_embeddings): as modded-nanogpt's records,
+  k = min(3, n_layer // 2) tables, table j mixed into the values of layer j and of layer
+  n_layer - k + j (the first k layers and the last k share them); {} when off."""
+  if not cfg.value_embeddings:
+    return {}
+  k = min(3, cfg.n_layer // 2) or 1
+  return {**{j: j for j in range(k)}, **{cfg.n_layer - k + j: j for j in range(k)}}
 
 
 class ScannedBlock(nn.Module):
@@ -166,10 +196,11 @@ class ScannedBlock(nn.Module):
   decode: bool
 
   @nn.compact
-  def __call__(self, x_BTC, mask, memory_BSC, memory_mask, positions):
+  def __call__(self, x_BTC, mask, memory_BSC, memory_mask, positions, window):
+    """window: this layer's (scanned over the layers: a traced scalar), or None."""
     block = Block(self.cfg, self.out_init_std, self.cross, name="block")
     return block(x_BTC, mask, self.train, memory_BSC, memory_mask, decode=self.decode,
-                 positions=positions), None
+                 positions=positions, window=window), None
 
 
 class Stack(nn.Module):
@@ -198,7 +229,14 @@ class Stack(nn.Module):
                decode: bool = False, last_only: bool = False, positions_BT=None):
     """positions_BT: each token's position, when a row is not one sequence from 0 (packed
     sequences: several continuations of one context, each from the context's end; `mask` then
-    keeps them apart). Not with decode."""
+    keeps them apart). Not with decode.
+
+    The speedrun switches (docs/speedrun.md): cfg.attn_window gives each layer a window
+    (layer_windows); cfg.value_embeddings adds tables 've_j' whose rows are mixed into the values
+    of the first and last layers; cfg.unet_skips adds the outputs of the first n_layer // 2
+    layers, times learned 'skip_weights', to the inputs of the last n_layer // 2 (the deepest
+    first-half output to the shallowest second-half input). The last two hold a different input
+    per layer, so scan_layers refuses them (config validation); the windows scan as an array."""
     cfg = self.cfg
     T = tokens_BT.shape[1]
     if positions_BT is not None and decode:
@@ -224,23 +262,45 @@ class Stack(nn.Module):
     # before nn.scan, so that each scanned layer is checkpointed alone
     remat = cfg.remat != "none" and train
     policy = REMAT_POLICIES.get(cfg.remat)
+    windows = layer_windows(cfg)
     if cfg.scan_layers:  # each layer its own parameters, cache and dropout key
       body = nn.remat(ScannedBlock, policy=policy, prevent_cse=False) if remat else ScannedBlock
       stack = nn.scan(body, variable_axes={"params": 0, "cache": 0},
-                      split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
+                      split_rngs={"params": True, "dropout": True},
+                      in_axes=(nn.broadcast,) * 4 + (0,),  # the windows: one per layer
                       length=cfg.n_layer, metadata_params={nn.PARTITION_NAME: "layers"})
       x_BTC, _ = stack(cfg, self.out_init_std, self.cross, train, decode, name=self.block_name)(
-          x_BTC, mask, memory_BSC, memory_mask, positions_BT)
+          x_BTC, mask, memory_BSC, memory_mask, positions_BT,
+          None if windows is None else jnp.asarray(windows, jnp.int32))
       if last_only:  # the scanned blocks are one program: every position computed, one kept
         x_BTC = x_BTC[:, -1:]
     else:
+      ve_of = value_embedding_layers(cfg)
+      tables = [nn.Embed(cfg.vocab_size, cfg.n_kv_head * (cfg.n_embd // cfg.n_head),
+                         embedding_init=param_init(nn.initializers.normal(0.02), "vocab",
+                                                   "embed"), name=f"ve_{j}")
+                for j in range(max(ve_of.values(), default=-1) + 1)]
+      n_skip = cfg.n_layer // 2 if cfg.unet_skips else 0
+      if n_skip:
+        skip_weights = self.param("skip_weights", param_init(nn.initializers.ones, None),
+                                  (n_skip,))
+      skips = []
       # (self, x, mask, train, memory, memory_mask, decode, last_only): the bools are static
       block = nn.remat(Block, policy=policy, static_argnums=(3, 6, 7)) if remat else Block
       for i in range(cfg.n_layer):
+        if i >= cfg.n_layer - n_skip:  # U-net: the mirrored first-half layer's output
+          x_BTC = x_BTC + skip_weights[i - (cfg.n_layer - n_skip)] * skips.pop()
+        ve_BTC = None
+        if i in ve_of:  # the table gathered whole, as the token embedding's
+          table = constrain(tables[ve_of[i]].embedding, (None, None))
+          ve_BTC = jnp.take(table, tokens_BT, axis=0)
         x_BTC = block(cfg, self.out_init_std, self.cross, name=f"{self.block_name}_{i}")(
             x_BTC, mask, train, memory_BSC, memory_mask, decode,
-            last_only and i == cfg.n_layer - 1, positions_BT)
+            last_only and i == cfg.n_layer - 1, positions_BT,
+            None if windows is None else windows[i], ve_BTC)
         x_BTC = constrain(x_BTC, STREAM)  # the stream stays split by examples between layers
+        if i < n_skip:
+          skips.append(x_BTC)
     if cfg.norm == "pre":
       x_BTC = norm(cfg, "ln_f")(x_BTC)
     return x_BTC

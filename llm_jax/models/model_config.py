@@ -48,6 +48,13 @@ class ModelConfig:
   # the token id of padding, the tokenizer's (the seq2seq tokenizer's PAD; 0 for a tokenizer
   # without one, which no language model reads): the transformer's masks
   pad_id: int = 0
+  # the speedrun switches (config.py documents them; docs/speedrun.md says where each comes from)
+  attn_window: int = 0
+  window_pattern: str = ""
+  logit_softcap: float = 0.0
+  zero_init_proj: bool = False
+  value_embeddings: bool = False
+  unet_skips: bool = False
 
   @classmethod
   def from_config(cls, model_config, vocab_size: int, pad_id: int = 0) -> "ModelConfig":

@@ -143,9 +143,24 @@ def _muon(cfg, schedule):
   return optax.partition({"muon": muon, "adamw": _adamw(cfg, adam_schedule)}, muon_labels)
 
 
-def make_optimizer(cfg) -> optax.GradientTransformation:
-  """cfg: config.train (its rates may be traced: training/vectorized.py)."""
-  schedule = lr_schedule(cfg)
+# train.embed_lr and train.head_lr: the parameter groups with their own peak rate
+LR_GROUPS = ("main", "embed", "head")
+
+
+def lr_group_labels(params):
+  """{parameter: 'embed' | 'head' | 'main'}: 'embed' the embedding tables (every nn.Embed's
+  'embedding': the token table, so a tied head too, and the value embeddings), 'head' an untied
+  head (the top-level 'head'), 'main' the rest (the matrices of the blocks, norms, biases,
+  positions, mixing scalars)."""
+  def label(path, _):
+    if _key(path[-1]) == "embedding":
+      return "embed"
+    return "head" if _key(path[0]) == "head" else "main"
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def _update_rule(cfg, schedule) -> optax.GradientTransformation:
+  """cfg.optimizer with the learning rate `schedule`, before clipping."""
   if cfg.optimizer == "adamw":
     tx = _adamw(cfg, schedule)
   elif cfg.optimizer == "lion":
@@ -165,6 +180,37 @@ def make_optimizer(cfg) -> optax.GradientTransformation:
                      optax.scale_by_learning_rate(schedule))
   else:
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+  return tx
+
+
+def scale_groups(ratios: dict) -> optax.GradientTransformation:
+  """Multiplies the updates of each group of lr_group_labels by ratios[group] (a group not there,
+  or at exactly 1.0, is left as it is)."""
+  def update(updates, state, params=None):
+    del params
+    def scale(label, u):
+      ratio = ratios.get(label, 1.0)
+      return u if isinstance(ratio, float) and ratio == 1.0 else u * ratio
+    return jax.tree.map(scale, lr_group_labels(updates), updates), state
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+
+
+def make_optimizer(cfg) -> optax.GradientTransformation:
+  """cfg: config.train (its rates may be traced: training/vectorized.py).
+
+  train.embed_lr and train.head_lr (LR_GROUPS): every rule here is linear in its learning rate
+  (each ends in the rate times an update of its own), so a group with its own peak rate r is
+  the rule's update times r / (the rate the group has without it: learning_rate, x
+  muon_adam_lr_ratio for Muon's AdamW part, where the embeddings and head are). That keeps one
+  rule and one optimizer state (checkpoints are those of the run without the groups), and a
+  rate equal to the group's own leaves its updates as they are, bitwise."""
+  schedule = lr_schedule(cfg)
+  tx = _update_rule(cfg, schedule)
+  base = cfg.learning_rate * (cfg.muon_adam_lr_ratio if cfg.optimizer == "muon" else 1.0)
+  ratios = {group: rate / base for group, rate in (("embed", cfg.embed_lr), ("head", cfg.head_lr))
+            if not (isinstance(rate, float) and rate == 0.0)}
+  if ratios:
+    tx = optax.chain(tx, scale_groups(ratios))
   if cfg.grad_clip > 0:
     return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)
   return tx

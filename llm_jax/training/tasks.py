@@ -51,7 +51,7 @@ def prepared_lm_task(config, tokenizer=None) -> Task:
   read from memory-mapped shards, row by row as the devices of this process need them."""
   from llm_jax.data.prepared import EVAL_STREAM as EVAL, PreparedData
   tc, T, d = config.train, config.model.block_size, config.data
-  data = PreparedData(d.path, T, d.sampling, expected_tokenizer=tokenizer)
+  data = PreparedData(d.path, T, d.sampling, expected_tokenizer=tokenizer, packing=d.packing)
   spec = data.manifest["tokenizer"]["spec"]
   if tokenizer is None and d.tokenizer not in ("char", spec):
     raise UserError(f"config.data.tokenizer={d.tokenizer!r} differs from the prepared dataset's "
@@ -59,17 +59,20 @@ def prepared_lm_task(config, tokenizer=None) -> Task:
   model = build_model(config.model, data.tokenizer.vocab_size)
   eval_shape = (tc.eval_iters, tc.batch_size)
   bytes_per_token = data.val_bytes_per_token()
+  eval_batches = {name: data.get_batch(name, eval_shape, config.seed, i, stream=EVAL)
+                  for i, name in enumerate(("train", "val"))}
+  rows = f"{d.sampling} windows" if d.packing == "none" else (
+      f"{d.packing} rows, {data.discarded_fraction():.1%} of the packed tokens discarded")
   return Task(
       tokenizer=data.tokenizer, model=model, input_keys=("inputs",),
       train_batch=lambda step: data.get_batch("train", (tc.grad_accum_steps, tc.batch_size),
                                               config.seed, step),
-      eval_batches={name: data.get_batch(name, eval_shape, config.seed, i, stream=EVAL)
-                    for i, name in enumerate(("train", "val"))},
+      eval_batches=eval_batches,
       # bits per byte from the manifest's val bytes and tokens (end-of-text tokens included)
       eval_metrics=lambda params, losses: {"val_bpb": losses["val"] / math.log(2) /
                                            bytes_per_token},
       sample=lm_sampler(data.tokenizer, model, T),
-      summary_line=f"prepared {data.root.name} ({d.sampling} windows): vocab "
+      summary_line=f"prepared {data.root.name} ({rows}): vocab "
                    f"{data.tokenizer.vocab_size}, {len(data.streams['train']):,} train / "
                    f"{len(data.streams['val']):,} val tokens",
       tokens_per_example=T,
