@@ -160,8 +160,9 @@ def fix_run_dtype(model_config, saved_model_config=None, peaks: dict | None = No
   """Fixes a run's precision when it is created: model_config.dtype 'auto' becomes a concrete
   dtype, in place. A resumed run (saved_model_config: its config.json's) keeps its saved dtype;
   a new one (or one saved as 'auto' by an older llm-jax, whose saved dtype is set alike) takes
-  this machine's `auto_dtype` (peaks: measured ones to decide by). An explicit float32 or bfloat16 stays as it is. Returns the line
-  that says what 'auto' chose and why; None where the dtype was explicit."""
+  this machine's `auto_dtype` (peaks: measured ones to decide by). An explicit float32 or
+  bfloat16 stays as it is. Returns the line that says what 'auto' chose and why; None where the
+  dtype was explicit."""
   if model_config.dtype != "auto":
     return None
   saved = saved_model_config.get("dtype") if saved_model_config is not None else None

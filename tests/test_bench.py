@@ -54,6 +54,11 @@ def test_run_reports_every_field():
   assert r["mfu"] > 0 and r["peak_gflops"]["float32"] > 0
   assert r["decode"]["new_tokens"] == 3
   assert "MFU" in bench_train.table(r)
+  # what 'auto' chose and why, as a run's start line says it (the suite pins it: conftest)
+  assert r["dtype_chosen"] == "model.dtype auto -> float32: $LLM_JAX_AUTO_DTYPE=float32"
+  assert (r["model"]["dtype_asked"], r["model"]["dtype"]) == ("auto", "float32")
+  assert any(line.startswith("precision ") and line.endswith(r["dtype_chosen"])
+             for line in bench_train.table(r).splitlines())
   # one device: it holds the whole state (params, two Adam moments, counters); XLA's figures
   memory = r["state_memory"]
   assert memory["state_bytes_per_device"] == memory["unsharded_bytes"]
