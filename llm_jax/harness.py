@@ -41,6 +41,7 @@ import difflib
 import json
 import logging
 import os
+import socket
 from functools import partial
 
 import jax
@@ -199,6 +200,7 @@ def parse_tasks(tasks) -> list[str]:
 
 
 _MANAGERS = {}  # (tasks, include path) -> TaskManager: a training run's evaluations index once
+_LOCAL = []  # the managers of local tasks alone (no dataset from the Hub)
 
 
 def task_manager(tasks: list[str], include_path: str = ""):
@@ -221,6 +223,7 @@ def _task_manager(tasks: list[str], include_path: str = ""):
     local = TaskManager(include_path=include_path, include_defaults=False)
     if all(t in local.all_tasks for t in tasks):
       offline()
+      _LOCAL.append(local)
       return local
   manager = TaskManager(include_path=include_path or None)
   for t in tasks:
@@ -241,6 +244,25 @@ def offline() -> None:
   config = sys.modules.get("datasets.config")  # read at import: set there too if imported
   if config is not None:
     config.HF_HUB_OFFLINE = config.HF_DATASETS_OFFLINE = True
+  constants = sys.modules.get("huggingface_hub.constants")
+  if constants is not None:
+    constants.HF_HUB_OFFLINE = True
+
+
+# where lm-eval's shipped tasks download their datasets from
+HUB = ("huggingface.co", 443)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+  """Whether the Hugging Face Hub answers (a TCP connection, within `timeout` seconds); False at
+  once where HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set."""
+  if "1" in (os.environ.get("HF_HUB_OFFLINE"), os.environ.get("HF_DATASETS_OFFLINE")):
+    return False
+  try:
+    socket.create_connection(HUB, timeout=timeout).close()
+    return True
+  except OSError:
+    return False
 
 
 @contextlib.contextmanager
@@ -270,10 +292,33 @@ def evaluate(lm, tasks, num_fewshot=None, limit=None, include_path="", log_sampl
   if num_fewshot is not None and num_fewshot < 0:
     raise UserError(f"--num_fewshot={num_fewshot} is invalid: use 0 or more")
   manager = task_manager(tasks, include_path)
-  with _quiet() if quiet else contextlib.nullcontext():
-    results = lm_eval.simple_evaluate(model=lm, tasks=tasks, num_fewshot=num_fewshot,
-                                      limit=limit, task_manager=manager, log_samples=log_samples,
-                                      bootstrap_iters=0 if quiet else 100000)
+  # a shipped task's dataset comes from the Hub: without network, only what datasets cached loads,
+  # at once (offline), rather than after a minute of retries
+  local = any(manager is m for m in _LOCAL)
+  hub = not local and hub_reachable()
+  if not hub:
+    offline()
+  try:
+    with _quiet() if quiet else contextlib.nullcontext():
+      results = lm_eval.simple_evaluate(model=lm, tasks=tasks, num_fewshot=num_fewshot,
+                                        limit=limit, task_manager=manager,
+                                        log_samples=log_samples,
+                                        bootstrap_iters=0 if quiet else 100000)
+  except ValueError as e:
+    if num_fewshot and "larger than population" in str(e):  # random.sample's
+      raise UserError(f"--num_fewshot={num_fewshot} is more than a task of {', '.join(tasks)} "
+                      f"has examples to draw its shots from: use fewer shots") from None
+    raise
+  except (UserError, KeyboardInterrupt):
+    raise
+  except Exception as e:  # noqa: BLE001 -- datasets' errors for a dataset it cannot fetch
+    if hub or local:
+      raise
+    why = (str(e).splitlines() or [type(e).__name__])[0][:160]
+    raise UserError(f"--tasks={','.join(tasks)}: a task's dataset is not in the local cache and "
+                    f"the Hugging Face Hub ({HUB[0]}) cannot be reached ({why}): run once where "
+                    f"there is network (datasets caches it), or use local tasks (--include_path)"
+                    ) from None
   return results
 
 
