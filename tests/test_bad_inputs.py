@@ -383,3 +383,22 @@ def test_train_goes_on_when_its_output_pipe_closes(env, tmp_path):
   err = p.stderr.read()
   assert p.wait(timeout=120) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
   assert json.loads((tmp_path / "run" / "summary.json").read_text())["step"] == 6
+
+
+def test_a_long_generate_shows_its_progress_on_stderr(env, monkeypatch):
+  """`generate --max_new_tokens=1000000` printed nothing for minutes: a long generation reports
+  its tokens on stderr (here no terminal: a line every PROGRESS_SECONDS, and one at the end), and
+  draws the same sample as without the report."""
+  from llm_jax import generate
+  from llm_jax.generate import generate_text
+  monkeypatch.setattr(generate, "PROGRESS_TOKENS", 300)
+  monkeypatch.setattr(generate, "PROGRESS_SECONDS", 0.0)  # a line at every token
+  code, out, err = run_cli("generate", f"--workdir={env}/run", "--prompt=the", "--seed=1",
+                           "--max_new_tokens=300")
+  lines = err.strip().splitlines()
+  assert code == 0 and len(lines) == 300, err[-500:]
+  assert lines[0].startswith("llm-jax generate: 1 of 300 tokens (")
+  assert lines[-1].startswith("llm-jax generate: 300 of 300 tokens (") and lines[-1].endswith(
+      " 0s left)")
+  monkeypatch.setattr(generate, "PROGRESS_TOKENS", 301)
+  assert out == "the" + generate_text(env / "run", "the", 300, seed=1)[0] + "\n"
