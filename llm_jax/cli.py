@@ -561,8 +561,10 @@ def _parse_flags(argv):
     if missing:
       _fail(prog, f"--{missing[1]} is required ({FLAGS[missing[1]].help}); `{prog} --help` "
                   f"lists the flags")
-    _fail(prog, "; ".join(str(e).splitlines()) + _config_hint(str(e)) +
-          f" (`{prog} --help` lists the flags)")
+    # absl's message of a boolean flag is a Python tuple: said in words
+    text = re.sub(r"\('Non-boolean argument to boolean flag', (.+?)\)",
+                  r"\1 is not a boolean: use true or false", "; ".join(str(e).splitlines()))
+    _fail(prog, text + _config_hint(str(e)) + f" (`{prog} --help` lists the flags)")
   except Exception as e:  # noqa: BLE001 -- anything else ml_collections raises, on one line
     if debug:
       _traceback_and_exit()

@@ -11,7 +11,7 @@ import ml_collections
 
 from llm_jax.data.bpe import MIN_VOCAB_SIZE
 from llm_jax.data.corpora import CORPORA
-from llm_jax.data.seq2seq import SEQ2SEQ_TASKS
+from llm_jax.data.seq2seq import SEQ2SEQ_TASKS, distinct_sources, longest_example
 from llm_jax.data.tokenizers import NORMALIZATIONS, TIKTOKEN_ENCODINGS, bpe_path
 from llm_jax.errors import UserError
 from llm_jax.models import FAMILIES
@@ -348,6 +348,15 @@ def _validate_task(d, m) -> None:
   _require(d.num_examples > 2 * d.heldout_examples, "data.num_examples", d.num_examples,
            f"use more than 2 x data.heldout_examples={d.heldout_examples} (val and test), "
            f"so that some examples train")
+  distinct = distinct_sources(d.task, min(d.min_length, 64), min(d.max_length, 64))  # (enough)
+  _require(d.num_examples <= distinct, "data.num_examples", d.num_examples,
+           f"task {d.task!r} has {distinct} distinct examples with lengths "
+           f"{d.min_length}..{d.max_length}: lower it, or widen data.min_length..data.max_length")
+  source, target = longest_example(d.task, d.max_length)
+  _require(source <= m.block_size and target + 1 <= m.block_size, "data.max_length", d.max_length,
+           f"task {d.task!r}'s longest source has {source} characters and its target {target} "
+           f"(+1 for BOS/EOS), more than model.block_size={m.block_size} holds: lower "
+           f"data.max_length or raise model.block_size")
 
 
 def _validate_harness(t, m) -> None:
@@ -375,7 +384,8 @@ def validate(c) -> None:
 
 
 def _validate_run(c) -> None:
-  _require(-2**63 <= c.seed < 2**63, "seed", c.seed, "use a 64-bit integer (0, 1, 2, ...)")
+  # (numpy's generators take non-negative seeds: each batch is drawn from [seed, stream, step])
+  _require(0 <= c.seed < 2**63, "seed", c.seed, "use a non-negative 64-bit integer (0, 1, 2, ...)")
   _require(c.cpu_devices >= 0, "cpu_devices", c.cpu_devices, "use 0 (one per core) or more")
   _require(c.parallel in ("auto", "none", "pmap"), "parallel", c.parallel,
            "use 'auto', 'none' or 'pmap'")
@@ -436,6 +446,9 @@ def _validate_model(m, d, t) -> None:
              f"model {m.name!r} does not read it ({why}): leave it at {defaults[field]!r}")
   for (field, value), why in FAMILIES[m.name].refuses.items():
     _require(m[field] != value, f"model.{field}", m[field], f"model {m.name!r} refuses it ({why})")
+  for optimizer, why in FAMILIES[m.name].refuses_optimizers.items():
+    _require(t.optimizer != optimizer, "train.optimizer", t.optimizer,
+             f"model {m.name!r} cannot train with it ({why})")
   _require(m.block_size > 0, "model.block_size", m.block_size, "use a positive context length")
   for field in ("n_layer", "n_head", "n_embd"):
     _require(m[field] > 0, f"model.{field}", m[field], "use a positive size")

@@ -9,9 +9,12 @@ checkpoint (no optimizer is built; training/workdir.py's load_run).
 """
 
 import os
+import sys
+import time
 
 import jax
 import numpy as np
+from tqdm import tqdm
 
 from llm_jax.config import default_config
 from llm_jax.errors import UserError
@@ -89,6 +92,43 @@ class TextStream:
     self.pending = []
 
 
+# a generation of at least this many tokens reports its progress on stderr (a host callback per
+# token: the program is then not the exported one, which only short generations need)
+PROGRESS_TOKENS = 4096
+# where stderr is no terminal: a progress line at the first token this many seconds after the last
+PROGRESS_SECONDS = 10.0
+
+
+class TokenProgress:
+  """Tokens drawn so far, on stderr: tqdm's bar on a terminal, elsewhere a line every
+  PROGRESS_SECONDS (a long generate is otherwise silent for minutes, like a hang)."""
+
+  def __init__(self, total: int, then=None):
+    self.total, self.then, self.n = total, then, 0
+    self.t0 = self.last = time.monotonic()
+    self.bar = tqdm(total=total, unit="tok", file=sys.stderr, dynamic_ncols=True,
+                    desc="llm-jax generate") if sys.stderr.isatty() else None
+
+  def __call__(self, tok_B):
+    self.n += 1
+    if self.then is not None:
+      self.then(tok_B)
+    if self.bar is not None:
+      self.bar.update(1)
+      return
+    now = time.monotonic()
+    if now - self.last >= PROGRESS_SECONDS or self.n == self.total:
+      self.last = now
+      rate = self.n / max(now - self.t0, 1e-9)
+      eta = (self.total - self.n) / rate
+      print(f"llm-jax generate: {self.n:,} of {self.total:,} tokens ({rate:,.0f} tokens/s, "
+            f"{eta:,.0f}s left)", file=sys.stderr, flush=True)
+
+  def close(self):
+    if self.bar is not None:
+      self.bar.close()
+
+
 def generate_text(workdir, prompt="\n", max_new_tokens=500, temperature=1.0, top_k=0, top_p=1.0,
                   greedy=False, num_samples=1, seed=0, step=None, on_text=None,
                   program_dir=None) -> list[str]:
@@ -106,13 +146,21 @@ def generate_text(workdir, prompt="\n", max_new_tokens=500, temperature=1.0, top
   if kind.continues_prompt:  # (a prompt has at most as many tokens as UTF-8 bytes)
     check_length(len(prompt.encode("utf-8")), max_new_tokens, num_samples,
                  config.model.block_size)
-  extra = {"on_tokens": TextStream(tokenizer, on_text)} if on_text else {}
+  text_stream = TextStream(tokenizer, on_text) if on_text else None
+  progress = (TokenProgress(max_new_tokens, text_stream)
+              if kind.continues_prompt and max_new_tokens >= PROGRESS_TOKENS else None)
+  on_tokens = progress or text_stream
+  extra = {"on_tokens": on_tokens} if on_tokens else {}
   if kind.continues_prompt and program_dir:
     extra["program_dir"] = program_dir
-  out = kind.generate(
-      config, tokenizer, model, params, prompt, max_new_tokens=max_new_tokens,
-      temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, num_samples=num_samples,
-      seed=seed, **extra)
-  if on_text:
-    extra["on_tokens"].close()
+  try:
+    out = kind.generate(
+        config, tokenizer, model, params, prompt, max_new_tokens=max_new_tokens,
+        temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
+        num_samples=num_samples, seed=seed, **extra)
+  finally:
+    if progress:
+      progress.close()
+  if text_stream:
+    text_stream.close()
   return out

@@ -41,6 +41,7 @@ import difflib
 import json
 import logging
 import os
+import socket
 
 import numpy as np
 
@@ -152,6 +153,22 @@ def offline():
       setattr(module, name, value)
 
 
+# where lm-eval's shipped tasks download their datasets from
+HUB = ("huggingface.co", 443)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+  """Whether the Hugging Face Hub answers (a TCP connection, within `timeout` seconds); False at
+  once where HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set."""
+  if "1" in (os.environ.get("HF_HUB_OFFLINE"), os.environ.get("HF_DATASETS_OFFLINE")):
+    return False
+  try:
+    socket.create_connection(HUB, timeout=timeout).close()
+    return True
+  except OSError:
+    return False
+
+
 @contextlib.contextmanager
 def _quiet():
   """lm-eval's INFO and WARNING logs (one line per task and per truncated request) and its
@@ -185,11 +202,31 @@ def evaluate(lm, tasks, num_fewshot=None, limit=None, include_path="", log_sampl
   if key not in managers:
     managers[key] = task_manager(tasks, include_path)
   manager, local = managers[key]
-  with _quiet() if quiet else contextlib.nullcontext(), \
-       offline() if local else contextlib.nullcontext():
-    results = lm_eval.simple_evaluate(model=lm, tasks=tasks, num_fewshot=num_fewshot,
-                                      limit=limit, task_manager=manager, log_samples=log_samples,
-                                      bootstrap_iters=0 if quiet else 100000)
+  # a shipped task's dataset comes from the Hub: without network, only what datasets cached loads,
+  # at once (offline), rather than after a minute of retries
+  hub = not local and hub_reachable()
+  try:
+    with _quiet() if quiet else contextlib.nullcontext(), \
+         offline() if not hub else contextlib.nullcontext():
+      results = lm_eval.simple_evaluate(model=lm, tasks=tasks, num_fewshot=num_fewshot,
+                                        limit=limit, task_manager=manager,
+                                        log_samples=log_samples,
+                                        bootstrap_iters=0 if quiet else 100000)
+  except ValueError as e:
+    if num_fewshot and "larger than population" in str(e):  # random.sample's
+      raise UserError(f"--num_fewshot={num_fewshot} is more than a task of {', '.join(tasks)} "
+                      f"has examples to draw its shots from: use fewer shots") from None
+    raise
+  except (UserError, KeyboardInterrupt):
+    raise
+  except Exception as e:  # noqa: BLE001 -- datasets' errors for a dataset it cannot fetch
+    if hub or local:
+      raise
+    why = (str(e).splitlines() or [type(e).__name__])[0][:160]
+    raise UserError(f"--tasks={','.join(tasks)}: a task's dataset is not in the local cache and "
+                    f"the Hugging Face Hub ({HUB[0]}) cannot be reached ({why}): run once where "
+                    f"there is network (datasets caches it), or use local tasks (--include_path)"
+                    ) from None
   return results
 
 

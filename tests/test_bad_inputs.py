@@ -76,7 +76,34 @@ def env(tmp_path_factory):
   s2s.model.name, s2s.data.task, s2s.data.min_length = "transformer", "reverse", 4
   (d / "s2s" / "config.json").write_text(s2s.to_json())
   shutil.copy(d / "run" / "tokenizer.json", d / "s2s")
+  write_new_user_files(d)
   return d
+
+
+def write_new_user_files(d):
+  """The files of the new user's mistakes (issue 37): a Parquet column of integers, experiments
+  whose grid or seeds are wrong, a local lm-eval task of six items."""
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  pq.write_table(pa.table({"n": [1, 2, 3], "text": ["a", "b", "c"]}), d / "ints.parquet")
+  experiments = {"exp_list": 'grid(["model.n_layer", 1, 2])',
+                 "exp_empty_axis": 'grid({"model.n_layer": []})',
+                 "exp_typo": 'grid({"model.n_layrs": [1, 2]})'}
+  for name, points in {**experiments, "exp_no_seeds": "[{}]"}.items():
+    (d / name).mkdir()
+    seeds = "[]" if name == "exp_no_seeds" else "[0]"
+    (d / name / "experiment.py").write_text(
+        f"from llm_jax.sweep import grid\n\ndef get_experiment():\n  return {{'base': "
+        f"'{d}/config.py', 'points': {points}, 'seeds': {seeds}}}\n")
+  (d / "tasks").mkdir()
+  with open(d / "tasks" / "six.jsonl", "w") as f:
+    for i in range(6):
+      f.write(json.dumps({"ctx": "the cat", "endings": [" sat", " mat"], "label": i % 2}) + "\n")
+  (d / "tasks" / "six.yaml").write_text(
+      f"task: six\ndataset_path: json\ndataset_kwargs:\n  cache_dir: {d / 'hf_cache'}\n"
+      f"  data_files:\n    test: {d / 'tasks' / 'six.jsonl'}\ntest_split: test\n"
+      f"output_type: multiple_choice\ndoc_to_text: \"{{{{ctx}}}}\"\ndoc_to_target: label\n"
+      f"doc_to_choice: \"{{{{endings}}}}\"\nmetric_list:\n  - metric: acc\n")
 
 
 T = ["train", "--config={d}/config.py", "--workdir={d}/fresh"]
@@ -84,6 +111,7 @@ ON_RUN = ["train", "--config={d}/config.py", "--workdir={d}/run"]
 GEN = ["generate", "--workdir={d}/run"]
 S2S = ["generate", "--workdir={d}/s2s", "--prompt=abcdef"]
 EVAL = ["evaluate", "--workdir={d}/run"]
+PREP = ["prepare", "--tokenizer=char", "--workers=0", "--out={d}/prepared"]
 
 # (argv, a part of the one-line message: the field or file it must name)
 CASES = [
@@ -223,16 +251,50 @@ CASES = [
      "set --config.model.max_len=16 (its positional table) and a block_size of at most 16"),
     # the command itself
     (["fly"], "unknown command 'fly'"),
+    # a new user's list (issue 37): each was a traceback, silently wrong or awkward
+    (T + ["--config.seed=-1"], "config.seed=-1 is invalid: use a non-negative"),
+    (T + ["--config.model.name=bigram", "--config.train.optimizer=muon"],
+     "config.train.optimizer='muon' is invalid: model 'bigram' cannot train with it"),
+    (T + ["--config.model.scan_layers=maybe"],
+     "--config.model.scan_layers=maybe: 'maybe' is not a boolean: use true or false"),
+    (ON_RUN + ["--config.train.optimizer=lion"],
+     "config.train.optimizer='lion': the run was trained with optimizer 'adamw'"),
+    (ON_RUN + ["--config.train.grad_clip=0"], "the run was trained with grad_clip=1.0"),
+    (PREP + ["--source={d}/ints.parquet", "--text_field=n"],
+     "column 'n' holds int values, not text"),
+    (PREP + ["--source={d}/toy.txt", "--separator=\\q\\x"],
+     "--separator='\\\\q\\\\x' has a broken escape"),
+    (PREP + ["--source={d}/toy.txt", "--separator=\u00a7"], "--separator='\u00a7' was found in no file"),
+    (PREP + ["--source={d}/toy.txt", "--tokenizer=bpe:train:300", "--bpe_sample_bytes=0"],
+     "--bpe_sample_bytes=0 is invalid"),
+    (PREP + ["--source={d}/empty_dir"],
+     "--source={d}/empty_dir is a folder: pass a glob of its files, such as "
+     "--source='{d}/empty_dir/*.txt'"),
+    (["sweep", "{d}/exp_list"], "grid() takes a dict {field: [values, ...]}, not a list"),
+    (["sweep", "{d}/exp_empty_axis"], "grid(): 'model.n_layer' takes a non-empty list"),
+    (["sweep", "{d}/exp_no_seeds"], "seeds=[]: give a non-empty list"),
+    (["sweep", "{d}/exp_typo"], "'model.n_layrs' is not a config field: did you mean "
+                                "'model.n_layer'?"),
+    (["harness", "--workdir={d}/run", "--tasks=hellaswag"],
+     "the Hugging Face Hub (127.0.0.1) cannot be reached"),
+    (["harness", "--workdir={d}/run", "--tasks=six", "--include_path={d}/tasks",
+      "--num_fewshot=100"], "--num_fewshot=100 is more than a task of six has examples"),
 ]
 
 
-def test_every_bad_input_is_one_clear_line_and_exit_2(env):
+def test_every_bad_input_is_one_clear_line_and_exit_2(env, monkeypatch):
+  from llm_jax import harness
+  # no network, whatever this machine has: the Hub's address is a closed local port
+  monkeypatch.setattr(harness, "HUB", ("127.0.0.1", 9))
+  for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+    monkeypatch.delenv(name, raising=False)
   before = {w: files_digest(env / w / "checkpoints") for w in ("run", "mismatch")}
   failures = []
   for argv, expect in CASES:
     argv = [a.replace("{d}", str(env)) for a in argv]
     code, out, err = run_cli(*argv)
-    lines = err.strip().splitlines()
+    # (lm-eval's progress bars, redrawn with \r, are not lines of the message)
+    lines = [l for l in err.strip().split("\n") if "\r" not in l]
     prog = "llm-jax" if argv[0] == "fly" else f"llm-jax {argv[0]}"
     ok = (code == 2 and len(lines) == 1 and lines[0].startswith(f"{prog}: error: ") and
           expect.replace("{d}", str(env)) in lines[0] and "Traceback" not in err)
@@ -321,3 +383,22 @@ def test_train_goes_on_when_its_output_pipe_closes(env, tmp_path):
   err = p.stderr.read()
   assert p.wait(timeout=120) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
   assert json.loads((tmp_path / "run" / "summary.json").read_text())["step"] == 6
+
+
+def test_a_long_generate_shows_its_progress_on_stderr(env, monkeypatch):
+  """`generate --max_new_tokens=1000000` printed nothing for minutes: a long generation reports
+  its tokens on stderr (here no terminal: a line every PROGRESS_SECONDS, and one at the end), and
+  draws the same sample as without the report."""
+  from llm_jax import generate
+  from llm_jax.generate import generate_text
+  monkeypatch.setattr(generate, "PROGRESS_TOKENS", 300)
+  monkeypatch.setattr(generate, "PROGRESS_SECONDS", 0.0)  # a line at every token
+  code, out, err = run_cli("generate", f"--workdir={env}/run", "--prompt=the", "--seed=1",
+                           "--max_new_tokens=300")
+  lines = err.strip().splitlines()
+  assert code == 0 and len(lines) == 300, err[-500:]
+  assert lines[0].startswith("llm-jax generate: 1 of 300 tokens (")
+  assert lines[-1].startswith("llm-jax generate: 300 of 300 tokens (") and lines[-1].endswith(
+      " 0s left)")
+  monkeypatch.setattr(generate, "PROGRESS_TOKENS", 301)
+  assert out == "the" + generate_text(env / "run", "the", 300, seed=1)[0] + "\n"

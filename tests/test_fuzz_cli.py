@@ -1,6 +1,6 @@
 """A fuzz test of the command line: for every command, random flag names and values of the wrong
-type, empty, huge, negative and not UTF-8 (Python's surrogate escapes), a fixed seed and a bounded
-count, in this process through cli.main. Each must end in exit 0 or in one line of error with exit
+type, empty, huge, negative and not UTF-8 (Python's surrogate escapes), a fixed seed and a fixed
+count (not a time bound: the same command lines on any machine), in this process through cli.main. Each must end in exit 0 or in one line of error with exit
 code 2, never a traceback; and a finished run it is pointed at keeps every file as it was.
 
 Where a command's input is valid and its real work would start (a training step, a decode, the
@@ -19,8 +19,8 @@ from llm_jax.config import default_config
 from test_bad_inputs import env, run_cli  # noqa: F401 -- env: this module's own trained run
 from test_faults import files_digest
 
-# a fixed seed, count and time bound; a longer search: LLM_JAX_FUZZ="<seed>,<cases>,<seconds>"
-SEED, CASES, SECONDS = map(int, os.environ.get("LLM_JAX_FUZZ", "0,600,15").split(","))
+# a fixed seed and count; a longer search: LLM_JAX_FUZZ="<seed>,<cases>"
+SEED, CASES = map(int, os.environ.get("LLM_JAX_FUZZ", "0,250").split(","))
 
 VALUES = ["", "-1", "0", "1", "-99999999999999999999", "99999999999999999999", "1e309", "-1e-300",
           "nan", "inf", "abc", "1.5", "true", "None", "[1, 2]", "{}", "/nonexistent", "\u00e9t\u00e9",
@@ -112,8 +112,6 @@ def test_fuzzed_command_lines_give_one_line_or_work_and_leave_a_finished_run_alo
   rng = random.Random(SEED)
   failures, outcomes, t0 = [], {"exit 0": 0, "exit 2": 0, "reached": 0}, time.monotonic()
   for i in range(CASES):
-    if time.monotonic() - t0 > SECONDS:
-      break
     command = rng.choice(sorted(bases))
     argv = list(bases[command])
     for _ in range(rng.choice([1, 1, 2, 3])):
@@ -149,6 +147,6 @@ def test_fuzzed_command_lines_give_one_line_or_work_and_leave_a_finished_run_alo
   print(f"{n} fuzzed command lines in {time.monotonic() - t0:.1f}s: {outcomes}, "
         f"{len(failures)} failures")
   assert not failures, "\n".join(failures[:20])
-  assert n >= 50 and outcomes["exit 2"] > n // 2
+  assert n == CASES and outcomes["exit 2"] > n // 2
   assert files_digest(d / "run") == before
   assert not (tmp_path / "new").exists()  # no command that failed left its new folder behind

@@ -84,6 +84,13 @@ def describe_source(source: str, text_field: str) -> dict:
     files = sorted(str(p) for p in path.rglob("*.arrow"))
     return {"kind": "hf_disk", "spec": str(path.absolute()),
             "files": [[f, os.path.getsize(f)] for f in files]}
+  if path.is_dir():  # a folder of files: its glob is what was meant
+    kinds = [p.suffix for p in path.iterdir() if p.suffix in (".txt", ".jsonl", ".json",
+                                                              ".parquet", ".md")]
+    suffix = max(sorted(set(kinds)), key=kinds.count) if kinds else ".txt"
+    raise UserError(f"--source={source} is a folder: pass a glob of its files, such as "
+                    f"--source='{os.path.join(source, '*' + suffix)}' (quoted, so that llm-jax "
+                    f"expands it), or a directory saved by datasets")
   paths = sorted(p for p in glob.glob(os.path.expanduser(source)) if os.path.isfile(p))
   if not paths:
     raise UserError(f"--source={source} matches no file: pass a text, .jsonl or .parquet file, a "
@@ -163,7 +170,16 @@ def _parquet_pieces(path: str, field: str):
                     f"pass --text_field=<the column holding the text>")
   for rb in f.iter_batches(batch_size=1024, columns=[field]):
     for text in rb.column(0).to_pylist():
-      yield text or "", True
+      yield _text_of(text, path, field), True
+
+
+def _text_of(value, where: str, field: str) -> str:
+  """A column's value as a document's text: a string (None: an empty document); anything else is
+  a column of another kind, as a JSON line's field is (_jsonl_pieces)."""
+  if value is None or isinstance(value, str):
+    return value or ""
+  raise UserError(f"{where}: column {field!r} holds {type(value).__name__} values, not text: pass "
+                  f"--text_field=<the column holding the text>")
 
 
 def _hf_pieces(desc: dict, field: str):
@@ -198,7 +214,7 @@ def _hf_pieces(desc: dict, field: str):
   it = ds.iter(batch_size=1024) if desc["kind"] == "hf_disk" else streamed()
   for rows in it:
     for text in rows[field]:
-      yield text or "", True
+      yield _text_of(text, f"--source={desc['spec']}", field), True
 
 
 def pieces(desc: dict, text_field: str, separator: str):
@@ -304,9 +320,24 @@ def build_tokenizer(spec: str, root: pathlib.Path, first_texts, all_texts, sampl
 _TOKENIZER, _DTYPE = None, None
 
 
-def _init_worker(tokenizer, dtype):
+def _init_worker(tokenizer, dtype, parent=None):
   global _TOKENIZER, _DTYPE
   _TOKENIZER, _DTYPE = tokenizer, dtype
+  if parent is not None:
+    _die_with(parent)
+
+
+def _die_with(parent: int) -> None:
+  """A worker ends when its parent does (Linux's PR_SET_PDEATHSIG): a prepare killed with
+  SIGKILL leaves no orphan tokenizing on, to fail on the closed pipe with a traceback."""
+  try:
+    import ctypes  # noqa: PLC0415
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+  except (OSError, AttributeError):  # not Linux: the orphans end at their next write
+    return
+  if os.getppid() != parent:  # the parent died before the prctl call
+    os._exit(0)
 
 
 def _encode(batch):
@@ -444,6 +475,18 @@ class Progress:
       self.bar.close()
 
 
+def parse_separator(separator: str) -> str:
+  """--separator with Python's backslash escapes decoded (\\n, \\t, \\x1e, \\u2029, ...); every
+  other character is itself, as typed (UTF-8: '§' stays '§')."""
+  if not separator:
+    return ""
+  try:  # characters past Latin-1 become \\u escapes first, which unicode_escape turns back
+    return separator.encode("latin-1", "backslashreplace").decode("unicode_escape")
+  except UnicodeDecodeError as e:
+    raise UserError(f"--separator={separator!r} has a broken escape ({e.reason}): write a "
+                    f"backslash as \\\\, or use escapes such as \\n, \\t, \\xHH, \\uHHHH") from None
+
+
 def parse_val(val: str) -> fractions.Fraction | int:
   """--val: an integer N >= 1 (the first N documents) or a fraction in (0, 1)."""
   try:
@@ -537,10 +580,14 @@ def _manifest(source, desc, text_field, separator, tok_entry, dtype, shard_token
   """The finished dataset's manifest.json; a split left without documents is refused."""
   splits = {s: {k: state["splits"][s][k] for k in ("shards", "documents", "tokens", "bytes")}
             for s in SPLITS}
+  # a separator that no text file holds: each file is one document (and the val split may get none)
+  unmatched = (f" (--separator={separator!r} was found in no file: each file is one document)"
+               if separator and desc["kind"] == "text" and
+               state["documents"] + state["skipped_empty"] <= len(desc["files"]) else "")
   for s in SPLITS:
     if not splits[s]["documents"]:
       raise UserError(f"--source={source}: the {s} split got no documents ({state['documents']} "
-                      f"kept, {state['skipped_empty']} empty): " +
+                      f"kept, {state['skipped_empty']} empty){unmatched}: " +
                       ("use a larger --val, such as --val=1" if s == "val" else
                        "use a smaller --val, or a source with more documents"))
   manifest = {
@@ -559,7 +606,8 @@ def _pool(n_workers: int, tokenizer, dtype):
   if not n_workers:
     _init_worker(tokenizer, dtype)
     return _InProcess()
-  return multiprocessing.get_context("fork").Pool(n_workers, _init_worker, (tokenizer, dtype))
+  return multiprocessing.get_context("fork").Pool(n_workers, _init_worker,
+                                                  (tokenizer, dtype, os.getpid()))
 
 
 def prepare(source: str, tokenizer_spec: str, out: str, text_field: str = "text",
@@ -577,7 +625,10 @@ def prepare(source: str, tokenizer_spec: str, out: str, text_field: str = "text"
                     f"up to {4 * cores} ({cores} cores here)")
   root = pathlib.Path(out).expanduser().absolute()
   val_rule = parse_val(val)
-  separator = separator.encode().decode("unicode_escape") if separator else ""
+  separator = parse_separator(separator)
+  if bpe_sample_bytes <= 0:
+    raise UserError(f"--bpe_sample_bytes={bpe_sample_bytes} is invalid: use a positive number of "
+                    f"characters (bpe:train:N learns its merges from that much training text)")
   desc = describe_source(source, text_field)
   args = {"source": desc, "tokenizer": tokenizer_spec, "text_field": text_field,
           "separator": separator, "val": str(val), "shard_tokens": shard_tokens,
@@ -586,8 +637,10 @@ def prepare(source: str, tokenizer_spec: str, out: str, text_field: str = "text"
   state = _unfinished_state(root, out, args)
 
   def texts(train_only):
+    current = None  # the document a continuation piece (doc -1) belongs to
     for _, doc, text in documents(desc, text_field, separator):
-      if doc is not None and not (train_only and doc >= 0 and in_val(doc, val_rule)):
+      current = current if doc == -1 else doc
+      if current is not None and not (train_only and in_val(current, val_rule)):
         yield text
 
   tokenizer, tok_entry = build_tokenizer(tokenizer_spec, root, lambda: texts(True),

@@ -60,6 +60,23 @@ def _draw(task: str, rng, lengths) -> list[tuple[str, str]]:
   return [(s, target(s)) for s in sources]
 
 
+def distinct_sources(task: str, min_length: int, max_length: int) -> int:
+  """How many distinct sources a generated task has with lengths min_length..max_length (add:
+  operands of that many digits, no leading zero): num_examples can be no more."""
+  if task == "add":
+    operands = sum(10 if n == 1 else 9 * 10 ** (n - 1) for n in range(min_length, max_length + 1))
+    return operands ** 2
+  symbols = len(DIGITS if task == "sort" else LETTERS)
+  return sum(symbols ** n for n in range(min_length, max_length + 1))
+
+
+def longest_example(task: str, max_length: int) -> tuple[int, int]:
+  """(the longest source, the longest target) of a generated task, in characters."""
+  if task == "add":  # 'a+b' -> the sum, one digit longer at most
+    return 2 * max_length + 1, max_length + 1
+  return max_length, max_length
+
+
 def generate_examples(task: str, min_length: int, max_length: int, n: int,
                       rng) -> list[tuple[str, str]]:
   """n distinct (source, target) pairs of a generated task, in a deterministic order."""

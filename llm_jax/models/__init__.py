@@ -35,6 +35,8 @@ class Family(NamedTuple):
   unread: dict = {}
   # {(config.model field, value): why} the family cannot take: config validation refuses them
   refuses: dict = {}
+  # {config.train.optimizer: why} the optimizers that would train none of its parameters
+  refuses_optimizers: dict = {}
 
 
 # the switches of the blocks, which a table has none of
@@ -47,7 +49,9 @@ _SPEEDRUN_GPT_ONLY = "the speedrun switches are GPT's (docs/speedrun.md)"
 FAMILIES = {
     "bigram": Family(Bigram, "lm", lambda m, n: flops.per_token(n), unread={
         field: _NO_BLOCKS for field in ("pos", "norm_type", "norm_eps", "activation", "ffn_hidden",
-                                        "n_kv_head", "qk_norm", "remat") + _SPEEDRUN}),
+                                        "n_kv_head", "qk_norm", "remat") + _SPEEDRUN},
+        refuses_optimizers={"muon": "Muon orthogonalizes the blocks' matrices and the bigram has "
+                                    "none (its table is an embedding): use adamw"}),
     "gpt": Family(GPT, "lm", lambda m, n: flops.per_token(n, m.n_layer, m.block_size, m.n_embd)),
     # a token passes through one of the two stacks: no one figure
     "transformer": Family(Transformer, "seq2seq", lambda m, n: None, unread={

@@ -22,6 +22,7 @@ one per GPU; see parallel.init_distributed).
 wrong type or an invalid config is one error naming the point and the field.
 """
 
+import difflib
 import itertools
 import os
 import re
@@ -60,6 +61,13 @@ class Experiment(NamedTuple):
 def grid(axes: dict) -> list[dict]:
   """{'model.norm': ['pre', 'post'], 'model.n_layer': [4, 8]} -> the 4 combinations, first axis
   slowest."""
+  if not isinstance(axes, dict):
+    raise UserError(f"grid() takes a dict {{field: [values, ...]}}, not a {type(axes).__name__} "
+                    f"({axes!r:.80}): write grid({{'model.n_layer': [4, 8]}})")
+  for field, values in axes.items():
+    if not isinstance(values, (list, tuple)) or not values:
+      raise UserError(f"grid(): {field!r} takes a non-empty list of values, not {values!r:.80}: "
+                      f"write grid({{{field!r}: [a, b]}})")
   fields = list(axes)
   return [dict(zip(fields, values)) for values in itertools.product(*axes.values())]
 
@@ -74,8 +82,11 @@ def set_field(config, field: str, value, where: str) -> None:
                       f"is not a section): use one of {', '.join(sorted(node.keys()))}")
     node = node[name]
   if leaf not in node or isinstance(node[leaf], ml_collections.ConfigDict):
-    raise UserError(f"{where}: {field!r} is not a config field: use one of "
-                    f"{', '.join(f'{field[:-len(leaf)]}{k}' for k in sorted(node.keys()))}")
+    prefix = field[:-len(leaf)]
+    close = difflib.get_close_matches(leaf, sorted(node.keys()), n=1)
+    raise UserError(f"{where}: {field!r} is not a config field: " +
+                    (f"did you mean {prefix + close[0]!r}?" if close else
+                     f"use one of {', '.join(prefix + k for k in sorted(node.keys()))}"))
   try:
     node[leaf] = value
   except (TypeError, ValueError) as e:
@@ -106,7 +117,15 @@ def load_experiment(directory: str) -> Experiment:
                     "('base' is required)")
   base_path = os.path.normpath(os.path.join(directory, spec["base"]))
   base_module = load_python_file(base_path, base_path, f"fix 'base' in {path}")
+  for key in ("points", "seeds"):  # given, but empty: no run at all, rather than a default one
+    if key in spec and not (isinstance(spec[key], (list, tuple)) and spec[key]):
+      raise UserError(f"{path}: {key}={spec[key]!r}: give a non-empty list (or leave '{key}' "
+                      f"out: " + ("one point, the base config)" if key == "points" else
+                                  "seed 0)"))
   points = spec.get("points") or [{}]
+  if not all(isinstance(p, dict) for p in points):
+    raise UserError(f"{path}: points: each point is a dict of overrides {{field: value}}; "
+                    f"grid({{...}}) gives a list of them")
   seeds = list(spec.get("seeds") or [0])
   if len(set(seeds)) != len(seeds) or not all(isinstance(s, int) for s in seeds):
     raise UserError(f"{path}: seeds={seeds!r}: use distinct integers")

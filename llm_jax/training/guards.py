@@ -3,11 +3,12 @@
 config.train.nan_policy = 'stop': the loop checks the per-step metrics it fetches at log steps,
 and always before saving a checkpoint, so a state that went through a NaN or inf is never saved
 (the last good checkpoint stays). 'skip': the optimizer goes through optax.apply_if_finite, which
-drops an update whose gradients are not all finite (zero updates, the optimizer state kept; every
-device agrees, the gradients being averaged over devices), and the step reports it in a `skipped`
-metric, which the loop counts.
+drops an update whose gradients are not all finite (zero updates, the optimizer state kept but for
+the learning-rate schedule's count, which follows the step; every device agrees, the gradients
+being averaged over devices), and the step reports it in a `skipped` metric, which the loop counts.
 """
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -30,7 +31,17 @@ def skip_nonfinite(tx: optax.GradientTransformation):
     fresh = optax.ApplyIfFiniteState(notfinite_count=zero, last_finite=jnp.array(True),
                                      total_notfinite=zero, inner_state=opt_state)
     updates, state = safe.update(grads, fresh, params)
-    return updates, state.inner_state, 1.0 - state.last_finite.astype(jnp.float32)
+    skipped = jnp.logical_not(state.last_finite)
+    # apply_if_finite keeps the whole inner state on a dropped update, the learning-rate
+    # schedule's count too: it would fall behind the train state's step, and the rate applied
+    # behind the rate logged (schedule(step)). The schedule's counts move on with the step (a
+    # dropped update spends its place in the schedule); the moments and Adam's bias correction
+    # count the updates applied
+    inner = jax.tree.map(
+        lambda s: s._replace(count=s.count + skipped.astype(s.count.dtype))
+        if isinstance(s, optax.ScaleByScheduleState) else s,
+        state.inner_state, is_leaf=lambda s: isinstance(s, optax.ScaleByScheduleState))
+    return updates, inner, skipped.astype(jnp.float32)
 
   return update
 

@@ -80,6 +80,17 @@ def check_same_run(config, saved) -> None:
     if new != old:
       raise UserError(f"config.{field}={new!r} differs from this workdir's run ({old!r}): use a "
                       f"fresh --workdir, or the run's own config (its config.json)")
+  # the optimizer's state is in the checkpoints: another optimizer (or clipping, a link of the
+  # chain) cannot resume from it
+  new, old = config.train.optimizer, saved.train.optimizer
+  clip_new, clip_old = config.train.grad_clip > 0, saved.train.grad_clip > 0
+  if new != old or clip_new != clip_old:
+    what = (f"config.train.optimizer={new!r}: the run was trained with optimizer {old!r}"
+            if new != old else f"config.train.grad_clip={config.train.grad_clip!r}: the run was "
+            f"trained with grad_clip={saved.train.grad_clip!r}")
+    raise UserError(f"{what}, whose state its checkpoints hold: resume it as it was trained (its "
+                    f"config.json), or start a fresh --workdir (train.init_from=<this workdir> "
+                    f"fine-tunes its parameters with a new optimizer)")
 
 
 def changed_fields(config, saved) -> list[str]:
