@@ -53,11 +53,12 @@ FAMILIES = {
 }
 
 
-def build_model(model_config, vocab_size: int, pad_id: int = 0):
+def build_model(model_config, vocab_size: int, pad_id: int = 0, train_config=None):
   """model_config: the validated `config.model`; vocab_size and pad_id: the tokenizer's (pad_id:
-  its PAD, where it has one). The family's flax module."""
+  its PAD, where it has one); train_config: config.train, whose MoE loss terms the loss factory
+  reads from the model (None where nothing trains). The family's flax module."""
   family = FAMILIES[model_config.name]
-  return family.module(ModelConfig.from_config(model_config, vocab_size, pad_id))
+  return family.module(ModelConfig.from_config(model_config, vocab_size, pad_id, train_config))
 
 
 def example_inputs(model_config) -> tuple:

@@ -13,7 +13,7 @@ from llm_jax.models import precision
 from llm_jax.models.attention import MultiHeadAttention
 from llm_jax.models.axes import STREAM, constrain, param_init
 from llm_jax.models.dropout import Dropout
-from llm_jax.models.model_config import GATED, ModelConfig
+from llm_jax.models.model_config import GATED, ModelConfig, is_sparse
 
 
 def gelu(x):
@@ -129,6 +129,8 @@ class Block(nn.Module):
   # std of the init of the projections that write into the residual stream (GPT-2: 0.02/sqrt(2L))
   out_init_std: float
   cross: bool = False
+  # the FFN is the mixture of experts (models/moe.py), named 'ffn' as the dense one
+  sparse: bool = False
 
   def _sublayer(self, x, f, name, last_only=False):
     """last_only: f gives the last position alone, and so does the sub-layer."""
@@ -153,7 +155,11 @@ class Block(nn.Module):
       x_BTC = self._sublayer(
           x_BTC, lambda h: attn("cross_attn")(h, memory_mask, train, memory_BSC=memory_BSC),
           "cross")
-    ffn = FeedForward(self.cfg, self.out_init_std, name="ffn")
+    if self.sparse:
+      from llm_jax.models.moe import MoEFeedForward  # (moe.py builds on this module)
+      ffn = MoEFeedForward(self.cfg, self.out_init_std, name="ffn")
+    else:
+      ffn = FeedForward(self.cfg, self.out_init_std, name="ffn")
     return self._sublayer(x_BTC, lambda h: ffn(h, train), "ffn")
 
 
@@ -167,7 +173,9 @@ class ScannedBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x_BTC, mask, memory_BSC, memory_mask, positions):
-    block = Block(self.cfg, self.out_init_std, self.cross, name="block")
+    # scanned layers are alike: all sparse or all dense (config validation)
+    block = Block(self.cfg, self.out_init_std, self.cross, sparse=self.cfg.moe_experts > 0,
+                  name="block")
     return block(x_BTC, mask, self.train, memory_BSC, memory_mask, decode=self.decode,
                  positions=positions), None
 
@@ -226,7 +234,7 @@ class Stack(nn.Module):
     policy = REMAT_POLICIES.get(cfg.remat)
     if cfg.scan_layers:  # each layer its own parameters, cache and dropout key
       body = nn.remat(ScannedBlock, policy=policy, prevent_cse=False) if remat else ScannedBlock
-      stack = nn.scan(body, variable_axes={"params": 0, "cache": 0},
+      stack = nn.scan(body, variable_axes={"params": 0, "cache": 0, "moe_stats": 0},
                       split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
                       length=cfg.n_layer, metadata_params={nn.PARTITION_NAME: "layers"})
       x_BTC, _ = stack(cfg, self.out_init_std, self.cross, train, decode, name=self.block_name)(
@@ -237,7 +245,8 @@ class Stack(nn.Module):
       # (self, x, mask, train, memory, memory_mask, decode, last_only): the bools are static
       block = nn.remat(Block, policy=policy, static_argnums=(3, 6, 7)) if remat else Block
       for i in range(cfg.n_layer):
-        x_BTC = block(cfg, self.out_init_std, self.cross, name=f"{self.block_name}_{i}")(
+        x_BTC = block(cfg, self.out_init_std, self.cross, is_sparse(cfg, i),
+                      name=f"{self.block_name}_{i}")(
             x_BTC, mask, train, memory_BSC, memory_mask, decode,
             last_only and i == cfg.n_layer - 1, positions_BT)
         x_BTC = constrain(x_BTC, STREAM)  # the stream stays split by examples between layers
