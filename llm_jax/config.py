@@ -38,6 +38,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.mesh.fsdp = 1
   # tensor parallelism: attention heads, FFN hidden units and the vocabulary split (Megatron)
   c.mesh.tensor = 1
+  # expert parallelism (model.moe_experts > 0): the experts split over this many devices (it
+  # must divide moe_experts), the batch split over them too
+  c.mesh.expert = 1
   # CPU only: host devices that split each batch (with parallel='auto'), from the command line,
   # before JAX starts. XLA runs most of a small model's ops on one core, so one device per core
   # steps faster (experiments/perf). 0: one per core when train.batch_size divides by the core
@@ -371,6 +374,10 @@ def validate(c) -> None:
   _validate_run(c)
   _validate_data(c.data)
   _validate_model(c.model, c.data, c.train)
+  _require(c.model.moe_experts == 0 or c.mesh.expert <= 1 or
+           c.model.moe_experts % c.mesh.expert == 0, "mesh.expert", c.mesh.expert,
+           f"it must divide model.moe_experts={c.model.moe_experts} (each device holds "
+           f"moe_experts / expert of them)")
   _validate_train(c.train)
   _validate_harness(c.train, c.model)
 

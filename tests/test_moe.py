@@ -232,3 +232,60 @@ def test_training_logs_the_router_and_resumes_the_bias_bitwise(toy_corpus, tmp_p
     assert all(np.isfinite(r[key]) for r in train), key
   assert all(r["moe_load_max"] >= 1.0 for r in train)
   assert all(r["moe_dropped"] == 0.0 for r in train)
+
+
+EP_STEPS = 20
+
+
+def ep_config(corpus, steps=EP_STEPS):
+  """A GPT with 4 experts that every mesh axis divides, the bias balancing and the aux loss on
+  (both must agree across meshes), log every step."""
+  c = tiny_config(corpus, max_steps=steps, lr_decay_steps=EP_STEPS, log_interval=1,
+                  eval_interval=EP_STEPS, checkpoint_every=EP_STEPS // 2, batch_size=16,
+                  moe_aux_loss=0.01, moe_bias_rate=0.001)
+  c.model.update(n_head=4, n_embd=32, moe_experts=4, moe_top_k=2, moe_dispatch="blocks")
+  return c
+
+
+@pytest.fixture(scope="module")
+def ep_corpus(tmp_path_factory):
+  from conftest import TOY_TEXT
+  path = tmp_path_factory.mktemp("ep") / "toy.txt"
+  path.write_text(TOY_TEXT)
+  return path
+
+
+@pytest.fixture(scope="module")
+def one_device(ep_corpus, tmp_path_factory):
+  from test_mesh import train
+  return train(ep_config(ep_corpus), tmp_path_factory.mktemp("one"), "none")[0]
+
+
+@pytest.mark.parametrize("mesh", [dict(data=2, expert=4), dict(data=2, expert=2, tensor=2)],
+                         ids=["expert4", "data2-expert2-tensor2"])
+def test_expert_parallelism_gives_the_losses_of_one_device(ep_corpus, tmp_path, one_device, mesh):
+  from test_mesh import state_on, train
+  from test_parallel import assert_close
+  assert len(one_device) == EP_STEPS
+  assert_close(train(ep_config(ep_corpus), tmp_path / "mesh", **mesh)[0], one_device)
+  # each device holds its share of the experts
+  proj = state_on(ep_config(ep_corpus), **mesh).params["h_0"]["ffn"]["proj"]["kernel"]
+  assert proj.addressable_shards[0].data.shape[0] == 4 // mesh["expert"]
+
+
+def test_a_run_saved_on_expert_4_resumes_on_expert_2(ep_corpus, tmp_path, one_device):
+  from test_mesh import train
+  from test_parallel import assert_close
+  train(ep_config(ep_corpus, EP_STEPS // 2), tmp_path / "run", data=2, expert=4)
+  resumed = train(ep_config(ep_corpus), tmp_path / "run", data=4, expert=2)[0]
+  assert_close(resumed, one_device)
+
+
+def test_active_parameters_count_k_experts_of_each_sparse_layer():
+  from llm_jax.models import active_params
+  from llm_jax.models.flops import count_params
+  count = lambda **kw: count_params(make_lm(**kw)[1])[0]
+  m = default_config().model
+  m.update(n_layer=2, n_head=2, n_embd=C, block_size=L, moe_experts=4, moe_top_k=2)
+  # 4 experts top-2 use what 2 experts top-2 hold, but for the router's and bias's 2 more columns
+  assert active_params(m, count()) == count(moe_experts=2) + 2 * (C * 2 + 2)

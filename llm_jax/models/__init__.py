@@ -14,10 +14,10 @@ from typing import Callable, NamedTuple
 import flax.linen as nn
 import jax.numpy as jnp
 
-from llm_jax.models import flops
+from llm_jax.models import flops, moe
 from llm_jax.models.bigram import Bigram
 from llm_jax.models.gpt import GPT
-from llm_jax.models.model_config import ModelConfig
+from llm_jax.models.model_config import ModelConfig, default_ffn_hidden
 from llm_jax.models.transformer import Transformer
 
 # the token arrays a model of each task kind takes (tasks.py names them: 'inputs', and for
@@ -44,7 +44,9 @@ FAMILIES = {
     "bigram": Family(Bigram, "lm", lambda m, n: flops.per_token(n), unread={
         field: _NO_BLOCKS for field in ("pos", "norm_type", "norm_eps", "activation", "ffn_hidden",
                                         "n_kv_head", "qk_norm", "remat")}),
-    "gpt": Family(GPT, "lm", lambda m, n: flops.per_token(n, m.n_layer, m.block_size, m.n_embd)),
+    # a mixture of experts counts its active parameters (active_params)
+    "gpt": Family(GPT, "lm", lambda m, n: flops.per_token(active_params(m, n), m.n_layer,
+                                                         m.block_size, m.n_embd)),
     # a token passes through one of the two stacks: no one figure
     "transformer": Family(Transformer, "seq2seq", lambda m, n: None, unread={
         "scale_embeddings": "it always scales its embeddings by sqrt(n_embd), as Vaswani et al."},
@@ -78,3 +80,14 @@ def init_params(model, model_config, rng, boxed: bool = False):
 def flops_per_token(model_config, n_params: int) -> int | None:
   """model_config: config.model; n_params: flops.count_params(...)[1] (module docstring)."""
   return FAMILIES[model_config.name].flops(model_config, n_params)
+
+
+def active_params(model_config, n_params: int) -> int:
+  """n_params less the expert parameters that a token does not use (models/moe.py: E - k experts
+  of each sparse layer, in each stack); n_params itself for a dense model."""
+  m = model_config
+  if not m.get("moe_experts", 0):
+    return n_params
+  ffn_hidden = m.ffn_hidden or default_ffn_hidden(m.n_embd, m.activation)
+  stacks = 2 if FAMILIES[m.name].task == "seq2seq" else 1
+  return n_params - moe.inactive_params(m, ffn_hidden, stacks)

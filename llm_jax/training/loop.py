@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llm_jax.models import flops_per_token
+from llm_jax.models import active_params, flops_per_token
 from llm_jax.models.flops import count_params
 from llm_jax.training import (finetune, parallel, profile, signals, vectorized,
                               workdir as workdir_lib)
@@ -164,7 +164,9 @@ def _announce(runs, place, state, start: int) -> int:
                f"{tc.lr_decay_steps} steps: the learning rate warms up over all "
                f"{warmup_steps(tc)} of them", flush=True)
   flops = flops_per_token(config.model, n_params_flops)
-  runs.print(f"llm-jax: {n_params / 1e6:.2f}M parameters, "
+  active = active_params(config.model, n_params)  # a mixture of experts': fewer
+  runs.print(f"llm-jax: {n_params / 1e6:.2f}M parameters" +
+             (f" ({active / 1e6:.2f}M active)" if active != n_params else "") + ", "
              f"{_si(flops) + 'FLOPs' if flops else 'n/a FLOPs'}/token, {jax.process_count()} "
              f"process(es), {place.n_devices} device(s) ({place.description}), global batch "
              f"{tc.batch_size * tc.grad_accum_steps} ({tc.batch_size // place.batch_divisor} "
