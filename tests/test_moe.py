@@ -289,3 +289,30 @@ def test_active_parameters_count_k_experts_of_each_sparse_layer():
   m.update(n_layer=2, n_head=2, n_embd=C, block_size=L, moe_experts=4, moe_top_k=2)
   # 4 experts top-2 use what 2 experts top-2 hold, but for the router's and bias's 2 more columns
   assert active_params(m, count()) == count(moe_experts=2) + 2 * (C * 2 + 2)
+
+
+@pytest.mark.parametrize("fields,match", [
+    ({"model.moe_experts": 4, "model.moe_top_k": 5}, r"config.model.moe_top_k=5 is invalid: use 1 "
+                                                      r"to model.moe_experts=4"),
+    ({"model.moe_experts": 6, "mesh.expert": 4}, r"config.mesh.expert=4 is invalid: it must "
+                                                  r"divide model.moe_experts=6"),
+    ({"model.moe_experts": 4, "model.name": "bigram"}, r"config.model.moe_experts=4 is invalid: "
+                                                        r"the bigram is a table of logits"),
+    ({"model.moe_experts": 4, "model.moe_capacity_factor": 1.25},
+     r"config.model.moe_dispatch='ragged' is invalid: a capacity"),
+    ({"model.moe_experts": 4, "model.scan_layers": True, "model.moe_every": 2},
+     r"config.model.scan_layers=True is invalid: scanned layers are all alike"),
+    ({"train.moe_aux_loss": 0.01}, r"config.train.moe_aux_loss=0.01 is invalid: it weighs a "
+                                   r"mixture of experts"),
+    ({"model.moe_experts": 4, "model.moe_router": "topk"}, r"moe_router='topk' is invalid"),
+])
+def test_bad_moe_settings_are_one_line(fields, match):
+  from llm_jax.config import validate
+  from llm_jax.errors import UserError
+  c = default_config()
+  for key, value in fields.items():
+    section, name = key.split(".")
+    c[section][name] = value
+  with pytest.raises(UserError, match=match) as e:
+    validate(c)
+  assert "\n" not in str(e.value)
