@@ -316,3 +316,31 @@ def test_bad_moe_settings_are_one_line(fields, match):
   with pytest.raises(UserError, match=match) as e:
     validate(c)
   assert "\n" not in str(e.value)
+
+
+def test_vectorized_runs_take_the_blocks_dispatch_and_refuse_ragged():
+  """ragged_dot's gradient does not vmap in JAX 0.10.2: a vectorized sweep of an MoE is refused
+  with 'ragged' and accepted with 'blocks', whose gradients under vmap are the unbatched ones."""
+  from llm_jax.errors import UserError
+  from llm_jax.training import vectorized
+  configs = []
+  for seed in (0, 1):
+    c = default_config()
+    c.seed = seed
+    c.model.update(moe_experts=4, moe_top_k=2)
+    configs.append(c)
+  with pytest.raises(UserError, match="moe_dispatch='ragged' cannot be vectorized"):
+    vectorized.check_vectorizable(configs)
+  for c in configs:
+    c.model.moe_dispatch = "blocks"
+  vectorized.check_vectorizable(configs)
+  # the blocks dispatch's gradient under vmap equals the unbatched one
+  cfg = moe_cfg(moe_dispatch="blocks")
+  m = moe.MoEFeedForward(cfg, 0.02)
+  xs = jnp.stack([x_of(seed=1), x_of(seed=2)])
+  params = jax.vmap(lambda x: init(m, x))(xs)
+  grad = lambda p, x: jax.grad(lambda p: (m.apply({"params": p}, x, False) ** 2).sum())(p)
+  batched = jax.vmap(grad)(params, xs)
+  one = grad(jax.tree.map(lambda a: a[1], params), xs[1])
+  for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(one)):
+    np.testing.assert_allclose(a[1], b, rtol=1e-5, atol=1e-6)
