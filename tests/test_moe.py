@@ -205,13 +205,15 @@ def test_moe_every_and_first_dense_pick_the_sparse_layers():
 
 
 def test_training_logs_the_router_and_resumes_the_bias_bitwise(toy_corpus, tmp_path):
-  """An MoE trains with the auxiliary loss and the bias balancing; its metrics are logged; 12
-  steps straight == 6, stop, resume to 12, with the bias (moved by every step) bitwise equal."""
+  """An MoE trains (rematerialized) with the auxiliary losses and the bias balancing; its metrics
+  are logged; 12 steps straight == 6, stop, resume to 12, the bias (moved by every step)
+  bitwise equal."""
   def config(steps):
     c = tiny_config(toy_corpus, max_steps=steps, lr_decay_steps=12, checkpoint_every=6,
                     eval_interval=6, log_interval=3, moe_aux_loss=0.01, moe_z_loss=0.001,
                     moe_bias_rate=0.01)
-    c.model.update(moe_experts=4, moe_top_k=2)
+    # remat too: the router statistics are sown from inside the checkpointed Blocks
+    c.model.update(moe_experts=4, moe_top_k=2, remat="full")
     return c
   train_and_evaluate(config(12), str(tmp_path / "straight"))
   train_and_evaluate(config(6), str(tmp_path / "resumed"))
@@ -344,3 +346,18 @@ def test_vectorized_runs_take_the_blocks_dispatch_and_refuse_ragged():
   one = grad(jax.tree.map(lambda a: a[1], params), xs[1])
   for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(one)):
     np.testing.assert_allclose(a[1], b, rtol=1e-5, atol=1e-6)
+
+
+def test_both_stacks_of_the_transformer_take_the_experts():
+  c = default_config().model
+  c.update(name="transformer", n_layer=2, n_head=2, n_embd=C, block_size=L, moe_experts=4,
+           moe_top_k=1, moe_first_dense=1)
+  m = build_model(c, V, pad_id=0)
+  src = jax.random.randint(jax.random.key(1), (2, L), 1, V)
+  params = nn.unbox(m.init(jax.random.key(0), src, src)["params"])
+  for stack in ("encoder", "decoder"):
+    assert "router" not in params[stack]["layer_0"]["ffn"]
+    assert params[stack]["layer_1"]["ffn"]["proj"]["kernel"].shape[0] == 4
+  _, state = m.apply({"params": params}, src, src, mutable=[moe.MOE_STATS])
+  assert [p for p, _ in moe.stats_of(state[moe.MOE_STATS])] == ["decoder/layer_1",
+                                                                 "encoder/layer_1"]
