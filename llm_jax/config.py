@@ -39,6 +39,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.mesh.fsdp = 1
   # tensor parallelism: attention heads, FFN hidden units and the vocabulary split (Megatron)
   c.mesh.tensor = 1
+  # expert parallelism (model.moe_experts > 0): the experts split over this many devices (it
+  # must divide moe_experts), the batch split over them too
+  c.mesh.expert = 1
   # CPU only: host devices that split each batch (with parallel='auto'), from the command line,
   # before JAX starts. XLA runs most of a small model's ops on one core, so one device per core
   # steps faster (experiments/perf). 0: one per core when train.batch_size divides by the core
@@ -209,6 +212,34 @@ def default_config() -> ml_collections.ConfigDict:
   # weights (init 1), added to the inputs of the last n_layer // 2 in mirror order. GPT without
   # scan_layers
   c.model.unet_skips = False
+  # mixture of experts (models/moe.py, docs/moe.md): the number of experts of each sparse FFN
+  # (0: every FFN dense, as before)
+  c.model.moe_experts = 0
+  # experts each token is sent to (at most moe_experts)
+  c.model.moe_top_k = 2
+  # always-on experts beside the routed ones (DeepSeek, Qwen2-MoE): one dense FFN of this many
+  # experts' width
+  c.model.moe_shared_experts = 0
+  # each expert's hidden width; 0: the dense FFN's (ffn_hidden) divided by moe_top_k, which keeps
+  # the active parameters those of the dense model
+  c.model.moe_expert_hidden = 0
+  # which layers are sparse: every moe_every-th one from layer moe_first_dense on (0-based; the
+  # layers before it dense, as DeepSeek's first ones)
+  c.model.moe_every = 1
+  c.model.moe_first_dense = 0
+  # the router: 'softmax' (the top-k of a softmax: Mixtral, Qwen) | 'sigmoid' (the top-k of
+  # sigmoid scores, their weights normalized to sum to 1: DeepSeek-V3)
+  c.model.moe_router = "softmax"
+  # softmax: the top-k weights renormalized to sum to 1 (Mixtral, Qwen3-MoE's norm_topk_prob);
+  # False keeps the softmax's own (Switch, Qwen1.5-MoE)
+  c.model.moe_renormalize = True
+  # 0: dropless (every token reaches its experts); > 0: each expert takes at most this factor x
+  # its fair share of the tokens (GShard, Switch), the rest dropped and counted (moe_dropped)
+  c.model.moe_capacity_factor = 0.0
+  # dropless dispatch: 'ragged' (tokens sorted by expert, jax.lax.ragged_dot, a grouped matmul)
+  # | 'blocks' (each expert a block of every token's size, one batched matmul: E/k times the
+  # FLOPs, yet faster on a CPU, docs/moe.md). A capacity factor > 0 needs 'blocks'
+  c.model.moe_dispatch = "ragged"
 
   c.train = ml_collections.ConfigDict()
   # examples per micro-batch, global across devices; one update sees batch_size * grad_accum_steps
@@ -295,6 +326,15 @@ def default_config() -> ml_collections.ConfigDict:
   # checkpoint is kept) | 'skip' (an update whose gradients are not all finite is dropped, by
   # optax.apply_if_finite, and counted, as skipped_updates)
   c.train.nan_policy = "stop"
+  # mixture of experts (model.moe_experts > 0): the coefficient of the Switch/GShard load-balancing
+  # loss E sum_e f_e P_e per sparse layer (Switch: 0.01; 0 = off)
+  c.train.moe_aux_loss = 0.0
+  # the coefficient of the router z-loss mean(logsumexp(logits)^2) per sparse layer (ST-MoE:
+  # 0.001; 0 = off)
+  c.train.moe_z_loss = 0.0
+  # DeepSeek-V3's auxiliary-loss-free balancing: each expert's selection bias moves by this much
+  # toward equal load after every step (DeepSeek: 0.001; 0 = off). Saved in the checkpoints
+  c.train.moe_bias_rate = 0.0
   # fine-tuning: a run directory (trained here, or made by `llm-jax convert`) whose latest
   # parameters and tokenizer start this run, with a fresh optimizer at step 0; '' starts from a
   # fresh init. Its model must be this config's (configs/finetune.py:<run> builds one from it)
@@ -379,6 +419,10 @@ def validate(c) -> None:
   _validate_run(c)
   _validate_data(c.data)
   _validate_model(c.model, c.data, c.train)
+  _require(c.model.moe_experts == 0 or c.mesh.expert <= 1 or
+           c.model.moe_experts % c.mesh.expert == 0, "mesh.expert", c.mesh.expert,
+           f"it must divide model.moe_experts={c.model.moe_experts} (each device holds "
+           f"moe_experts / expert of them)")
   _validate_train(c.train)
   _validate_harness(c.train, c.model)
 
@@ -497,6 +541,7 @@ def _validate_model(m, d, t) -> None:
   _require(m.remat == "none" or m.remat in REMAT_POLICIES, "model.remat", m.remat,
            f"use 'none' or one of {', '.join(map(repr, REMAT_POLICIES))}")
   _validate_speedrun_model(m)
+  _validate_moe(m, t)
 
 
 def _validate_speedrun_model(m) -> None:
@@ -516,6 +561,42 @@ def _validate_speedrun_model(m) -> None:
     _require(not (m[field] and m.scan_layers), f"model.{field}", m[field],
              "each layer takes its own extra input, which one scanned block cannot: set "
              "--config.model.scan_layers=False, or leave it False")
+
+
+def _validate_moe(m, t) -> None:
+  """The mixture-of-experts switches (models/moe.py); the MoE's loss terms of config.train too."""
+  _require(m.moe_experts >= 0, "model.moe_experts", m.moe_experts, "use 0 (dense) or more")
+  for field in ("moe_aux_loss", "moe_z_loss", "moe_bias_rate"):
+    _require(t[field] >= 0, f"train.{field}", t[field], "use 0 (off) or a positive number")
+    _require(m.moe_experts > 0 or t[field] == 0, f"train.{field}", t[field],
+             "it weighs a mixture of experts: set model.moe_experts, or leave it at 0")
+  if m.moe_experts == 0:
+    return
+  _require(m.name != "bigram", "model.moe_experts", m.moe_experts,
+           "the bigram is a table of logits without an FFN: use 0, or model.name='gpt'")
+  _require(1 <= m.moe_top_k <= m.moe_experts, "model.moe_top_k", m.moe_top_k,
+           f"use 1 to model.moe_experts={m.moe_experts}")
+  _require(m.moe_shared_experts >= 0, "model.moe_shared_experts", m.moe_shared_experts,
+           "use 0 or more")
+  _require(m.moe_expert_hidden >= 0, "model.moe_expert_hidden", m.moe_expert_hidden,
+           "use 0 (the dense width / top_k) or a positive width")
+  _require(m.moe_every >= 1, "model.moe_every", m.moe_every, "use 1 (every layer) or more")
+  _require(0 <= m.moe_first_dense < m.n_layer, "model.moe_first_dense", m.moe_first_dense,
+           f"use 0 to model.n_layer - 1 = {m.n_layer - 1}")
+  _require(not m.scan_layers or (m.moe_every == 1 and m.moe_first_dense == 0),
+           "model.scan_layers", m.scan_layers, "scanned layers are all alike: use "
+           "moe_every=1 and moe_first_dense=0 with it, or scan_layers=False")
+  _require(m.moe_router in ("softmax", "sigmoid"), "model.moe_router", m.moe_router,
+           "use 'softmax' or 'sigmoid'")
+  _require(m.moe_capacity_factor >= 0, "model.moe_capacity_factor", m.moe_capacity_factor,
+           "use 0 (dropless) or a positive factor (1.25)")
+  _require(m.moe_dispatch in ("ragged", "blocks"), "model.moe_dispatch", m.moe_dispatch,
+           "use 'ragged' or 'blocks'")
+  _require(m.moe_capacity_factor == 0 or m.moe_dispatch == "blocks", "model.moe_dispatch",
+           m.moe_dispatch, "a capacity (model.moe_capacity_factor > 0) fills per-expert "
+           "blocks: use 'blocks', or moe_capacity_factor=0")
+  _require(not m.use_bias, "model.use_bias", m.use_bias,
+           "the experts have no biases (as Mixtral, Qwen3-MoE, DeepSeek): use False")
 
 
 def _validate_train(t) -> None:

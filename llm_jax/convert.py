@@ -3,9 +3,11 @@
     llm-jax convert --from=hf/gpt2 --workdir=runs/gpt2     # a run dir: generate, evaluate, train
     llm-jax export --workdir=runs/gpt2 --to=hf/gpt2_again  # AutoModelForCausalLM.from_pretrained
 
-Two architectures, each a layout: `GPT2LMHeadModel` (learned positions, pre-LayerNorm with
-biases, GELU, tied head) and `LlamaForCausalLM` (rotary positions, pre-RMSNorm, SwiGLU, grouped
-KV heads, no biases). A layout maps the checkpoint's config.json to `config.model` fields and back,
+Four architectures, each a layout: `GPT2LMHeadModel` (learned positions, pre-LayerNorm with
+biases, GELU, tied head), `LlamaForCausalLM` (rotary positions, pre-RMSNorm, SwiGLU, grouped
+KV heads, no biases), and Llama's two mixtures of experts (models/moe.py), `MixtralForCausalLM`
+and `Qwen3MoeForCausalLM` (QK-norm; softmax top-k routers, their experts' tensors one each,
+stacked into our (E, in, out) kernels). A layout maps the checkpoint's config.json to `config.model` fields and back,
 and lists one Rule per tensor: its Hugging Face names, the path of the llm-jax parameter, and the
 two array functions between them (torch's Linear is (out, in), flax's Dense kernel (in, out);
 GPT-2's Conv1D is (in, out) already; heads are split into their own axes here).
@@ -234,6 +236,88 @@ class Allowed(NamedTuple):
   ok: Callable
 
 
+# --- MixtralForCausalLM, Qwen3MoeForCausalLM: Llama's attention, a mixture of experts' FFN -------
+
+def _moe_fields(hf: dict, n_experts: int) -> dict:
+  """The router and experts' fields common to Mixtral and Qwen3-MoE; a router llm-jax lacks (a
+  scoring function other than softmax, routing noise) is refused."""
+  _hf_require(hf, "scoring_func", lambda v: v == "softmax", "'softmax' (llm-jax's Mixtral and "
+              "Qwen3-MoE routers; its sigmoid router has no Hugging Face layout here)", "softmax")
+  _hf_require(hf, "router_jitter_noise", lambda v: not v, "0 (no routing noise)", 0.0)
+  _hf_require(hf, "num_experts_per_tok", lambda v: 1 <= v <= n_experts,
+              f"1 to the {n_experts} experts", 2)
+  for key in ("sliding_window", "use_sliding_window"):
+    _hf_require(hf, key, lambda v: not v, "null (llm-jax attends over the whole context)", None)
+  return {"moe_experts": n_experts, "moe_top_k": hf.get("num_experts_per_tok", 2),
+          "moe_router": "softmax", "moe_shared_experts": 0, "moe_every": 1, "moe_first_dense": 0}
+
+
+def mixtral_model_fields(hf: dict) -> dict:
+  n = hf.get("num_local_experts", 8)
+  return {**llama_model_fields(hf), **_moe_fields(hf, n),
+          "moe_expert_hidden": hf["intermediate_size"], "moe_renormalize": True}
+
+
+def qwen3_moe_model_fields(hf: dict) -> dict:
+  n = hf.get("num_local_experts") or hf.get("num_experts", 128)
+  _hf_require(hf, "decoder_sparse_step", lambda v: v == 1, "1 (every layer sparse)", 1)
+  _hf_require(hf, "mlp_only_layers", lambda v: not v, "[] (every layer sparse)", [])
+  return {**llama_model_fields(hf), **_moe_fields(hf, n), "qk_norm": True,
+          "moe_expert_hidden": hf["moe_intermediate_size"],
+          "moe_renormalize": bool(hf.get("norm_topk_prob", False))}
+
+
+def mixtral_config(m: ModelConfig, block_size: int) -> dict:
+  hf = llama_config(m, block_size)
+  for key in ("attention_bias", "mlp_bias"):
+    del hf[key]
+  return {**hf, "architectures": ["MixtralForCausalLM"], "model_type": "mixtral",
+          "intermediate_size": m.moe_expert_hidden, "num_local_experts": m.moe_experts,
+          "num_experts_per_tok": m.moe_top_k, "router_jitter_noise": 0.0, "sliding_window": None}
+
+
+def qwen3_moe_config(m: ModelConfig, block_size: int) -> dict:
+  hf = llama_config(m, block_size)
+  del hf["mlp_bias"]
+  return {**hf, "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe",
+          "intermediate_size": m.ffn_hidden, "moe_intermediate_size": m.moe_expert_hidden,
+          "num_experts": m.moe_experts, "num_experts_per_tok": m.moe_top_k,
+          "norm_topk_prob": m.moe_renormalize, "decoder_sparse_step": 1, "mlp_only_layers": [],
+          "use_sliding_window": False, "sliding_window": None}
+
+
+def _no_balancing_bias(b):
+  """The balancing bias (models/moe.py) has no Hugging Face tensor: only a zero one exports."""
+  if np.any(b != 0):
+    raise UserError("this run's experts have a non-zero balancing bias (train.moe_bias_rate): "
+                    "Mixtral and Qwen3-MoE choose experts without one, so their logits would "
+                    "differ; export a run trained with train.moe_bias_rate=0")
+  return ()
+
+
+def moe_rules(block: str, names: dict):
+  """ModelConfig -> [Rule]: Llama's rules with each layer's FFN the experts': the router
+  '{layer}.{block}.gate' (E, C) and expert e's '{layer}.{block}.experts.{e}.{name}' (out, in),
+  stacked into our (E, in, out) kernels. names: {our projection: the checkpoint's}."""
+  def rules(m: ModelConfig) -> list:
+    E = m.moe_experts
+    out = [r for r in llama_rules(m) if r.path is None or "ffn" not in r.path]
+    for i in range(m.n_layer):
+      if m.qk_norm:  # Qwen3's: an RMSNorm of head size on each head's queries and keys
+        for name in ("q_norm", "k_norm"):
+          out.append(Rule((f"model.layers.{i}.self_attn.{name}.weight",),
+                          (f"h_{i}", "attn", name, "scale"), _same, _one(_same)))
+      hf, ours = f"model.layers.{i}.{block}.", (f"h_{i}", "ffn")
+      out.append(Rule((hf + "gate.weight",), ours + ("router", "kernel"), _t, _one(_t)))
+      out.append(Rule((), ours + ("bias",), lambda: np.zeros(E, np.float32), _no_balancing_bias))
+      for name, hf_name in names.items():
+        out.append(Rule(tuple(f"{hf}experts.{e}.{hf_name}.weight" for e in range(E)),
+                        ours + (name, "kernel"), lambda *ws: np.stack([w.T for w in ws]),
+                        lambda k: tuple(_t(x) for x in k)))
+    return out
+  return rules
+
+
 class Layout(NamedTuple):
   model_fields: Callable  # hf config.json -> config.model fields
   hf_config: Callable  # (ModelConfig, block_size) -> config.json fields
@@ -244,6 +328,8 @@ class Layout(NamedTuple):
   grouped_kv: bool
   # prefixes the checkpoint's tensor names may carry (GPT-2's hub files have none)
   prefix: str = ""
+  # whether its FFNs are a mixture of experts (config.model.moe_experts > 0)
+  moe: bool = False
 
 
 # the families built by the GPT module, whose parameter tree the rules name: asked of the registry,
@@ -255,6 +341,9 @@ _COMMON = {"name": GPT_FAMILIES, "norm": ("pre",), "qk_norm": (False,),
            # by the activations; zero_init_proj is an init, nothing to write)
            "attn_window": (0,), "logit_softcap": (0.0,), "value_embeddings": (False,),
            "unet_skips": (False,)}
+_MOE_COMMON = {**_COMMON, "pos": ("rope",), "norm_type": ("rmsnorm",), "activation": ("swiglu",),
+               "use_bias": (False,), "moe_router": ("softmax",), "moe_renormalize": (True,),
+               "moe_shared_experts": (0,), "moe_every": (1,), "moe_first_dense": (0,)}
 LAYOUTS = {
     "GPT2LMHeadModel": Layout(
         gpt2_model_fields, gpt2_config, gpt2_rules,
@@ -274,6 +363,15 @@ LAYOUTS = {
          "window_pattern": Allowed("'' or 'L's only (every layer local)",
                                    lambda p: set(p) <= {"L"})},
         grouped_kv=True),
+    "MixtralForCausalLM": Layout(
+        mixtral_model_fields, mixtral_config,
+        moe_rules("block_sparse_moe", {"gate": "w1", "up": "w3", "proj": "w2"}), _MOE_COMMON,
+        grouped_kv=True, moe=True),
+    "Qwen3MoeForCausalLM": Layout(
+        qwen3_moe_model_fields, qwen3_moe_config,
+        moe_rules("mlp", {"gate": "gate_proj", "up": "up_proj", "proj": "down_proj"}),
+        {**_MOE_COMMON, "qk_norm": (True,), "moe_renormalize": (True, False)},
+        grouped_kv=True, moe=True),
 }
 
 
@@ -432,6 +530,8 @@ def layout_of(model_config) -> str:
            if not (vs.ok(m[f]) if isinstance(vs, Allowed) else m[f] in vs)]
     if not layout.grouped_kv and m.n_kv_head not in (0, m.n_head):
       bad.append(("n_kv_head", (0,)))
+    if layout.moe != (m.moe_experts > 0):
+      bad.insert(0, ("moe_experts", ("a positive number",) if layout.moe else (0,)))
     if not bad:
       return arch
     why[arch] = bad[0]

@@ -129,7 +129,8 @@ def test_a_run_saved_on_one_mesh_resumes_on_another(corpus, tmp_path, then, fsdp
 
 
 @pytest.mark.parametrize("mesh,match", [
-    ({"data": 3}, "config.mesh.data=3, config.mesh.fsdp=1, config.mesh.tensor=1: the product is 3"),
+    ({"data": 3}, "config.mesh.data=3, config.mesh.fsdp=1, config.mesh.expert=1, config.mesh.tensor=1: "
+                   "the product is 3"),
     ({"data": -1, "fsdp": -1}, "-1 on at most one axis"),
     ({"fsdp": 3}, "the 8 devices do not divide by 3"),
 ])
@@ -154,4 +155,4 @@ def test_the_rules_replicate_what_the_mesh_does_not_divide():
   assert sharding.spec_for(("batch", None), (16, 5), mesh) == jax.sharding.PartitionSpec(
       ("data", "fsdp"), None)
   np.testing.assert_equal(sharding.mesh_shape({"data": -1, "fsdp": 2, "tensor": 1}, 8),
-                          {"data": 4, "fsdp": 2, "tensor": 1})
+                          {"data": 4, "fsdp": 2, "expert": 1, "tensor": 1})

@@ -28,7 +28,7 @@ from llm_jax import decoding
 from llm_jax import peaks as peak
 from llm_jax.config import validate
 from llm_jax.errors import UserError
-from llm_jax.models import FAMILIES, build_model, flops_per_token
+from llm_jax.models import FAMILIES, active_params, build_model, flops_per_token
 from llm_jax.models.flops import count_params
 from llm_jax.training import parallel, profile
 from llm_jax.training.losses import make_loss_fn
@@ -63,7 +63,8 @@ def _random_batch(rng, shape, vocab_size):
 
 # the config.model fields the JSON names (with the dtype as resolved, and as asked)
 MODEL_FIELDS = ("name", "n_layer", "n_head", "n_embd", "block_size", "dropout", "dropout_bits",
-                "attention", "remat", "scan_layers")
+                "attention", "remat", "scan_layers", "moe_experts", "moe_top_k",
+                "moe_shared_experts", "moe_dispatch", "moe_capacity_factor")
 
 
 def _check_args(m, vocab_size, decode_tokens, steps, warmup) -> None:
@@ -120,7 +121,7 @@ def run(config, steps: int = 20, warmup: int = 3, vocab_size: int = 65, decode_t
   # 'auto' as a run created here would take it (peaks.fix_run_dtype), and why
   dtype_line = peak.fix_run_dtype(m, peaks=peaks)
   T, B, A = m.block_size, tc.batch_size, tc.grad_accum_steps
-  model = build_model(m, vocab_size)
+  model = build_model(m, vocab_size, train_config=tc)
   loss_fn = make_loss_fn(model)
   tx = make_optimizer(tc)
   place = parallel.placement(config, model, tx)
@@ -167,6 +168,8 @@ def run(config, steps: int = 20, warmup: int = 3, vocab_size: int = 65, decode_t
       "optimizer": tc.optimizer,
       "batch_size": B, "grad_accum_steps": A, "tokens_per_step": tokens_per_step,
       "params": n_params, "params_for_flops": n_params_flops, "flops_per_token": fpt,
+      # a mixture of experts: the parameters a token uses (its FLOPs count these alone)
+      "active_params": active_params(m, n_params),
       "device": peaks["device_kind"], "parallel": place.description, "devices": place.n_devices,
       "steps": steps, "warmup": warmup,
       "compile_s": round(first_s - median_s, 2),
@@ -199,7 +202,9 @@ def table(r: dict) -> str:
   rows = [
       ("model", f"{r['model']['name']} {r['model']['n_layer']}L/{r['model']['n_head']}H/"
                 f"{r['model']['n_embd']}d T={r['model']['block_size']} B={r['batch_size']} "
-                f"{r['model']['dtype']}, {r['params'] / 1e6:.2f}M parameters"),
+                f"{r['model']['dtype']}, {r['params'] / 1e6:.2f}M parameters" +
+                (f" ({r['active_params'] / 1e6:.2f}M active)"
+                 if r.get("active_params", r["params"]) != r["params"] else "")),
       ("device", f"{r['device']} x {r['devices']} ({r['parallel']})"),
   ] + ([("precision", r["dtype_chosen"])] if r.get("dtype_chosen") else []) + [
       ("train step", f"{ms['median']:.2f} ms median (p10 {ms['p10']:.2f}, p90 {ms['p90']:.2f}) "

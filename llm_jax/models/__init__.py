@@ -14,10 +14,10 @@ from typing import Callable, NamedTuple
 import flax.linen as nn
 import jax.numpy as jnp
 
-from llm_jax.models import flops
+from llm_jax.models import flops, moe
 from llm_jax.models.bigram import Bigram
 from llm_jax.models.gpt import GPT
-from llm_jax.models.model_config import ModelConfig
+from llm_jax.models.model_config import ModelConfig, default_ffn_hidden
 from llm_jax.models.transformer import Transformer
 
 # the token arrays a model of each task kind takes (tasks.py names them: 'inputs', and for
@@ -52,7 +52,9 @@ FAMILIES = {
                                         "n_kv_head", "qk_norm", "remat") + _SPEEDRUN},
         refuses_optimizers={"muon": "Muon orthogonalizes the blocks' matrices and the bigram has "
                                     "none (its table is an embedding): use adamw"}),
-    "gpt": Family(GPT, "lm", lambda m, n: flops.per_token(n, m.n_layer, m.block_size, m.n_embd)),
+    # a mixture of experts counts its active parameters (active_params)
+    "gpt": Family(GPT, "lm", lambda m, n: flops.per_token(active_params(m, n), m.n_layer,
+                                                         m.block_size, m.n_embd)),
     # a token passes through one of the two stacks: no one figure
     "transformer": Family(Transformer, "seq2seq", lambda m, n: None, unread={
         "scale_embeddings": "it always scales its embeddings by sqrt(n_embd), as Vaswani et al.",
@@ -62,11 +64,12 @@ FAMILIES = {
 }
 
 
-def build_model(model_config, vocab_size: int, pad_id: int = 0):
+def build_model(model_config, vocab_size: int, pad_id: int = 0, train_config=None):
   """model_config: the validated `config.model`; vocab_size and pad_id: the tokenizer's (pad_id:
-  its PAD, where it has one). The family's flax module."""
+  its PAD, where it has one); train_config: config.train, whose MoE loss terms the loss factory
+  reads from the model (None where nothing trains). The family's flax module."""
   family = FAMILIES[model_config.name]
-  return family.module(ModelConfig.from_config(model_config, vocab_size, pad_id))
+  return family.module(ModelConfig.from_config(model_config, vocab_size, pad_id, train_config))
 
 
 def example_inputs(model_config) -> tuple:
@@ -86,3 +89,14 @@ def init_params(model, model_config, rng, boxed: bool = False):
 def flops_per_token(model_config, n_params: int) -> int | None:
   """model_config: config.model; n_params: flops.count_params(...)[1] (module docstring)."""
   return FAMILIES[model_config.name].flops(model_config, n_params)
+
+
+def active_params(model_config, n_params: int) -> int:
+  """n_params less the expert parameters that a token does not use (models/moe.py: E - k experts
+  of each sparse layer, in each stack); n_params itself for a dense model."""
+  m = model_config
+  if not m.get("moe_experts", 0):
+    return n_params
+  ffn_hidden = m.ffn_hidden or default_ffn_hidden(m.n_embd, m.activation)
+  stacks = 2 if FAMILIES[m.name].task == "seq2seq" else 1
+  return n_params - moe.inactive_params(m, ffn_hidden, stacks)

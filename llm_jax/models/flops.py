@@ -28,3 +28,11 @@ def count_params(params) -> tuple[int, int]:
 def per_token(n_params: int, n_layer: int = 0, context: int = 0, width: int = 0) -> int:
   """6 N + 12 L T d; n_params: count_params(...)[1]. A model without attention: 6 N."""
   return 6 * n_params + 12 * n_layer * context * width
+
+
+def si(x: float) -> str:
+  """A count in SI units: 1.23G, 456.00M, 7.89k."""
+  for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+    if x >= scale:
+      return f"{x / scale:.2f}{unit}"
+  return f"{x:.0f}"

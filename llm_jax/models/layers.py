@@ -1,5 +1,5 @@
-"""What every model is built from: positions, the feed-forward net, the transformer Block, and the
-Stack of Blocks (GPT's body; each of the transformer's encoder and decoder).
+"""What every model is built from: positions, the transformer Block (its FFN: ffn.py, or the
+mixture of experts of moe.py), and the Stack of Blocks (GPT's body; each of the transformer's encoder and decoder).
 
 Shape letters: B batch, T query length, S key/value length, C model width (n_embd), V vocabulary.
 """
@@ -9,25 +9,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llm_jax.models import precision
 from llm_jax.models.attention import MultiHeadAttention
 from llm_jax.models.axes import STREAM, constrain, param_init
 from llm_jax.models.dropout import Dropout
-from llm_jax.models.model_config import GATED, ModelConfig
-
-
-def gelu(x):
-  """The exact GELU, x * Phi(x), as PyTorch's default and nanoGPT's. Written with erf: flax's
-  nn.gelu(approximate=False) uses erfc, the same function to 1e-6 but twice as slow on CPU."""
-  return 0.5 * x * (1.0 + jax.lax.erf(x * np.float32(1 / np.sqrt(2))).astype(x.dtype))
-
-
-# the gated ones (model_config.GATED) name the activation of their gate: SwiGLU is SiLU-gated,
-# GeGLU GELU-gated (Shazeer 2020)
-ACTIVATIONS = {"relu": nn.relu, "gelu": gelu, "gelu_tanh": lambda x: nn.gelu(x, approximate=True),
-               "swiglu": nn.silu, "geglu": gelu,
-               # ReLU squared (So et al. 2021, Primer; modded-nanogpt's and nanochat's MLP)
-               "relu2": lambda x: jnp.square(nn.relu(x))}
+# the dense FFN and the activations live in ffn.py (moe.py builds its experts from them); the
+# activations are named here too, as the table config validates against
+from llm_jax.models.ffn import ACTIVATIONS, FeedForward  # noqa: F401
+from llm_jax.models.model_config import ModelConfig, is_sparse
+from llm_jax.models.moe import MoEFeedForward
 
 
 def norm(cfg: ModelConfig, name: str) -> nn.Module:
@@ -76,37 +65,6 @@ class PositionalEncoding(nn.Module):
     return x_BTC + jnp.take(table, positions, axis=0).astype(x_BTC.dtype)  # (B, T, C)
 
 
-class FeedForward(nn.Module):
-  """Position-wise FFN: Dense(F) 'fc' -> activation -> Dense(C) 'proj' -> dropout; gated
-  (swiglu, geglu): act(Dense(F) 'gate') * Dense(F) 'up' -> Dense(C) 'proj' -> dropout.
-  F is cfg.ffn_hidden (4C by default; 8C/3 rounded for the gated ones, model_config.py)."""
-  cfg: ModelConfig
-  # std of the init of the output projection (it writes into the residual stream)
-  out_init_std: float
-
-  @nn.compact
-  def __call__(self, x_BTC, train: bool):
-    cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
-    B, T, C = x_BTC.shape
-    x_NC = x_BTC.reshape(B * T, C)
-    dense = lambda name: nn.Dense(
-        cfg.ffn_hidden, use_bias=cfg.use_bias, dtype=dtype,
-        dot_general=precision.dot_general(dtype), name=name,
-        kernel_init=param_init(nn.initializers.normal(0.02), "embed", "mlp"),
-        bias_init=param_init(nn.initializers.zeros, "mlp"))
-    if cfg.activation in GATED:
-      h_NF = ACTIVATIONS[cfg.activation](dense("gate")(x_NC)) * dense("up")(x_NC)
-    else:
-      h_NF = ACTIVATIONS[cfg.activation](dense("fc")(x_NC))
-    y_NC = nn.Dense(C, use_bias=cfg.use_bias, dtype=dtype,
-                    dot_general=precision.dot_general(dtype), name="proj",
-                    kernel_init=param_init(nn.initializers.normal(self.out_init_std), "mlp",
-                                           "embed"),
-                    bias_init=param_init(nn.initializers.zeros, "norm"))(h_NF)
-    drop = Dropout(cfg.dropout, cfg.dropout_bits)
-    return drop(y_NC.reshape(B, T, C), deterministic=not train)
-
-
 # model.remat -> the jax.checkpoint policy of each Block while training: what its forward pass
 # keeps for the backward one, the rest recomputed there (None: nothing but the Block's input)
 REMAT_POLICIES = {
@@ -131,6 +89,8 @@ class Block(nn.Module):
   # std of the init of the projections that write into the residual stream (GPT-2: 0.02/sqrt(2L))
   out_init_std: float
   cross: bool = False
+  # the FFN is the mixture of experts (models/moe.py), named 'ffn' as the dense one
+  sparse: bool = False
 
   def _sublayer(self, x, f, name, last_only=False):
     """last_only: f gives the last position alone, and so does the sub-layer."""
@@ -157,7 +117,10 @@ class Block(nn.Module):
       x_BTC = self._sublayer(
           x_BTC, lambda h: attn("cross_attn")(h, memory_mask, train, memory_BSC=memory_BSC),
           "cross")
-    ffn = FeedForward(self.cfg, self.out_init_std, name="ffn")
+    if self.sparse:
+      ffn = MoEFeedForward(self.cfg, self.out_init_std, name="ffn")
+    else:
+      ffn = FeedForward(self.cfg, self.out_init_std, name="ffn")
     return self._sublayer(x_BTC, lambda h: ffn(h, train), "ffn")
 
 
@@ -197,8 +160,10 @@ class ScannedBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x_BTC, mask, memory_BSC, memory_mask, positions, window):
-    """window: this layer's (scanned over the layers: a traced scalar), or None."""
-    block = Block(self.cfg, self.out_init_std, self.cross, name="block")
+    """window: this layer's (scanned over the layers: a traced scalar), or None. Scanned layers
+    are alike: all sparse or all dense (config validation)."""
+    block = Block(self.cfg, self.out_init_std, self.cross, sparse=self.cfg.moe_experts > 0,
+                  name="block")
     return block(x_BTC, mask, self.train, memory_BSC, memory_mask, decode=self.decode,
                  positions=positions, window=window), None
 
@@ -265,7 +230,7 @@ class Stack(nn.Module):
     windows = layer_windows(cfg)
     if cfg.scan_layers:  # each layer its own parameters, cache and dropout key
       body = nn.remat(ScannedBlock, policy=policy, prevent_cse=False) if remat else ScannedBlock
-      stack = nn.scan(body, variable_axes={"params": 0, "cache": 0},
+      stack = nn.scan(body, variable_axes={"params": 0, "cache": 0, "moe_stats": 0},
                       split_rngs={"params": True, "dropout": True},
                       in_axes=(nn.broadcast,) * 4 + (0,),  # the windows: one per layer
                       length=cfg.n_layer, metadata_params={nn.PARTITION_NAME: "layers"})
@@ -294,7 +259,8 @@ class Stack(nn.Module):
         if i in ve_of:  # the table gathered whole, as the token embedding's
           table = constrain(tables[ve_of[i]].embedding, (None, None))
           ve_BTC = jnp.take(table, tokens_BT, axis=0)
-        x_BTC = block(cfg, self.out_init_std, self.cross, name=f"{self.block_name}_{i}")(
+        x_BTC = block(cfg, self.out_init_std, self.cross, is_sparse(cfg, i),
+                      name=f"{self.block_name}_{i}")(
             x_BTC, mask, train, memory_BSC, memory_mask, decode,
             last_only and i == cfg.n_layer - 1, positions_BT,
             None if windows is None else windows[i], ve_BTC)

@@ -55,11 +55,30 @@ class ModelConfig:
   zero_init_proj: bool = False
   value_embeddings: bool = False
   unet_skips: bool = False
+  # mixture of experts (models/moe.py; config.py documents them): 0 experts = every FFN dense
+  moe_experts: int = 0
+  moe_top_k: int = 2
+  moe_shared_experts: int = 0
+  # each expert's width; config's 0 is ffn_hidden // moe_top_k here
+  moe_expert_hidden: int = 0
+  moe_every: int = 1
+  moe_first_dense: int = 0
+  moe_router: str = "softmax"
+  moe_renormalize: bool = True
+  moe_capacity_factor: float = 0.0
+  moe_dispatch: str = "ragged"
+  # the loss factory's (training/losses.py), from config.train: the auxiliary losses'
+  # coefficients and the balancing bias's rate
+  moe_aux_loss: float = 0.0
+  moe_z_loss: float = 0.0
+  moe_bias_rate: float = 0.0
 
   @classmethod
-  def from_config(cls, model_config, vocab_size: int, pad_id: int = 0) -> "ModelConfig":
+  def from_config(cls, model_config, vocab_size: int, pad_id: int = 0,
+                  train_config=None) -> "ModelConfig":
     """model_config: the validated `config.model` (max_len 0 there means block_size); vocab_size
-    and pad_id: the tokenizer's. A field of config.model that ModelConfig lacks is a TypeError
+    and pad_id: the tokenizer's; train_config: config.train, for the MoE's loss terms (None: off,
+    as for generation). A field of config.model that ModelConfig lacks is a TypeError
     here, never a setting silently left out."""
     m = model_config
     if m.vocab_size and m.vocab_size < vocab_size:
@@ -67,11 +86,15 @@ class ModelConfig:
                       f"vocabulary ({vocab_size}): use 0 (the tokenizer's) or at least "
                       f"{vocab_size}")
     fields = {k: v for k, v in m.items() if k not in ("name", "block_size", "vocab_size")}
+    ffn_hidden = m.ffn_hidden or default_ffn_hidden(m.n_embd, m.activation)
+    if train_config is not None and m.moe_experts:
+      fields.update({k: train_config[k] for k in ("moe_aux_loss", "moe_z_loss", "moe_bias_rate")})
     return cls(**{**fields, "vocab_size": m.vocab_size or vocab_size, "pad_id": pad_id,
+                  "moe_expert_hidden": m.moe_expert_hidden or max(1, ffn_hidden // m.moe_top_k),
                   "max_len": m.max_len or m.block_size,
                   "n_kv_head": m.n_kv_head or m.n_head,
                   "dtype": precision.resolve(m.dtype),
-                  "ffn_hidden": m.ffn_hidden or default_ffn_hidden(m.n_embd, m.activation)})
+                  "ffn_hidden": ffn_hidden})
 
 
 # the FFN activations whose FFN is gated: act(x W_gate) * (x W_up), then W_proj
@@ -88,3 +111,11 @@ def default_ffn_hidden(n_embd: int, activation: str) -> int:
     return -(-8 * n_embd // (3 * FFN_MULTIPLE)) * FFN_MULTIPLE
   return 4 * n_embd
 
+
+
+def is_sparse(cfg, layer: int) -> bool:
+  """Whether Block `layer` (0-based, in its stack) has the mixture of experts (models/moe.py) for
+  its FFN: with moe_experts > 0, every moe_every-th layer from layer moe_first_dense on. cfg: a
+  ModelConfig or config.model."""
+  return (cfg.moe_experts > 0 and layer >= cfg.moe_first_dense
+          and (layer - cfg.moe_first_dense) % cfg.moe_every == 0)

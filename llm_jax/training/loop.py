@@ -18,8 +18,8 @@ import jax
 import numpy as np
 
 from llm_jax.errors import UserError
-from llm_jax.models import flops_per_token
-from llm_jax.models.flops import count_params
+from llm_jax.models import active_params, flops_per_token
+from llm_jax.models.flops import count_params, si
 from llm_jax.training import (checkpoint, finetune, parallel, profile, signals,
                               workdir as workdir_lib)
 from llm_jax.training.optimizer import lr_schedule, make_optimizer, warmup_steps
@@ -171,13 +171,6 @@ def tokens_per_step(config, task) -> int:
   return config.train.batch_size * config.train.grad_accum_steps * task.tokens_per_example
 
 
-def _si(x: float) -> str:
-  for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-    if x >= scale:
-      return f"{x / scale:.2f}{unit}"
-  return f"{x:.0f}"
-
-
 def announce(config, task, place, params, start: int, where: str, is_main: bool,
              more: str = "") -> int:
   """The two start-of-run lines (the run, the model and its placement; `more` ends the second).
@@ -191,8 +184,10 @@ def announce(config, task, place, params, start: int, where: str, is_main: bool,
         f"{tc.lr_decay_steps} steps: the learning rate warms up over all "
         f"{warmup_steps(tc)} of them", flush=True)
   flops = flops_per_token(config.model, n_params_flops)
-  say(f"llm-jax: {n_params / 1e6:.2f}M parameters, "
-      f"{_si(flops) + 'FLOPs' if flops else 'n/a FLOPs'}/token, {jax.process_count()} "
+  active = active_params(config.model, n_params)  # a mixture of experts': fewer
+  say(f"llm-jax: {n_params / 1e6:.2f}M parameters" +
+      (f" ({active / 1e6:.2f}M active)" if active != n_params else "") + ", "
+      f"{si(flops) + 'FLOPs' if flops else 'n/a FLOPs'}/token, {jax.process_count()} "
       f"process(es), {place.n_devices} device(s) ({place.description}), global batch "
       f"{tc.batch_size * tc.grad_accum_steps} ({tc.batch_size // place.batch_divisor} "
       f"examples per batch shard x {tc.grad_accum_steps} accumulation steps), "

@@ -165,7 +165,7 @@ def placement(config, model, tx, lead: int = 0) -> Placement:
   """The Placement for config.parallel and config.mesh of the train state of (model, tx);
   `lead`: leading axes stacked before the state's own (the vectorized runs' K), replicated."""
   mode = MODES[config.parallel]
-  default_mesh = all(config.mesh[a] == d for a, d in zip(sharding.MESH_AXES, (-1, 1, 1)))
+  default_mesh = all(config.mesh[a] == d for a, d in zip(sharding.MESH_AXES, (-1, 1, 1, 1)))
   if mode != "mesh" and not default_mesh:
     fields = " ".join(f"--config.mesh.{a}={config.mesh[a]}" for a in sharding.MESH_AXES)
     raise UserError(f"{fields} needs the mesh: use --config.parallel=auto (it is "
@@ -205,7 +205,7 @@ class MeshPlacement:
     self.axis_name = None  # the steps' collectives are GSPMD's
     self.batch_axis = 1 + lead  # of a batch (..., A or E, B, ...)
     self.n_devices = mesh.size
-    self.batch_divisor = mesh.shape["data"] * mesh.shape["fsdp"]
+    self.batch_divisor = int(np.prod([mesh.shape[a] for a in sharding.BATCH]))
     # the model traced once, abstractly: its parameters' shapes and axes' names, then the state's
     boxed = jax.eval_shape(lambda: init_params(model, model_config, jax.random.key(0), boxed=True))
     self.params_sharding = sharding.param_shardings(boxed, mesh, self.lead)

@@ -7,6 +7,10 @@
                 tensor  attention heads and FFN hidden units split (Megatron: the projections
                         into heads and hidden units column-parallel, those back out row-parallel,
                         one all-reduce after each)
+                expert  a mixture of experts' experts split (expert parallelism: each device
+                        holds E / expert of them), and the batch split too, as by data; the
+                        tokens reach their experts' devices and come back by the sharding
+                        constraints of models/moe.py (GSPMD inserts the collectives)
 
 The models name the axes of their parameters (models/axes.py); RULES maps each name to a mesh
 axis. An axis of a size that the mesh axis does not divide is replicated instead (e.g. a
@@ -23,9 +27,9 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from llm_jax.errors import UserError
 
-MESH_AXES = ("data", "fsdp", "tensor")
-# the examples of a batch are split over both data axes
-BATCH = ("data", "fsdp")
+MESH_AXES = ("data", "fsdp", "expert", "tensor")
+# the examples of a batch are split over the data axes and the expert one
+BATCH = ("data", "fsdp", "expert")
 
 # logical axis (models/axes.py) -> mesh axis (None: replicated)
 RULES = (
@@ -40,6 +44,7 @@ RULES = (
     ("length", None),
     ("norm", None),
     ("layers", None),
+    ("expert", "expert"),
     ("act_length", None),
     ("act_embed", None),
 )
@@ -48,7 +53,7 @@ RULES = (
 def mesh_shape(mesh_cfg, n_devices: int) -> dict:
   """config.mesh -> {axis: size} with the -1 (at most one: the remaining devices) resolved; a
   product other than the device count is a UserError naming the fields."""
-  sizes = {a: int(mesh_cfg[a]) for a in MESH_AXES}
+  sizes = {a: int(mesh_cfg.get(a, 1)) for a in MESH_AXES}  # (an older run's config: no expert)
   fields = ", ".join(f"config.mesh.{a}={s}" for a, s in sizes.items())
   free = [a for a, s in sizes.items() if s == -1]
   if len(free) > 1 or any(s == 0 or s < -1 for s in sizes.values()):
@@ -68,7 +73,7 @@ def mesh_shape(mesh_cfg, n_devices: int) -> dict:
 
 
 def make_mesh(mesh_cfg, devices=None) -> jax.sharding.Mesh:
-  """The (data, fsdp, tensor) mesh over `devices` (default: every device of every process), its
+  """The (data, fsdp, expert, tensor) mesh over `devices` (default: every device of every process), its
   axes Auto: jit's sharding propagation places what no rule names."""
   devices = jax.devices() if devices is None else devices
   sizes = mesh_shape(mesh_cfg, len(devices))
@@ -86,6 +91,8 @@ def spec_for(names, shape, mesh) -> P:
   for name, size in zip(names, shape):
     axes = rules.get(name) if name is not None else None
     axes = (axes,) if isinstance(axes, str) else axes or ()
+    if len(axes) > 1:  # the batch's: its mesh axes of size 1 left out (expert=1, as a rule)
+      axes = tuple(a for a in axes if mesh.shape[a] > 1) or axes[:1]
     n = int(np.prod([mesh.shape[a] for a in axes]))
     if axes and n > 1 and size % n == 0 and not used & set(axes):
       used |= set(axes)
@@ -126,7 +133,7 @@ def state_shardings(abstract_state, params_sharding, tx, mesh, lead=()):
 
 
 def batch_sharding(mesh, axis: int) -> NamedSharding:
-  """Arrays whose axis `axis` is the batch: split over (data, fsdp), the others replicated."""
+  """Arrays whose axis `axis` is the batch: split over BATCH, the others replicated."""
   return NamedSharding(mesh, P(*[None] * axis, BATCH))
 
 

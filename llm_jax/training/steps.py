@@ -43,10 +43,22 @@ def init_state(model, model_config, tx, rng) -> TrainState:
   return create_state(init_params(model, model_config, rng), tx)
 
 
+def _with_aux(loss_fn):
+  """loss_fn returning the loss alone, or (loss, aux) (losses.py) -> one returning (loss, aux)."""
+  def f(*args):
+    out = loss_fn(*args)
+    return out if isinstance(out, tuple) else (out, {})
+  return f
+
+
 def make_train_step(loss_fn, tx, axis_name=None, skip_nonfinite=False):
   """skip_nonfinite (nan_policy='skip'): an update whose gradients are not all finite is dropped
-  (guards.py), and the metrics hold `skipped` (1.0 for a dropped update)."""
-  grad_fn = jax.value_and_grad(loss_fn)
+  (guards.py), and the metrics hold `skipped` (1.0 for a dropped update). A loss_fn may return
+  (loss, aux) (losses.py): aux, averaged as the loss is, adds aux['metrics'] to the metrics; and
+  `loss_fn.after_update(params, aux) -> params`, where the loss factory gives one, sets
+  parameters after the update, outside the gradient (a mixture of experts' balancing biases)."""
+  grad_fn = jax.value_and_grad(_with_aux(loss_fn), has_aux=True)
+  after_update = getattr(loss_fn, "after_update", None)
   guarded_update = guards.skip_nonfinite(tx) if skip_nonfinite else None
 
   def train_step(state: TrainState, batch, rng):
@@ -55,24 +67,29 @@ def make_train_step(loss_fn, tx, axis_name=None, skip_nonfinite=False):
       rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
     n_micro = jax.tree.leaves(batch)[0].shape[0]
     if n_micro == 1:
-      loss, grads = grad_fn(state.params, jax.tree.map(lambda x: x[0], batch), rng, True)
+      (loss, aux), grads = grad_fn(state.params, jax.tree.map(lambda x: x[0], batch), rng, True)
     else:
       def micro(carry, xs):
         i, micro_batch = xs
-        l, g = grad_fn(state.params, micro_batch, jax.random.fold_in(rng, i), True)
-        return jax.tree.map(jnp.add, carry, (l, g)), None
-      zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params))
-      (loss, grads), _ = jax.lax.scan(micro, zeros, (jnp.arange(n_micro), batch))
-      loss, grads = jax.tree.map(lambda x: x / n_micro, (loss, grads))
+        (l, a), g = grad_fn(state.params, micro_batch, jax.random.fold_in(rng, i), True)
+        return jax.tree.map(jnp.add, carry, (l, a, g)), None
+      first = jax.tree.map(lambda x: x[0], batch)
+      aux_shape = jax.eval_shape(lambda p, b: grad_fn(p, b, rng, True), state.params, first)[0][1]
+      zeros = (jnp.zeros(()), jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux_shape),
+               jax.tree.map(jnp.zeros_like, state.params))
+      (loss, aux, grads), _ = jax.lax.scan(micro, zeros, (jnp.arange(n_micro), batch))
+      loss, aux, grads = jax.tree.map(lambda x: x / n_micro, (loss, aux, grads))
     if axis_name:  # all-reduce one flat vector, not a tuple of leaves (cheaper on CPU, see perf)
-      flat, unravel = jax.flatten_util.ravel_pytree((loss, grads))
-      loss, grads = unravel(jax.lax.pmean(flat, axis_name))
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+      flat, unravel = jax.flatten_util.ravel_pytree((loss, aux, grads))
+      loss, aux, grads = unravel(jax.lax.pmean(flat, axis_name))
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux.get("metrics", {})}
     if guarded_update:
       updates, opt_state, metrics["skipped"] = guarded_update(grads, state.opt_state, state.params)
     else:
       updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    if after_update is not None:
+      params = after_update(params, aux)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step
@@ -80,7 +97,7 @@ def make_train_step(loss_fn, tx, axis_name=None, skip_nonfinite=False):
 
 def make_eval_step(loss_fn, axis_name=None):
   def eval_step(state: TrainState, batch):
-    loss = loss_fn(state.params, batch, None, False)
+    loss = _with_aux(loss_fn)(state.params, batch, None, False)[0]
     return jax.lax.pmean(loss, axis_name) if axis_name else loss
 
   return eval_step

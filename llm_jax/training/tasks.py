@@ -56,7 +56,7 @@ def prepared_lm_task(config, tokenizer=None) -> Task:
   if tokenizer is None and d.tokenizer not in ("char", spec):
     raise UserError(f"config.data.tokenizer={d.tokenizer!r} differs from the prepared dataset's "
                     f"({spec!r}, {data.root}): leave it out, or prepare the data with it")
-  model = build_model(config.model, data.tokenizer.vocab_size)
+  model = build_model(config.model, data.tokenizer.vocab_size, train_config=config.train)
   eval_shape = (tc.eval_iters, tc.batch_size)
   bytes_per_token = data.val_bytes_per_token()
   eval_batches = {name: data.get_batch(name, eval_shape, config.seed, i, stream=EVAL)
@@ -102,7 +102,7 @@ def lm_task(config, tokenizer=None) -> Task:
     return prepared_lm_task(config, tokenizer)
   tc, T = config.train, config.model.block_size
   data = load_lm_data(config.data, T, tokenizer)
-  model = build_model(config.model, data.tokenizer.vocab_size)
+  model = build_model(config.model, data.tokenizer.vocab_size, train_config=config.train)
   eval_shape = (tc.eval_iters, tc.batch_size)
 
   def eval_metrics(params, losses):
@@ -134,7 +134,7 @@ def seq2seq_task(config, tokenizer=None) -> Task:
   data = seq2seq_data.load_seq2seq_data(config.data, config.model.block_size, config.seed,
                                         tokenizer)
   tok = data.tokenizer
-  model = build_model(config.model, tok.vocab_size, pad_id=tok.PAD)
+  model = build_model(config.model, tok.vocab_size, pad_id=tok.PAD, train_config=config.train)
   eval_batches = seq2seq_data.eval_batches(data, (tc.eval_iters, tc.batch_size), config.seed)
   n_decoded = min(tc.eval_iters * tc.batch_size, len(data.pairs["val"]))
   val = {k: v[:n_decoded] for k, v in data.arrays["val"].items()}

@@ -55,6 +55,11 @@ def shared_key(config) -> str:
 
 def check_vectorizable(configs) -> None:
   first = _flat(configs[0])
+  if first["model.moe_experts"] and first["model.moe_dispatch"] == "ragged":
+    # JAX 0.10.2 has no batching rule for the transposed ragged_dot of the experts' gradients
+    raise UserError("config.model.moe_dispatch='ragged' cannot be vectorized (jax.vmap of "
+                    "ragged_dot's gradient is not implemented): use --config.model.moe_dispatch="
+                    "blocks, or run without --vectorize")
   if first["train.init_from"]:
     raise UserError("config.train.init_from is set: vectorized runs start from a fresh init; "
                     "run fine-tunings without --vectorize")
