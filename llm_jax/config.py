@@ -485,6 +485,9 @@ def _validate_model(m, d, t) -> None:
   _require(m.remat == "none" or m.remat in REMAT_POLICIES, "model.remat", m.remat,
            f"use 'none' or one of {', '.join(map(repr, REMAT_POLICIES))}")
   _validate_speedrun_model(m)
+  _require(t.head_lr == 0 or not m.tie_embeddings, "train.head_lr", t.head_lr,
+           "the head is the token table (model.tie_embeddings=True), whose rate is "
+           "train.embed_lr: use 0, or --config.model.tie_embeddings=False")
 
 
 def _validate_speedrun_model(m) -> None:

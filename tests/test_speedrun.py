@@ -357,6 +357,7 @@ def test_transformers_families_hold_relu2_and_a_sliding_window(tmp_path):
     ("model", dict(unet_skips=True, scan_layers=True), r"model.unet_skips=True .*scan_layers"),
     ("data", dict(packing="bos"), r"data.packing='bos' .*prepared"),
     ("train", dict(embed_lr=-1.0), r"train.embed_lr=-1.0"),
+    ("train", dict(head_lr=1e-3), r"train.head_lr=0.001 .*tie_embeddings"),
 ])
 def test_bad_switches_are_one_line(section, switches, match):
   c = tiny_config("unused")
