@@ -245,7 +245,9 @@ def test_sliding_window_cached_decoding_past_block_size_is_the_windowed_forward(
   limit (a global layer's window: max_len = block_size). (With scan_layers the windows are a
   scanned array: the first test's full forward checks them.)"""
   from llm_jax import decoding
-  model, params = model_and_params(seed=3, attn_window=5, window_pattern="LG")
+  # the other switches ride along: they must keep the cache exact too
+  model, params = model_and_params(seed=3, attn_window=5, window_pattern="LG", activation="relu2",
+                                   logit_softcap=30.0, value_embeddings=True, unet_skips=True)
   # larger weights than the init's, so that the greedy tokens vary
   params = jax.tree.map(lambda x: x * 3 if x.ndim >= 2 else x, params)
   P, N = T + 4, 40
