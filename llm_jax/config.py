@@ -542,6 +542,9 @@ def _validate_model(m, d, t) -> None:
            f"use 'none' or one of {', '.join(map(repr, REMAT_POLICIES))}")
   _validate_speedrun_model(m)
   _validate_moe(m, t)
+  _require(t.head_lr == 0 or not m.tie_embeddings, "train.head_lr", t.head_lr,
+           "the head is the token table (model.tie_embeddings=True), whose rate is "
+           "train.embed_lr: use 0, or --config.model.tie_embeddings=False")
 
 
 def _validate_speedrun_model(m) -> None:

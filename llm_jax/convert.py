@@ -69,7 +69,7 @@ def _one(f):
 # --- GPT2LMHeadModel -----------------------------------------------------------------------------
 
 GPT2_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu",
-                    "relu": "relu"}
+                    "relu": "relu", "relu2": "relu2"}  # (transformers' ACT2FN has relu(x)^2)
 
 
 def gpt2_model_fields(hf: dict) -> dict:
@@ -337,8 +337,9 @@ class Layout(NamedTuple):
 GPT_FAMILIES = tuple(name for name, family in FAMILIES.items() if family.module is GPT)
 _COMMON = {"name": GPT_FAMILIES, "norm": ("pre",), "qk_norm": (False,),
            "scale_embeddings": (False,), "scan_layers": (False,),
-           # the speedrun switches neither transformers' GPT-2 nor its Llama has (relu2 is refused
-           # by the activations; zero_init_proj is an init, nothing to write)
+           # the speedrun switches neither transformers' GPT-2 nor its Llama has (relu2 is GPT-2's
+           # 'relu2' activation; zero_init_proj is an init, nothing to write; Mistral below
+           # lifts attn_window)
            "attn_window": (0,), "logit_softcap": (0.0,), "value_embeddings": (False,),
            "unet_skips": (False,)}
 _MOE_COMMON = {**_COMMON, "pos": ("rope",), "norm_type": ("rmsnorm",), "activation": ("swiglu",),

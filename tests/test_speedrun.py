@@ -245,7 +245,9 @@ def test_sliding_window_cached_decoding_past_block_size_is_the_windowed_forward(
   limit (a global layer's window: max_len = block_size). (With scan_layers the windows are a
   scanned array: the first test's full forward checks them.)"""
   from llm_jax import decoding
-  model, params = model_and_params(seed=3, attn_window=5, window_pattern="LG")
+  # the other switches ride along: they must keep the cache exact too
+  model, params = model_and_params(seed=3, attn_window=5, window_pattern="LG", activation="relu2",
+                                   logit_softcap=30.0, value_embeddings=True, unet_skips=True)
   # larger weights than the init's, so that the greedy tokens vary
   params = jax.tree.map(lambda x: x * 3 if x.ndim >= 2 else x, params)
   P, N = T + 4, 40
@@ -306,7 +308,8 @@ def test_every_switch_on_a_mesh_trains_as_one_device(prepared, tmp_path):
 
 def test_export_refuses_the_switches_gpt2_and_llama_cannot_hold_in_one_line():
   from llm_jax import convert
-  assert convert.layout_of(model_config(pos="learned", zero_init_proj=True)) == "GPT2LMHeadModel"
+  assert convert.layout_of(model_config(pos="learned", zero_init_proj=True,
+                                        activation="relu2")) == "GPT2LMHeadModel"
   windowed = model_config(norm_type="rmsnorm", activation="swiglu", attn_window=8)
   assert convert.layout_of(windowed) == "MistralForCausalLM"
   windowed.window_pattern = "LG"
@@ -319,15 +322,18 @@ def test_export_refuses_the_switches_gpt2_and_llama_cannot_hold_in_one_line():
     assert "\n" not in str(e.value)
 
 
-def test_a_sliding_window_model_converts_from_and_exports_to_mistral(tmp_path):
-  """transformers' Mistral (a sliding window in every layer) converts with model.attn_window and
-  gives its logits past the window, full forward and cached; exported back, the same tensors
-  and window."""
+def test_transformers_families_hold_relu2_and_a_sliding_window(tmp_path):
+  """transformers' GPT-2 with relu2 converts to activation 'relu2' with its logits; its Mistral
+  (a sliding window in every layer) converts with model.attn_window and gives its logits past
+  the window, full forward and cached; exported back, the same tensors and window."""
   pytest.importorskip("transformers")
   import transformers
   from safetensors.numpy import load_file
   from llm_jax import convert
-  from test_convert import check_logits, randomize, save
+  from test_convert import check_logits, gpt2, randomize, save
+  hf_gpt2 = gpt2(activation_function="relu2")
+  r = convert.convert(save(hf_gpt2, tmp_path / "hf_gpt2"), tmp_path / "run_gpt2")
+  assert check_logits(hf_gpt2, r["workdir"]).model.activation == "relu2"
   hf_model = randomize(transformers.MistralForCausalLM(transformers.MistralConfig(
       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
       intermediate_size=40, vocab_size=96, max_position_embeddings=24, sliding_window=5,
@@ -353,6 +359,7 @@ def test_a_sliding_window_model_converts_from_and_exports_to_mistral(tmp_path):
     ("model", dict(unet_skips=True, scan_layers=True), r"model.unet_skips=True .*scan_layers"),
     ("data", dict(packing="bos"), r"data.packing='bos' .*prepared"),
     ("train", dict(embed_lr=-1.0), r"train.embed_lr=-1.0"),
+    ("train", dict(head_lr=1e-3), r"train.head_lr=0.001 .*tie_embeddings"),
 ])
 def test_bad_switches_are_one_line(section, switches, match):
   c = tiny_config("unused")

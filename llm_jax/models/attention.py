@@ -22,6 +22,12 @@ With decode=True (self-attention only) keys and values are kept in the linen 'ca
 the call that creates the cache (model.init with decode=True) fixes its length from the input, and
 each later call appends its T positions at `index` and attends causally over everything cached.
 The cache holds n_kv_head heads, and the keys rotated: the new positions start at `index`.
+
+Sliding windows (model.attn_window; layers.layer_windows gives each layer's): a query sees the
+keys less than `window` positions behind it (window_mask, AND-ed with the given mask). A windowed
+model's cache is a ring buffer (`_update_cache`), so that decoding goes on past its length.
+Value embeddings (model.value_embeddings): a per-token vector added to the values, times the
+learned scalar 've_lambda'.
 """
 
 import flax.linen as nn
