@@ -431,4 +431,7 @@ def tokenizer_from_dict(d: dict):
     return TiktokenTokenizer.from_name(d["spec"].removeprefix("tiktoken:"), form)
   if kind == "hf":
     return HFTokenizer(_unchanged_file(d, lambda p: sha256_of(p) == d["sha256"]), d["spec"], form)
+  if kind == "chat":  # a run's tokenizer plus the chat template's special ids (data/chat.py)
+    from llm_jax.data.chat import ChatTokenizer  # noqa: PLC0415 -- chat.py imports this module
+    return ChatTokenizer.from_dict(d)
   raise UserError(f"unknown tokenizer kind {kind!r} in the run's tokenizer.json")

@@ -1,12 +1,15 @@
 """The loss factory: the loop trains whatever `make_loss_fn` returns, without knowing the model.
 
 A batch is a dict of arrays: the model's inputs under `input_keys`, `targets` (B, T) and, for
-padded data, `weights` (B, T) with 0 at padding. A language model takes ('inputs',); the
-encoder-decoder takes ('inputs', 'decoder_inputs').
+padded data, `weights` (B, T) with 0 at padding; packed conversations add `positions` and
+`segments` (B, T), from which each row's attention mask is built (data/chat.py). A language
+model takes ('inputs',); the encoder-decoder takes ('inputs', 'decoder_inputs').
 """
 
 import jax.numpy as jnp
 import optax
+
+from llm_jax.data.chat import segment_mask
 
 
 def cross_entropy(logits_BTV, targets_BT, weights_BT=None):
@@ -24,7 +27,11 @@ def make_loss_fn(model, input_keys=("inputs",)):
   def loss_fn(params, batch, rng, train: bool):
     inputs = [batch[k] for k in input_keys]
     rngs = {"dropout": rng} if train else {}
-    logits = model.apply({"params": params}, *inputs, train=train, rngs=rngs)
+    packed = {}
+    if "segments" in batch:  # packed conversations (data/chat.py): each attends to itself alone
+      packed = {"positions_BT": batch["positions"],
+                "mask_BTT": segment_mask(batch["positions"], batch["segments"])}
+    logits = model.apply({"params": params}, *inputs, train=train, rngs=rngs, **packed)
     return cross_entropy(logits, batch["targets"], batch.get("weights"))
 
   return loss_fn
