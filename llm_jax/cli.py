@@ -464,6 +464,26 @@ def _harness(argv):
 
 
 
+def _define_chat(argv):
+  flags.DEFINE_string("workdir", None, "a run fine-tuned on conversations (data.corpus=chat)")
+  flags.DEFINE_integer("max_new_tokens", 256, "the longest reply, in tokens")
+  flags.DEFINE_float("temperature", 0.0, "divides the logits; 0 means greedy")
+  flags.DEFINE_integer("top_k", 0, "sample among the k most likely tokens only (0: off)")
+  flags.DEFINE_float("top_p", 1.0, "sample within the smallest set of probability >= p (1: off)")
+  flags.DEFINE_integer("seed", 0, "sampling seed")
+  flags.DEFINE_integer("step", None, "checkpoint step to load (default: the latest)")
+  _required(["workdir"])
+
+
+def _chat(argv):
+  from llm_jax.chat import chat_from_run, run_chat
+  from llm_jax.generate import check_sampling
+  check_sampling(FLAGS.max_new_tokens, FLAGS.temperature, FLAGS.top_k, FLAGS.top_p, 1,
+                 vocab_size=2**31, seed=FLAGS.seed)
+  run_chat(chat_from_run(FLAGS.workdir, FLAGS.max_new_tokens, FLAGS.temperature, FLAGS.top_k,
+                         FLAGS.top_p, FLAGS.seed, FLAGS.step))
+
+
 class Command(NamedTuple):
   """One `llm-jax <name>`: everything the dispatcher, the usage and the help know of it."""
   about: str  # what it does, for the usage list and its --help
@@ -490,6 +510,8 @@ COMMANDS = {
     "generate": Command("sample from a trained run",
                         'llm-jax generate --workdir=runs/gpt --prompt="ROMEO:"',
                         _define_generate, _generate, compiles=True, read_only=True),
+    "chat": Command("chat with a fine-tuned run", "llm-jax chat --workdir=runs/sft",
+                    _define_chat, _chat, compiles=True, read_only=True),
     "bpe": Command("train a byte-level BPE",
                    "llm-jax bpe --corpus=a.txt --vocab_size=4096 --out=a.tiktoken",
                    _define_bpe, _bpe),

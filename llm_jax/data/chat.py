@@ -194,3 +194,37 @@ def segment_mask(positions_BT, segments_BT):
   (padding, segment 0, attends to padding)."""
   same = segments_BT[:, :, None] == segments_BT[:, None, :]
   return same & (positions_BT[:, None, :] <= positions_BT[:, :, None])
+
+
+# the generated string tasks (`string_conversations`): the user's request -> the answer
+STRING_TASKS = {
+    "reverse": lambda w: w[::-1],
+    "echo": lambda w: w,
+    "first": lambda w: w[0],
+    "last": lambda w: w[-1],
+}
+
+
+def string_conversations(n: int, seed: int = 0, tasks=("reverse", "echo", "first", "last"),
+                         letters: str = "abcdefghijklmnopqrstuvwxyz", min_len: int = 3,
+                         max_len: int = 6, system_share: float = 1 / 3) -> list[list[dict]]:
+  """n generated conversations a small model can learn: the user asks '<task> <word>' of a word
+  of min_len..max_len random letters, the assistant answers (STRING_TASKS: the word reversed,
+  the word, its first or last letter). system_share of them start with a system message."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(n):
+    task = tasks[int(rng.integers(len(tasks)))]
+    word = "".join(rng.choice(list(letters), int(rng.integers(min_len, max_len + 1))))
+    messages = [{"role": "system", "content": "answer in one word."}] \
+        if rng.random() < system_share else []
+    messages += [{"role": "user", "content": f"{task} {word}"},
+                 {"role": "assistant", "content": STRING_TASKS[task](word)}]
+    out.append(messages)
+  return out
+
+
+def write_conversations(path, conversations) -> None:
+  from llm_jax.fileio import atomic_write  # noqa: PLC0415
+  with atomic_write(path, "w") as f:
+    f.writelines(json.dumps({"messages": c}) + "\n" for c in conversations)

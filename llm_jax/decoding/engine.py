@@ -94,12 +94,15 @@ def _row_window(seq_RS, end_R, L):
 
 @partial(jax.jit, static_argnums=(0,), static_argnames=(
     "block_size", "n_buffer", "temperature", "top_k", "top_p", "key_impl", "stream"))
-def _decode(model, params, prompt_RP, len_R, limit_R, keys_R, stops_JS, stop_valid_JS, eos, *,
-            block_size, n_buffer, temperature, top_k, top_p, key_impl, stream):
+def _decode(model, params, prompt_RP, len_R, limit_R, keys_R, stops_JS, stop_valid_JS, eos,
+            cache=None, start_R=None, *, block_size, n_buffer, temperature, top_k, top_p,
+            key_impl, stream):
   """prompt_RP: right-padded prompts; len_R their lengths; limit_R each row's max new tokens (0:
   a padding row); keys_R its key data. stops_JS: the stop sequences right-aligned, stop_valid_JS
-  where they have a token; eos: the eos id or -1. -> (new tokens (R, n_buffer), their logprobs,
-  counts (R,), stopped (R,), steps run)."""
+  where they have a token; eos: the eos id or -1. cache, start_R: a cache already holding each
+  row's first start_R tokens, which the prompt continues (`extend`; then start + prompt + new
+  tokens must fit block_size: the window past it reads this call's tokens only). -> (new tokens
+  (R, n_buffer), their logprobs, counts (R,), stopped (R,), steps run, the cache)."""
   _TRACES[0] += 1
   R, P = prompt_RP.shape
   L = block_size
@@ -112,9 +115,12 @@ def _decode(model, params, prompt_RP, len_R, limit_R, keys_R, stops_JS, stop_val
                                   positions_BT=slots_RT, mutable=["cache"])
     return logits_RTV, out.get("cache", {})
 
-  # prefill: every row's prompt at positions 0..P-1; its next token's logits at its last one
-  cache = init_cache(model, R, L)
-  logits_RPV, cache = cached(prompt_RP, jnp.broadcast_to(jnp.arange(P), (R, P)), cache)
+  # prefill: every row's prompt at positions start..start+P-1; its next token's logits at its
+  # last one
+  if cache is None:
+    cache, start_R = init_cache(model, R, L), jnp.zeros(R, jnp.int32)
+  logits_RPV, cache = cached(prompt_RP, jnp.minimum(start_R[:, None] + jnp.arange(P), L - 1),
+                             cache)
   logits_RV = jnp.take_along_axis(logits_RPV, (len_R - 1)[:, None, None], axis=1)[:, 0]
   seq_RS = jnp.zeros((R, P + n_buffer), jnp.int32).at[:, :P].set(prompt_RP)
 
@@ -135,7 +141,8 @@ def _decode(model, params, prompt_RP, len_R, limit_R, keys_R, stops_JS, stop_val
     logp_R = jnp.take_along_axis(jax.nn.log_softmax(logits_RV.astype(jnp.float32), axis=-1),
                                  tok_R[:, None], axis=1)[:, 0]
     live_R = ~done_R
-    n_R = len_R + i  # where each row's new token goes
+    n_R = len_R + i  # where each row's new token goes in seq_RS
+    slot_R = start_R + n_R  # and its position (its slot in the cache)
     rows = jnp.arange(R)
     seq_RS = seq_RS.at[rows, n_R].set(tok_R)
     out_RN = out_RN.at[:, i].set(jnp.where(live_R, tok_R, 0))
@@ -151,8 +158,8 @@ def _decode(model, params, prompt_RP, len_R, limit_R, keys_R, stops_JS, stop_val
     done_R = done_R | stopped_R | (count_R >= limit_R)
     # the next logits: from the cache while the row's token had a slot (n < L), else from a full
     # forward over its last L tokens (only run when some row needs it)
-    logits_RTV, cache = cached(tok_R[:, None], jnp.minimum(n_R, L - 1)[:, None], cache)
-    past_R = n_R >= L
+    logits_RTV, cache = cached(tok_R[:, None], jnp.minimum(slot_R, L - 1)[:, None], cache)
+    past_R = slot_R >= L
 
     def window(_):
       window_RL = _row_window(seq_RS, jnp.maximum(n_R + 1, L), L)
@@ -169,8 +176,8 @@ def _decode(model, params, prompt_RP, len_R, limit_R, keys_R, stops_JS, stop_val
            jnp.full((R, S), -1, jnp.int32), jnp.zeros((R, n_buffer), jnp.int32),
            jnp.zeros((R, n_buffer), jnp.float32))
   carry = jax.lax.while_loop(cond, step, carry)
-  steps, _, _, _, _, count_R, stopped_R, _, out_RN, logp_RN = carry
-  return out_RN, logp_RN, count_R, stopped_R, steps
+  steps, _, _, cache, _, count_R, stopped_R, _, out_RN, logp_RN = carry
+  return out_RN, logp_RN, count_R, stopped_R, steps, cache
 
 
 # the last call's share of row-steps spent on rows that had already finished (or were padding)
@@ -244,7 +251,7 @@ def generate_batch(model, params, prompts: Sequence[Sequence[int]], rng, *, bloc
                     n_buffer=N, temperature=0.0 if greedy else float(temperature),
                     top_k=int(top_k), top_p=float(top_p), key_impl=key_impl,
                     stream=on_tokens is not None)
-      out_RN, logp_RN, count_R, stopped_R, steps = map(np.asarray, out)
+      out_RN, logp_RN, count_R, stopped_R, steps = map(np.asarray, out[:5])
       if on_tokens is not None:
         jax.effects_barrier()
     finally:
@@ -258,3 +265,42 @@ def generate_batch(model, params, prompts: Sequence[Sequence[int]], rng, *, bloc
                               "stop" if stopped_R[b] else "length")
   finished_share[0] = wasted / spent if spent else 0.0
   return results
+
+
+def extend(model, params, cache, start: int, new_ids: Sequence[int], rng, *, block_size: int,
+           max_new_tokens: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+           eos_id: int | None = None, on_tokens=None):
+  """One sequence continued in its KV cache (a chat, turn after turn): `cache` holds its first
+  `start` tokens (None: an empty one, start 0); new_ids are prefilled after them, then up to
+  max_new_tokens are drawn. -> (Completion, the cache, which now holds every token but the last
+  drawn one's successor: start + len(new_ids) + the new tokens). on_tokens(tokens) is called
+  with each drawn token (a (1,) array). start + len(new_ids) + max_new_tokens must fit
+  block_size (past it there is no cache to continue)."""
+  L = block_size
+  if not new_ids or start + len(new_ids) + max_new_tokens > L:
+    raise UserError(f"{start} cached + {len(new_ids)} new tokens + {max_new_tokens} to draw do "
+                    f"not fit model.block_size={L}: start again from a shorter context")
+  if cache is None:
+    cache, start = init_cache(model, 1, L), 0
+  P = min(bucket(len(new_ids)), L - start)
+  N = bucket(max(1, max_new_tokens))
+  prompt_1P = np.zeros((1, P), np.int32)
+  prompt_1P[0, :len(new_ids)] = new_ids
+  if on_tokens is not None:
+    _ON_TOKENS[0] = lambda tok_R, live_R: on_tokens(tok_R[live_R]) if live_R.any() else None
+  try:
+    out = _decode(model, params, jnp.asarray(prompt_1P), jnp.asarray([len(new_ids)], jnp.int32),
+                  jnp.asarray([max_new_tokens], jnp.int32),
+                  jax.random.key_data(jnp.stack([rng])), jnp.full((1, 1), -1, jnp.int32),
+                  jnp.zeros((1, 1), bool), jnp.int32(-1 if eos_id is None else eos_id), cache,
+                  jnp.asarray([start], jnp.int32), block_size=L, n_buffer=N,
+                  temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
+                  key_impl=str(jax.random.key_impl(rng)), stream=on_tokens is not None)
+    if on_tokens is not None:
+      jax.effects_barrier()
+  finally:
+    _ON_TOKENS[0] = None
+  out_RN, logp_RN, count_R, stopped_R, _ = map(np.asarray, out[:5])
+  n = int(count_R[0])
+  return (Completion(0, 0, out_RN[0, :n].tolist(), logp_RN[0, :n].tolist(),
+                     "stop" if stopped_R[0] else "length"), out[5])
