@@ -62,6 +62,11 @@ def default_config() -> ml_collections.ConfigDict:
   # | 'prepared' (a directory made by `llm-jax prepare`: token shards read through memory maps,
   # for corpora larger than memory; its tokenizer is the dataset's, see data/prepared.py)
   c.data.corpus = "shakespeare_plays"
+  # corpus 'chat' (data/chat.py, training/sft.py): data.path is a JSONL of conversations,
+  # {"messages": [{"role": "system"|"user"|"assistant", "content": ...}]}, packed into rows;
+  # loss_on: which tokens the loss counts, 'assistant' (each assistant message's content and its
+  # end token) | 'all'
+  c.data.loss_on = "assistant"
   # text_file: a UTF-8 file or glob; tinyshakespeare: a local copy ('' downloads it); prepared:
   # the dataset's directory
   c.data.path = ""
@@ -453,6 +458,10 @@ def _validate_data(d) -> None:
            "prepared); use 'none'")
   _require(d.packing == "none" or d.sampling == "random", "data.packing", d.packing,
            "packed rows are drawn at random: use --config.data.sampling=random, or packing 'none'")
+  _require(d.corpus != "chat" or d.path != "", "data.path", d.path,
+           "corpus 'chat' reads a JSONL of conversations: pass --config.data.path=FILE.jsonl")
+  _require(d.loss_on in ("assistant", "all"), "data.loss_on", d.loss_on,
+           "use 'assistant' (the assistant's tokens) or 'all'")
   _require(d.max_text_bytes >= 0, "data.max_text_bytes", d.max_text_bytes,
            "use 0 (from the available memory) or a number of bytes")
   _require(d.normalize in ("auto", "none") + NORMALIZATIONS, "data.normalize", d.normalize,

@@ -12,7 +12,7 @@ the literature's:
   probabilities, and whether each is the argmax.
 - loglikelihood_rolling: lm-eval's windows (utils.get_rolling_token_windows with context_len=1,
   made disjoint), the first one conditioned on the prefix token, summed.
-- generate_until: the KV-cache decoder (decoding/lm.py), greedy unless do_sample; the context cut
+- generate_until: the batched KV-cache engine (decoding/engine.py), greedy unless do_sample; the context cut
   from the left to block_size - max_gen_toks tokens (at least 1); the text cut at the first
   end-of-text token and at the first stop sequence (lm-eval's postprocess_generated_text).
 
@@ -24,8 +24,8 @@ HellaSwag's form (a context and four shorter endings) that is about 2.5x fewer t
 sorted by length and scored in batches of a fixed size, each padded (right, masked out) to a
 bucket length (powers of two and the points 1.5x between them, up to block_size): a task
 compiles a handful of programs (one per bucket), never one per request.
-Generation batches requests of the same prompt length (the decoder's cache has one position for
-the whole batch): one program per prompt length.
+Generation runs the requests of the same settings through the batched engine
+(decoding/engine.py): prompts of any lengths in one batch, one program per bucket of lengths.
 
 The prefix token (what an empty context or the first rolling window is conditioned on; lm-eval's
 prefix_token_id): a converted checkpoint's bos (else eos) token id, from the hf_config.json

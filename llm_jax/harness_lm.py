@@ -124,9 +124,13 @@ class JaxLM(TemplateLM):
 
   # -- generation ----------------------------------------------------------------------------
   def generate_until(self, requests, disable_tqdm=False):
+    """Every request with the same settings (stop strings, max_gen_toks, sampling) in the batched
+    engine (decoding/engine.py): prompts of any lengths together, batch_size rows a program run.
+    A row stops at the end-of-text token (as HF's generate) and at the tokens of a stop string
+    (early: the text is cut at the first stop string below in any case)."""
     T, B = self.block_size, self.batch_size
     eos_text = None if self._eot is None else self.tok_decode([self._eot])
-    groups = {}  # (generation settings, prompt length) -> [(request index, prompt ids)]
+    groups = {}  # generation settings -> [(request index, prompt ids)]
     settings = {}
     for i, req in enumerate(requests):
       context, gen_kwargs = req.args
@@ -138,23 +142,22 @@ class JaxLM(TemplateLM):
       key = (tuple(until), n_new, temperature if sample else 0.0)
       settings[key] = (until, n_new, sample, temperature)
       ids = self.tok_encode(context)[-max(T - n_new, 1):] or [self.prefix_token_id]
-      groups.setdefault((key, len(ids)), []).append((i, ids))
+      groups.setdefault(key, []).append((i, ids))
     out = [None] * len(requests)
-    for (key, P), members in groups.items():
+    for key, members in groups.items():
       until, n_new, sample, temperature = settings[key]
-      for start in range(0, len(members), B):
-        chunk = members[start:start + B]
-        prompt = np.array([ids for _, ids in chunk] + [chunk[0][1]] * (B - len(chunk)),
-                          np.int32)  # (B, P): padded with copies to the fixed batch size
-        seq = decoding.generate(self.model, self.params, prompt, jax.random.key(0),
-                                max_new_tokens=n_new, block_size=T, temperature=temperature,
-                                greedy=not sample)
-        for b, (i, _) in enumerate(chunk):
-          new = seq[b, P:].tolist()
-          if self._eot is not None and self._eot in new:  # HF stops at its eos token
-            new = new[:new.index(self._eot)]
-          text = postprocess_generated_text(self.tok_decode(new), until, None)
-          out[i] = text
-          self.cache_hook.add_partial("generate_until", requests[i].args, text)
+      # a stop string's tokens end a row early where they decode back to the string
+      stops = [ids for u, ids in ((u, self.tok_encode(u, add_special_tokens=False))
+                                  for u in until if u) if ids and self.tok_decode(ids) == u]
+      completions = decoding.generate_batch(
+          self.model, self.params, [ids for _, ids in members], jax.random.key(0),
+          block_size=T, max_new_tokens=n_new, temperature=temperature if sample else 0.0,
+          eos_id=self._eot, stop_sequences=stops, max_batch=B)
+      for (i, _), c in zip(members, completions):
+        new = c.tokens
+        if self._eot is not None and self._eot in new:  # HF stops at its eos token
+          new = new[:new.index(self._eot)]
+        text = postprocess_generated_text(self.tok_decode(new), until, None)
+        out[i] = text
+        self.cache_hook.add_partial("generate_until", requests[i].args, text)
     return out
-

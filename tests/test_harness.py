@@ -145,7 +145,7 @@ def test_generate_until_is_transformers_greedy_continuation(pair):
   prompt at a time through transformers' generate."""
   hf_model, hflm, ours, _ = pair
   rng = np.random.default_rng(1)
-  # three prompt lengths: the decoder compiles one program per prompt length
+  # three prompt lengths, decoded together by the batched engine
   reqs = [Instance("generate_until", None,
                    (words(rng, n, n), {"until": ["w1", "w2"] if k % 2 else ["w3"],
                                        "max_gen_toks": 8, "do_sample": False}), k)

@@ -21,7 +21,7 @@ from llm_jax.fileio import atomic_write, read_text_files, read_utf8
 TINYSHAKESPEARE_URL = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt")
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
-CORPORA = ("shakespeare_plays", "tinyshakespeare", "text_file", "prepared")
+CORPORA = ("shakespeare_plays", "tinyshakespeare", "text_file", "prepared", "chat")
 # tokenizing a text in memory peaks at about this many times its size (measured: issue 28)
 TEXT_MEMORY_FACTOR = 16
 

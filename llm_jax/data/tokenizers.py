@@ -431,4 +431,62 @@ def tokenizer_from_dict(d: dict):
     return TiktokenTokenizer.from_name(d["spec"].removeprefix("tiktoken:"), form)
   if kind == "hf":
     return HFTokenizer(_unchanged_file(d, lambda p: sha256_of(p) == d["sha256"]), d["spec"], form)
+  if kind == "chat":  # a run's tokenizer plus the chat template's special ids (data/chat.py)
+    return ChatTokenizer.from_dict(d)
   raise UserError(f"unknown tokenizer kind {kind!r} in the run's tokenizer.json")
+
+
+# -- the chat template's tokens (data/chat.py renders conversations with them) --
+ROLES = ("system", "user", "assistant")
+SPECIALS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
+
+
+class ChatTokenizer:
+  """A tokenizer plus the chat template's special tokens, at ids base.vocab_size + 0..3."""
+
+  kind = "chat"
+
+  def __init__(self, base):
+    if isinstance(base, ChatTokenizer):
+      base = base.base
+    self.base = base
+    self.normalization = base.normalization
+    self.special_ids = {name: base.vocab_size + i for i, name in enumerate(SPECIALS)}
+    self.vocab_size = base.vocab_size + len(SPECIALS)
+    self.role_id = {role: self.special_ids[f"<|{role}|>"] for role in ROLES}
+    self.end_id = self.special_ids["<|end|>"]
+
+  def encode(self, text: str) -> np.ndarray:
+    return self.base.encode(text)
+
+  def encode_chunks(self, text: str):
+    yield self.encode(text)
+
+  def decode(self, ids) -> str:
+    """The text of ids; a special id is spelled as its name."""
+    names = {i: name for name, i in self.special_ids.items()}
+    out, run = [], []
+    for i in np.asarray(ids).reshape(-1).tolist():
+      if i in names:
+        out += [self.base.decode(np.asarray(run, np.int32)) if run else "", names[i]]
+        run = []
+      else:
+        run.append(i)
+    out.append(self.base.decode(np.asarray(run, np.int32)) if run else "")
+    return "".join(out)
+
+  def decode_text(self, ids) -> str:
+    """The text of ids without the special tokens (what a user reads)."""
+    return self.base.decode(np.asarray([i for i in np.asarray(ids).reshape(-1).tolist()
+                                        if i < self.base.vocab_size], np.int32))
+
+  def to_dict(self) -> dict:
+    return {"kind": self.kind, "base": self.base.to_dict(), "special_ids": self.special_ids}
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "ChatTokenizer":
+    tok = cls(tokenizer_from_dict(d["base"]))
+    if d.get("special_ids") != tok.special_ids:
+      raise UserError("the run's tokenizer.json has chat special ids other than its base "
+                      "tokenizer gives: restore the file")
+    return tok

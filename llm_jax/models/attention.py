@@ -131,7 +131,7 @@ class MultiHeadAttention(nn.Module):
       q_BTHD = rope(q_BTHD, positions, cfg.rope_theta)
       k_BSKD = rope(k_BSKD, positions, cfg.rope_theta)
     if decode:
-      k_BSKD, v_BSKD, mask = self._update_cache(k_BSKD, v_BSKD, index, window)
+      k_BSKD, v_BSKD, mask = self._update_cache(k_BSKD, v_BSKD, index, window, positions)
     elif window is not None:  # self-attention: the keys' positions are the queries'
       pos = jnp.arange(T) if positions is None else positions
       wm = window_mask(pos, pos, window)
@@ -167,9 +167,12 @@ class MultiHeadAttention(nn.Module):
     drop = Dropout(cfg.dropout, cfg.dropout_bits)
     return drop(y_NC.reshape(B, T, C), deterministic=not train)
 
-  def _update_cache(self, k_BTKD, v_BTKD, index, window=None):
+  def _update_cache(self, k_BTKD, v_BTKD, index, window=None, slots=None):
     """Writes the new keys/values at `index`; returns all cached ones and the causal mask over them.
-    A windowed model's cache (cfg.attn_window > 0) is a ring of L slots: position p is kept at
+    slots (B, T): each row's own positions instead (the batched engine: rows of different
+    lengths), where its keys/values are written and up to which each query attends; a slot past
+    the cache writes nothing (a window masks, the cache is no ring there). Otherwise a windowed
+    model's cache (cfg.attn_window > 0) is a ring of L slots: position p is kept at
     slot p mod L, so decoding goes on past L with every layer's window at most L (a global
     layer's is max_len); T new positions at once must not wrap past keys they still need (the
     prompt's prefill from 0, then one token at a time, as decoding.generate does)."""
@@ -180,6 +183,15 @@ class MultiHeadAttention(nn.Module):
       return k_BTKD, v_BTKD, None
     T, L = k_BTKD.shape[1], k_cache.value.shape[1]
     i = index.value
+    if slots is not None and jnp.ndim(slots) == 2:
+      rows_B1 = jnp.arange(k_BTKD.shape[0])[:, None]
+      k_cache.value = k_cache.value.at[rows_B1, slots].set(k_BTKD, mode="drop")
+      v_cache.value = v_cache.value.at[rows_B1, slots].set(v_BTKD, mode="drop")
+      index.value = i + T
+      mask = (jnp.arange(L) <= slots[:, :, None])[:, None]
+      if window is not None:
+        mask = mask & window_mask(slots, jnp.arange(L)[None], window)
+      return k_cache.value, v_cache.value, mask
     if self.cfg.attn_window > 0:
       slots_T = (i + jnp.arange(T)) % L
       k_cache.value = k_cache.value.at[:, slots_T].set(k_BTKD)

@@ -2,8 +2,9 @@
 
 A batch is a dict of arrays: the model's inputs under `input_keys`, `targets` (B, T) and, for
 padded data, `weights` (B, T) with 0 at padding; for rows of several documents masked apart
-(data.packing='doc_mask') `segments` and `positions` (B, T). A language model takes ('inputs',); the
-encoder-decoder takes ('inputs', 'decoder_inputs').
+(data.packing='doc_mask', and packed conversations, data/chat.py) `segments` and `positions`
+(B, T). A language model takes ('inputs',); the encoder-decoder takes ('inputs',
+'decoder_inputs').
 
 A mixture of experts (models/moe.py) adds its auxiliary losses here: while training, its router
 statistics come back from the model as a mutable collection, the loss gains the weighted
@@ -40,7 +41,7 @@ def make_loss_fn(model, input_keys=("inputs",)):
     inputs = [batch[k] for k in input_keys]
     rngs = {"dropout": rng} if train else {}
     packed = {}
-    if "segments" in batch:  # data.packing='doc_mask': each token sees its own document only
+    if "segments" in batch:  # doc_mask packing, conversations: each token sees its own document
       packed = dict(positions_BT=batch["positions"], mask_BTT=document_mask(batch["segments"]))
     if not (sparse and train):
       logits = model.apply({"params": params}, *inputs, train=train, rngs=rngs, **packed)

@@ -100,6 +100,11 @@ def lm_task(config, tokenizer=None) -> Task:
   """Next-token prediction on a text corpus."""
   if config.data.corpus == "prepared":
     return prepared_lm_task(config, tokenizer)
+  if config.data.corpus == "chat":  # conversations, packed, the assistant's tokens in the loss
+    from llm_jax.training.sft import chat_task
+    fields = chat_task(config, tokenizer)
+    return Task(**fields, sample=lm_sampler(fields["tokenizer"], fields["model"],
+                                            config.model.block_size))
   tc, T = config.train, config.model.block_size
   data = load_lm_data(config.data, T, tokenizer)
   model = build_model(config.model, data.tokenizer.vocab_size, train_config=config.train)
