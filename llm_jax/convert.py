@@ -7,10 +7,11 @@ Four architectures, each a layout: `GPT2LMHeadModel` (learned positions, pre-Lay
 biases, GELU, tied head), `LlamaForCausalLM` (rotary positions, pre-RMSNorm, SwiGLU, grouped
 KV heads, no biases), and Llama's two mixtures of experts (models/moe.py), `MixtralForCausalLM`
 and `Qwen3MoeForCausalLM` (QK-norm; softmax top-k routers, their experts' tensors one each,
-stacked into our (E, in, out) kernels). A layout maps the checkpoint's config.json to `config.model` fields and back,
-and lists one Rule per tensor: its Hugging Face names, the path of the llm-jax parameter, and the
-two array functions between them (torch's Linear is (out, in), flax's Dense kernel (in, out);
-GPT-2's Conv1D is (in, out) already; heads are split into their own axes here).
+stacked into our (E, in, out) kernels). A layout maps the checkpoint's config.json to
+`config.model` fields and back, and lists one Rule per tensor: its Hugging Face names, the
+path of the llm-jax parameter, and the two array functions between them (torch's Linear is
+(out, in), flax's Dense kernel (in, out); GPT-2's Conv1D is (in, out) already; heads are split
+into their own axes here).
 
 Tensors are read and written with the `safetensors` package (never pickle), as float32: llm-jax
 keeps its parameters in float32 (`model.dtype` is the compute dtype). A run converted here is a

@@ -31,7 +31,7 @@ def moe_cfg(**kw) -> ModelConfig:
 
 
 def init(module, x):
-  return nn.unbox(module.init(jax.random.key(0), x, False)["params"])
+  return nn.unbox(jax.jit(lambda x: module.init(jax.random.key(0), x, False))(x)["params"])
 
 
 def x_of(B=2, T=L, seed=1):
@@ -60,8 +60,7 @@ def one_hot_reference(cfg, params, x_BTC):
   return y.reshape(x_BTC.shape)
 
 
-@pytest.mark.parametrize("activation", ["gelu", "swiglu"])
-@pytest.mark.parametrize("dispatch", ["ragged", "blocks"])
+@pytest.mark.parametrize("activation,dispatch", [("gelu", "ragged"), ("swiglu", "blocks")])
 def test_one_expert_top_1_is_the_dense_ffn_with_the_same_weights(activation, dispatch):
   cfg = moe_cfg(moe_experts=1, moe_top_k=1, activation=activation, moe_dispatch=dispatch)
   x = x_of()
@@ -83,9 +82,8 @@ def test_top_k_of_all_experts_is_the_softmax_weighted_sum_of_every_expert():
   x_NC = x.reshape(-1, C)
   probs = jax.nn.softmax(x_NC @ params["router"]["kernel"])
   want = np.zeros((x_NC.shape[0], C), np.float32)
-  for n in range(x_NC.shape[0]):  # a plain loop over tokens and experts
-    for e in range(4):
-      want[n] += probs[n, e] * expert_ffn(cfg, params, e, x_NC[n:n + 1])[0]
+  for e in range(4):  # a plain loop over the experts, each on every token
+    want += np.asarray(probs[:, e:e + 1] * expert_ffn(cfg, params, e, x_NC))
   np.testing.assert_allclose(m.apply({"params": params}, x, False).reshape(-1, C), want,
                              atol=1e-6)
 
@@ -103,15 +101,16 @@ def test_the_dispatches_equal_the_one_hot_reference_in_outputs_and_gradients(rou
   # a non-zero balancing bias, so that it takes part in the choice
   params[moe.BIAS] = jnp.array([0.02, -0.01, 0.0, 0.01])
   ref = lambda p: (one_hot_reference(base, p, x) * ct).sum()
-  want, want_grads = jax.value_and_grad(ref)(params)
+  want, want_grads = jax.jit(jax.value_and_grad(ref))(params)
   for name, kw in variants.items():
     m = moe.MoEFeedForward(dataclasses.replace(base, **kw), 0.02)
     f = lambda p: (m.apply({"params": p}, x, False) * ct).sum()
-    got, grads = jax.value_and_grad(f)(params)
+    got, grads = jax.jit(jax.value_and_grad(f))(params)
     np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=name)
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=name)
-    _, state = m.apply({"params": params}, x, False, mutable=[moe.MOE_STATS])
+    _, state = jax.jit(lambda p: m.apply({"params": p}, x, False, mutable=[moe.MOE_STATS]))(
+        params)
     assert float(state[moe.MOE_STATS][moe.STATS]["dropped"]) == 0.0
   # the balancing bias gets no gradient
   np.testing.assert_array_equal(want_grads[moe.BIAS], 0.0)
@@ -162,16 +161,14 @@ def make_lm(**kw):
   c.update(n_layer=2, n_head=2, n_embd=C, block_size=L, moe_experts=4, moe_top_k=2)
   c.update(kw)
   m = build_model(c, V)
-  return m, nn.unbox(m.init(jax.random.key(0), jnp.zeros((1, L), jnp.int32))["params"])
+  return m, nn.unbox(jax.jit(m.init)(jax.random.key(0), jnp.zeros((1, L), jnp.int32))["params"])
 
 
-@pytest.mark.parametrize("variant", [dict(moe_shared_experts=1, moe_router="sigmoid"),
-                                     dict(scan_layers=True, activation="swiglu")],
-                         ids=["shared-sigmoid", "scan"])
-def test_cached_decoding_equals_the_full_forward(variant):
-  m, params = make_lm(**variant)
+def test_cached_decoding_equals_the_full_forward():
+  m, params = make_lm(moe_shared_experts=1, moe_router="sigmoid", scan_layers=True,
+                      activation="swiglu")
   idx = jax.random.randint(jax.random.key(1), (2, L), 0, V)
-  full = m.apply({"params": params}, idx)
+  full = jax.jit(m.apply)({"params": params}, idx)
   step = jax.jit(lambda cache, piece: m.apply({"params": params, "cache": cache}, piece,
                                               decode=True, mutable=["cache"]))
   cache = decoding.init_cache(m, 2, L)
@@ -190,8 +187,8 @@ def test_scanned_sparse_layers_equal_the_loop_and_sow_stacked_stats():
   stacked["h"] = {"block": jax.tree.map(lambda *ls: jnp.stack(ls), params["h_0"], params["h_1"])}
   assert jax.tree.structure(stacked) == jax.tree.structure(scan_params)
   idx = jax.random.randint(jax.random.key(1), (2, L), 0, V)
-  a, sa = scan.apply({"params": stacked}, idx, mutable=[moe.MOE_STATS])
-  b, sb = loop.apply({"params": params}, idx, mutable=[moe.MOE_STATS])
+  a, sa = jax.jit(lambda p: scan.apply({"params": p}, idx, mutable=[moe.MOE_STATS]))(stacked)
+  b, sb = jax.jit(lambda p: loop.apply({"params": p}, idx, mutable=[moe.MOE_STATS]))(params)
   np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   (_, stats_a), = moe.stats_of(sa[moe.MOE_STATS])
   stats_b = [s for _, s in moe.stats_of(sb[moe.MOE_STATS])]
@@ -204,48 +201,18 @@ def test_moe_every_and_first_dense_pick_the_sparse_layers():
   assert params["h_0"]["ffn"]["fc"]["kernel"].ndim == 2  # the dense FFN's names, unchanged
 
 
-def test_training_logs_the_router_and_resumes_the_bias_bitwise(toy_corpus, tmp_path):
-  """An MoE trains (rematerialized) with the auxiliary losses and the bias balancing; its metrics
-  are logged; 12 steps straight == 6, stop, resume to 12, the bias (moved by every step)
-  bitwise equal."""
-  def config(steps):
-    c = tiny_config(toy_corpus, max_steps=steps, lr_decay_steps=12, checkpoint_every=6,
-                    eval_interval=6, log_interval=3, moe_aux_loss=0.01, moe_z_loss=0.001,
-                    moe_bias_rate=0.01)
-    # remat too: the router statistics are sown from inside the checkpointed Blocks
-    c.model.update(moe_experts=4, moe_top_k=2, remat="full")
-    return c
-  train_and_evaluate(config(12), str(tmp_path / "straight"))
-  train_and_evaluate(config(6), str(tmp_path / "resumed"))
-  train_and_evaluate(config(12), str(tmp_path / "resumed"))
-  from test_training import final_params
-  a, step_a = final_params(tmp_path / "straight")
-  b, step_b = final_params(tmp_path / "resumed")
-  assert step_a == step_b == 12
-  bias = a["h_0"]["ffn"][moe.BIAS]
-  assert np.abs(bias).max() > 0  # the balancing moved it
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(x, y)
-  records = [json.loads(line) for line in
-             (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
-  train = [r for r in records if "loss" in r]
-  for key in ("moe_aux_loss", "moe_z_loss", "moe_load_max", "moe_dropped", "moe_entropy",
-              "moe_load_max/h_0", "moe_load_max/h_1"):
-    assert all(np.isfinite(r[key]) for r in train), key
-  assert all(r["moe_load_max"] >= 1.0 for r in train)
-  assert all(r["moe_dropped"] == 0.0 for r in train)
-
-
 EP_STEPS = 20
 
 
-def ep_config(corpus, steps=EP_STEPS):
-  """A GPT with 4 experts that every mesh axis divides, the bias balancing and the aux loss on
-  (both must agree across meshes), log every step."""
-  c = tiny_config(corpus, max_steps=steps, lr_decay_steps=EP_STEPS, log_interval=1,
+def ep_config(corpus):
+  """A GPT with 4 experts that every mesh axis divides, the auxiliary losses and the bias
+  balancing on (all must agree across meshes and resumes), rematerialized (the statistics are
+  sown from inside the checkpointed Blocks), logging every step."""
+  c = tiny_config(corpus, max_steps=EP_STEPS, lr_decay_steps=EP_STEPS, log_interval=1,
                   eval_interval=EP_STEPS, checkpoint_every=EP_STEPS // 2, batch_size=16,
-                  moe_aux_loss=0.01, moe_bias_rate=0.001)
-  c.model.update(n_head=4, n_embd=32, moe_experts=4, moe_top_k=2, moe_dispatch="blocks")
+                  moe_aux_loss=0.01, moe_z_loss=0.001, moe_bias_rate=0.01)
+  c.model.update(n_head=4, n_embd=32, moe_experts=4, moe_top_k=2, moe_dispatch="blocks",
+                 remat="full")
   return c
 
 
@@ -257,30 +224,72 @@ def ep_corpus(tmp_path_factory):
   return path
 
 
+def train_on(corpus, workdir, parallel_="auto", **mesh):
+  from test_mesh import train
+  return train(ep_config(corpus), workdir, parallel_, **mesh)[0]
+
+
 @pytest.fixture(scope="module")
 def one_device(ep_corpus, tmp_path_factory):
-  from test_mesh import train
-  return train(ep_config(ep_corpus), tmp_path_factory.mktemp("one"), "none")[0]
+  run = tmp_path_factory.mktemp("one") / "run"
+  return run, train_on(ep_corpus, run, "none")
 
 
-@pytest.mark.parametrize("mesh", [dict(data=2, expert=4), dict(data=2, expert=2, tensor=2)],
-                         ids=["expert4", "data2-expert2-tensor2"])
-def test_expert_parallelism_gives_the_losses_of_one_device(ep_corpus, tmp_path, one_device, mesh):
-  from test_mesh import state_on, train
+@pytest.fixture(scope="module")
+def expert4(ep_corpus, tmp_path_factory):
+  run = tmp_path_factory.mktemp("expert4") / "run"
+  return run, train_on(ep_corpus, run, data=2, expert=4)
+
+
+def copy_without_the_last_checkpoint(run, workdir):
+  """A finished run's copy that resumes from step EP_STEPS / 2."""
+  import shutil
+  shutil.copytree(run, workdir)
+  shutil.rmtree(workdir / "checkpoints" / str(EP_STEPS))
+  return workdir
+
+
+def test_training_logs_the_router_and_resumes_the_bias_bitwise(ep_corpus, one_device, tmp_path):
+  """The MoE's metrics are logged; a run stopped at step 10 and resumed to 20 ends with the
+  parameters (the bias, moved by every step, among them) bitwise those of the run straight."""
+  from test_training import final_params
+  run, losses = one_device
+  resumed = copy_without_the_last_checkpoint(run, tmp_path / "resumed")
+  train_on(ep_corpus, resumed, "none")
+  a, step_a = final_params(run)
+  b, step_b = final_params(resumed)
+  assert step_a == step_b == EP_STEPS
+  assert np.abs(a["h_0"]["ffn"][moe.BIAS]).max() > 0  # the balancing moved it
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+  records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+  train = [r for r in records if "loss" in r]
+  assert len(train) == EP_STEPS and train[-1]["loss"] < train[0]["loss"]
+  for key in ("moe_aux_loss", "moe_z_loss", "moe_load_max", "moe_dropped", "moe_entropy",
+              "moe_load_max/h_0", "moe_load_max/h_1"):
+    assert all(np.isfinite(r[key]) for r in train), key
+  assert all(r["moe_load_max"] >= 1.0 and r["moe_dropped"] == 0.0 for r in train)
+
+
+def test_expert_parallelism_gives_the_losses_of_one_device(ep_corpus, tmp_path, one_device,
+                                                           expert4):
+  """expert=4 (x data=2) and data=2 x expert=2 x tensor=2 over 20 steps: the losses of one
+  device to 1e-5, each device holding its share of the experts."""
+  from test_mesh import state_on
   from test_parallel import assert_close
-  assert len(one_device) == EP_STEPS
-  assert_close(train(ep_config(ep_corpus), tmp_path / "mesh", **mesh)[0], one_device)
-  # each device holds its share of the experts
-  proj = state_on(ep_config(ep_corpus), **mesh).params["h_0"]["ffn"]["proj"]["kernel"]
-  assert proj.addressable_shards[0].data.shape[0] == 4 // mesh["expert"]
+  assert len(one_device[1]) == EP_STEPS
+  assert_close(expert4[1], one_device[1])
+  mesh = dict(data=2, expert=2, tensor=2)
+  assert_close(train_on(ep_corpus, tmp_path / "mesh", **mesh), one_device[1])
+  for mesh in (dict(data=2, expert=4), mesh):
+    proj = state_on(ep_config(ep_corpus), **mesh).params["h_0"]["ffn"]["proj"]["kernel"]
+    assert proj.addressable_shards[0].data.shape[0] == 4 // mesh["expert"]
 
 
-def test_a_run_saved_on_expert_4_resumes_on_expert_2(ep_corpus, tmp_path, one_device):
-  from test_mesh import train
+def test_a_run_saved_on_expert_4_resumes_on_expert_2(ep_corpus, tmp_path, one_device, expert4):
   from test_parallel import assert_close
-  train(ep_config(ep_corpus, EP_STEPS // 2), tmp_path / "run", data=2, expert=4)
-  resumed = train(ep_config(ep_corpus), tmp_path / "run", data=4, expert=2)[0]
-  assert_close(resumed, one_device)
+  resumed = copy_without_the_last_checkpoint(expert4[0], tmp_path / "run")
+  assert_close(train_on(ep_corpus, resumed, data=4, expert=2), one_device[1])
 
 
 def test_active_parameters_count_k_experts_of_each_sparse_layer():
@@ -339,11 +348,11 @@ def test_vectorized_runs_take_the_blocks_dispatch_and_refuse_ragged():
   # the blocks dispatch's gradient under vmap equals the unbatched one
   cfg = moe_cfg(moe_dispatch="blocks")
   m = moe.MoEFeedForward(cfg, 0.02)
-  xs = jnp.stack([x_of(seed=1), x_of(seed=2)])
-  params = jax.vmap(lambda x: init(m, x))(xs)
+  xs = jnp.stack([x_of(B=1, T=4, seed=1), x_of(B=1, T=4, seed=2)])
+  params = jax.jit(jax.vmap(lambda x: init(m, x)))(xs)
   grad = lambda p, x: jax.grad(lambda p: (m.apply({"params": p}, x, False) ** 2).sum())(p)
-  batched = jax.vmap(grad)(params, xs)
-  one = grad(jax.tree.map(lambda a: a[1], params), xs[1])
+  batched = jax.jit(jax.vmap(grad))(params, xs)
+  one = jax.jit(grad)(jax.tree.map(lambda a: a[1], params), xs[1])
   for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(one)):
     np.testing.assert_allclose(a[1], b, rtol=1e-5, atol=1e-6)
 

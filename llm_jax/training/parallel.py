@@ -179,7 +179,7 @@ def placement(config, model, tx, lead: int = 0) -> Placement:
     devices = jax.devices() if mode == "mesh" else jax.local_devices()[:1]
     mesh = sharding.make_mesh(config.mesh, devices)
     description = "jit" if mode == "jit" else "mesh " + " ".join(
-        f"{a}={n}" for a, n in mesh.shape.items())
+        f"{a}={n}" for a, n in mesh.shape.items() if a != "expert" or n > 1)  # (MoE's axis)
     p = MeshPlacement(mesh, model, config.model, tx, lead, description)
   b, d = config.train.batch_size, p.batch_divisor
   if b % d:

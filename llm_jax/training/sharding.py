@@ -73,8 +73,8 @@ def mesh_shape(mesh_cfg, n_devices: int) -> dict:
 
 
 def make_mesh(mesh_cfg, devices=None) -> jax.sharding.Mesh:
-  """The (data, fsdp, expert, tensor) mesh over `devices` (default: every device of every process), its
-  axes Auto: jit's sharding propagation places what no rule names."""
+  """The (data, fsdp, expert, tensor) mesh over `devices` (default: every device of every
+  process), its axes Auto: jit's sharding propagation places what no rule names."""
   devices = jax.devices() if devices is None else devices
   sizes = mesh_shape(mesh_cfg, len(devices))
   return jax.make_mesh(tuple(sizes.values()), MESH_AXES, devices=devices,
