@@ -317,6 +317,9 @@ def default_config() -> ml_collections.ConfigDict:
   # supervised steps on the task's demonstrations (train.batch_size prompts each) before RL, to
   # teach a fresh model the answer format; counted before train.max_steps RL steps
   c.rl.sft_steps = 0
+  # the RL updates' learning rate as a multiple of the schedule's (train.learning_rate ...): RL
+  # wants a smaller one than the supervised steps before it (rl.sft_steps, which take 1x)
+  c.rl.lr_scale = 1.0
   return c
 
 
@@ -538,6 +541,7 @@ def _validate_rl(r, t) -> None:
   for field in ("prompts_per_step", "max_new_tokens"):
     _require(r[field] >= 1, f"rl.{field}", r[field], "use a positive number")
   _require(r.sft_steps >= 0, "rl.sft_steps", r.sft_steps, "use 0 (none) or more")
+  _require(r.lr_scale > 0, "rl.lr_scale", r.lr_scale, "use a positive multiple (1.0: the same)")
   _require(r.temperature > 0, "rl.temperature", r.temperature, "use a positive temperature")
   _require(r.loss_norm in LOSS_NORMS, "rl.loss_norm", r.loss_norm,
            f"use one of {', '.join(map(repr, LOSS_NORMS))}")

@@ -36,7 +36,7 @@ from llm_jax.rl import losses, rollout, tasks
 from llm_jax.training import (checkpoint, finetune, parallel, sharding, signals,
                               workdir as workdir_lib)
 from llm_jax.training.events import EventWriter
-from llm_jax.training.optimizer import lr_schedule, make_optimizer
+from llm_jax.training.optimizer import make_optimizer
 
 # fold_in tags: the rollouts' sampling keys and the prompts' streams of a step
 ROLLOUT_KEY, SFT_STREAM, RL_STREAM = 0x524C, 1, 2
@@ -110,6 +110,16 @@ def make_steps(model, tx, rc, rl_epochs: int):
   return sft_step, rl_step
 
 
+def make_rl_optimizer(config):
+  """train.optimizer with its schedule, its updates scaled by rl.lr_scale from the first RL update
+  on (the optimizer's own count: rl.sft_steps supervised updates come first, one per step)."""
+  rc = config.rl
+  if rc.lr_scale == 1.0:
+    return make_optimizer(config.train)
+  scale = lambda count: jnp.where(count < rc.sft_steps, 1.0, rc.lr_scale)
+  return optax.chain(make_optimizer(config.train), optax.scale_by_schedule(scale))
+
+
 class Program:
   """The model, optimizer and jitted steps of a config on its mesh (parallel.placement's)."""
 
@@ -119,7 +129,7 @@ class Program:
       raise UserError("config.parallel='pmap' is not supported by `llm-jax rl`: use 'auto' (the "
                       "mesh) or 'none'")
     self.model = build_model(config.model, tokenizer.vocab_size)
-    self.tx = make_optimizer(tc)
+    self.tx = make_rl_optimizer(config)
     place = parallel.placement(config, self.model, self.tx)
     self.mesh, self.description = place.mesh, place.description
     rows = {"rl.prompts_per_step * rl.group_size": rc.prompts_per_step * rc.group_size,
@@ -182,7 +192,7 @@ def _tokenizer(config, workdir, task):
       raise UserError(f"config.data.tokenizer={config.data.tokenizer!r}: a fresh RL run uses the "
                       f"task's characters ('char'); a run with another tokenizer starts from "
                       f"train.init_from=<its run>")
-    tok = CharTokenizer(task.alphabet)
+    tok = CharTokenizer("".join(sorted(set(task.alphabet))))
   try:
     tok.encode(task.alphabet)
     stop = tok.encode(task.stop)
@@ -313,7 +323,6 @@ def rl_train(config, workdir: str) -> dict:
           f"{task.name!r}, {rc.prompts_per_step} prompts x {rc.group_size} samples a step, "
           f"{tc.rl_epochs} update(s) each, {rollout.ENGINE} sampler, {program.description}; " +
           (f"resuming at step {start}" if start else "starting") + f" in {workdir}", flush=True)
-  schedule = lr_schedule(tc)
   history, last_saved = [], start or None
   try:
     with signals.StopRequest("llm-jax rl") as stop:
@@ -328,7 +337,7 @@ def rl_train(config, workdir: str) -> dict:
             if is_main:
               print(f"step {step + 1}/{total} (sft): loss {record['sft_loss']:.4f}", flush=True)
         else:
-          record = _rl_step(program, state, task, tok, stop_id, config, step, schedule)
+          record = _rl_step(program, state, task, tok, stop_id, config, step)
           state, record = record
           history.append(record["reward"])
           log.write(record)
@@ -360,7 +369,7 @@ def rl_train(config, workdir: str) -> dict:
   return summary
 
 
-def _rl_step(program, state, task, tok, stop_id, config, step, schedule):
+def _rl_step(program, state, task, tok, stop_id, config, step):
   """One RL step: rollouts, rewards, the update. (state, its metrics.jsonl record)."""
   rc = config.rl
   t0 = time.perf_counter()
