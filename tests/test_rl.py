@@ -107,3 +107,41 @@ def test_clip_fraction_and_mismatch_metrics():
   # row 0 (A > 0): the 1.5 ratio is clipped, the 0.5 one is not (min keeps it); row 1: none
   np.testing.assert_allclose(float(m["clip_fraction"]), 1 / 6, atol=1e-6)
   np.testing.assert_allclose(float(m["ratio_mismatch"]), 0.5, atol=1e-6)
+
+
+def test_arithmetic_task_is_seeded_and_its_reward_exact():
+  from llm_jax.rl import tasks
+  task = tasks.get_task("arithmetic", 0)
+  a, b = (task.prompts(np.random.default_rng([0, 2, 5]), 50) for _ in range(2))
+  assert a == b  # a function of the generator's seed alone
+  for p in a:
+    x, y = (int(w) for w in p.text.split() if w.isdigit())
+    assert int(p.answer) == (x + y if "gets" in p.text else x - y) >= 0
+    assert task.reward(p, p.answer) == 1.0 and task.reward(p, f" {p.answer} ") == 1.0
+    assert task.reward(p, p.answer + "0") == 0.0
+    assert set(p.text + task.demonstration(p)) <= set(task.alphabet)
+
+
+def test_speaker_task_is_checked_against_the_plays():
+  """The right answer of a 'who says it' prompt is a speaker whose speech holds the line."""
+  from llm_jax.data.plays import load_plays_text
+  from llm_jax.rl import tasks
+  task = tasks.get_task("speaker", 0)
+  speeches = [s.split("\n") for s in load_plays_text().split("\n\n")]
+  for p in task.prompts(np.random.default_rng(1), 5):
+    line = p.text.split("\nWho says it? ")[0]
+    for who in p.answer:
+      assert any(s[0] == f"{who}:" and line in s[1:] for s in speeches), (who, line)
+    assert task.reward(p, p.answer[0]) == 1.0 and task.reward(p, "NOBODY") == 0.0
+
+
+def test_unknown_task_and_a_raising_reward_are_one_line():
+  from llm_jax.errors import UserError
+  from llm_jax.rl import tasks
+  with pytest.raises(UserError, match=r"^config.rl.task='nope' is not a task: use one of"):
+    tasks.get_task("nope", 0)
+  broken = tasks.Task("broken", None, lambda p, t: 1 / 0, lambda p: None, "")
+  with pytest.raises(UserError) as e:
+    tasks.score(broken, tasks.Prompt("2+2=", "4"), "5")
+  assert str(e.value).startswith("rl task 'broken': the reward function raised "
+                                 "ZeroDivisionError") and "'2+2='" in str(e.value)
