@@ -33,9 +33,9 @@ def get_config():
   c.train.max_steps = 60
   c.train.log_interval = 10
   c.train.checkpoint_every = 20
-  c.train.rl_epochs = 1
-  c.rl.task = "arithmetic"
-  c.rl.sft_steps = 150
+  c.train.rl_epochs = 4
+  c.rl.task = "arithmetic:4"
+  c.rl.sft_steps = 300
   c.rl.group_size = 8
   c.rl.prompts_per_step = 8
   c.rl.max_new_tokens = 4

@@ -281,7 +281,8 @@ def default_config() -> ml_collections.ConfigDict:
   # for each of prompts_per_step prompts, scores them with the task's verifier, normalizes the
   # rewards within each group and takes train.rl_epochs clipped policy-gradient updates
   c.rl = ml_collections.ConfigDict()
-  # the task: 'arithmetic' (word problems from the seed, exact-answer reward) | 'speaker' (name
+  # the task: 'arithmetic' (word problems from the seed, operands 0-9, or 0-N with
+  # 'arithmetic:N'; exact-answer reward) | 'speaker' (name
   # the speaker of a line of the plays) | 'path/to/task.py[:factory]' (a user's task: its
   # get_task(seed) returns a llm_jax.rl.tasks.Task)
   c.rl.task = "arithmetic"
@@ -532,7 +533,8 @@ def _validate_train(t) -> None:
 
 def _validate_rl(r, t) -> None:
   _require(t.rl_epochs >= 1, "train.rl_epochs", t.rl_epochs, "use 1 or more updates per batch")
-  _require(r.task in RL_TASKS or r.task.partition(":")[0].endswith(".py"), "rl.task", r.task,
+  _require(r.task.partition(":")[0] in RL_TASKS or r.task.partition(":")[0].endswith(".py"),
+           "rl.task", r.task,
            f"use one of {', '.join(map(repr, RL_TASKS))}, or 'path/to/task.py' whose "
            f"get_task(seed) returns a llm_jax.rl.tasks.Task")
   _require(r.group_size >= 2, "rl.group_size", r.group_size,

