@@ -179,6 +179,9 @@ def _define_generate(argv):
   flags.DEFINE_integer("seed", 0, "sampling seed: the same seed gives the same samples")
   flags.DEFINE_integer("step", None, "checkpoint step to load (default: the latest)")
   flags.DEFINE_bool("stream", False, "print the sample's text as its tokens are drawn")
+  flags.DEFINE_string("prompts", None, "many prompts, decoded together: a JSONL of "
+                      '{"prompt": ...} or a text file, one prompt a line; writes JSONL')
+  flags.DEFINE_string("output", None, "with --prompts: write the JSONL here (default: stdout)")
   _required(["workdir"])
 
 
@@ -190,6 +193,10 @@ def _generate(argv):
   import pathlib
   if FLAGS.prompt_file and FLAGS["prompt"].present:
     raise UserError("--prompt and --prompt_file both give the prompt: pass one of them")
+  if FLAGS.prompts:
+    return _generate_many()
+  if FLAGS.output:
+    raise UserError("--output is where --prompts' JSONL goes: pass --prompts too")
   prompt = read_utf8(pathlib.Path(FLAGS.prompt_file)) if FLAGS.prompt_file else FLAGS.prompt
   config = (workdir_lib.read_config(FLAGS.workdir) if os.path.isdir(FLAGS.workdir) else None)
   # a language model continues the prompt; a seq2seq model's output is the target alone
@@ -219,6 +226,30 @@ def _generate(argv):
   if not continues and not samples[0]:
     print("llm-jax generate: warning: the model decoded an empty output for this prompt",
           file=sys.stderr, flush=True)
+
+
+def _generate_many():
+  """--prompts: one JSON line per prompt, in order, to --output or stdout."""
+  import json
+  from llm_jax.generate import generate_many, read_prompts
+  if FLAGS.prompt_file or FLAGS["prompt"].present or FLAGS.stream:
+    raise UserError("--prompts gives every prompt and writes JSONL: drop --prompt, "
+                    "--prompt_file and --stream")
+  records = generate_many(FLAGS.workdir, read_prompts(FLAGS.prompts), FLAGS.max_new_tokens,
+                          FLAGS.temperature, FLAGS.top_k, FLAGS.top_p, FLAGS.greedy,
+                          FLAGS.num_samples, FLAGS.seed, FLAGS.step)
+  lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+  if FLAGS.output:
+    from llm_jax.fileio import atomic_write
+    try:
+      with atomic_write(FLAGS.output, "w") as f:
+        f.write(lines)
+    except OSError as e:
+      raise UserError(f"--output={FLAGS.output} cannot be written ({e.strerror or e}): pick "
+                      f"another path") from None
+  else:
+    sys.stdout.write(lines)
+    sys.stdout.flush()
 
 
 def _check_seq2seq_generate(config, prompt):
@@ -609,7 +640,8 @@ def _config_hint(error: str) -> str:
 
 
 # flags that name a file or folder: empty (or blank), they would name the current folder
-PATH_FLAGS = ("workdir", "to", "out", "from", "corpus", "prompt_file", "json_out", "profile_dir")
+PATH_FLAGS = ("workdir", "to", "out", "from", "corpus", "prompt_file", "json_out", "profile_dir",
+              "prompts", "output")
 
 
 def _run(command: Command):

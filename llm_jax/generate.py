@@ -111,3 +111,68 @@ def generate_text(workdir, prompt="\n", max_new_tokens=500, temperature=1.0, top
   if stream:
     stream["on_tokens"].close()
   return out
+
+
+def read_prompts(path) -> list[str]:
+  """The prompts of a file: a JSONL of {"prompt": ...} objects (a .jsonl file, or one whose first
+  line starts with '{'), else plain text, one prompt a line. Blank lines are skipped."""
+  import json  # noqa: PLC0415
+  from llm_jax.fileio import read_utf8  # noqa: PLC0415
+  lines = [(n, line) for n, line in enumerate(read_utf8(path).splitlines(), 1) if line.strip()]
+  if not lines:
+    raise UserError(f"--prompts={path} holds no prompt: give one prompt a line, or a JSONL of "
+                    f'{{"prompt": ...}} objects')
+  if not (str(path).endswith(".jsonl") or lines[0][1].lstrip().startswith("{")):
+    return [line for _, line in lines]
+  prompts = []
+  for n, line in lines:
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise UserError(f"--prompts={path} line {n} is not JSON ({e.msg}): write one "
+                      f'{{"prompt": "..."}} object a line') from None
+    if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+      raise UserError(f'--prompts={path} line {n} has no "prompt" string: write one '
+                      f'{{"prompt": "..."}} object a line')
+    prompts.append(record["prompt"])
+  return prompts
+
+
+def generate_many(workdir, prompts: list[str], max_new_tokens=500, temperature=1.0, top_k=0,
+                  top_p=1.0, greedy=False, num_samples=1, seed=0, step=None,
+                  max_batch=64) -> list[dict]:
+  """A language model's continuations of many prompts, decoded together by the batched engine
+  (decoding/engine.py), in order: {"prompt", "completion" (the first sample's text),
+  "completions" (every sample's, with num_samples > 1), "finish_reason"} each."""
+  from llm_jax.decoding import generate_batch  # noqa: PLC0415
+  config, tokenizer, model, params, _ = load_run(workdir, step)
+  check_sampling(max_new_tokens, temperature, top_k, top_p, num_samples, tokenizer.vocab_size,
+                 seed)
+  if not task_kind(config).continues_prompt:
+    raise UserError("--prompts decodes a language model's continuations; this run is a seq2seq "
+                    "model: give it one --prompt at a time")
+  T = config.model.block_size
+  ids = []
+  for k, prompt in enumerate(prompts):
+    p = [int(i) for i in tokenizer.encode(prompt)]
+    if not p:
+      raise UserError(f"--prompts: prompt {k + 1} ({prompt[:40]!r}) encodes to no tokens with "
+                      f"this run's tokenizer: give it words")
+    if len(p) > T:
+      raise UserError(f"--prompts: prompt {k + 1} has {len(p)} tokens, more than "
+                      f"model.block_size={T}: shorten it (the engine conditions on whole prompts)")
+    ids.append(p)
+  check_length(T, max_new_tokens, min(len(ids) * num_samples, max_batch), T)
+  out = generate_batch(model, params, ids, jax.random.key(seed), block_size=T,
+                       max_new_tokens=max_new_tokens, n_samples=num_samples,
+                       temperature=0.0 if greedy else temperature, top_k=top_k, top_p=top_p,
+                       max_batch=max_batch)
+  records = []
+  for k, prompt in enumerate(prompts):
+    mine = out[k * num_samples:(k + 1) * num_samples]
+    texts = [tokenizer.decode(np.asarray(c.tokens, np.int32)) for c in mine]
+    record = {"prompt": prompt, "completion": texts[0], "finish_reason": mine[0].finish_reason}
+    if num_samples > 1:
+      record["completions"] = texts
+    records.append(record)
+  return records

@@ -110,7 +110,7 @@ class MultiHeadAttention(nn.Module):
       q_BTHD = rope(q_BTHD, positions, cfg.rope_theta)
       k_BSKD = rope(k_BSKD, positions, cfg.rope_theta)
     if decode:
-      k_BSKD, v_BSKD, mask = self._update_cache(k_BSKD, v_BSKD, index)
+      k_BSKD, v_BSKD, mask = self._update_cache(k_BSKD, v_BSKD, index, positions)
     if last_query:
       q_BTHD, T = q_BTHD[:, -1:], 1
       mask = None if mask is None else mask[..., -1:, :]
@@ -142,8 +142,11 @@ class MultiHeadAttention(nn.Module):
     drop = Dropout(cfg.dropout, cfg.dropout_bits)
     return drop(y_NC.reshape(B, T, C), deterministic=not train)
 
-  def _update_cache(self, k_BTKD, v_BTKD, index):
-    """Writes the new keys/values at `index`; returns all cached ones and the causal mask over them."""
+  def _update_cache(self, k_BTKD, v_BTKD, index, slots=None):
+    """Writes the new keys/values at `index`; returns all cached ones and the causal mask over them.
+    slots (B, T): each row's own positions instead (the batched engine: rows of different
+    lengths), where its keys/values are written and up to which each query attends; a slot past
+    the cache writes nothing."""
     creating = not self.has_variable("cache", "k")
     k_cache = self.variable("cache", "k", jnp.zeros, k_BTKD.shape, k_BTKD.dtype)
     v_cache = self.variable("cache", "v", jnp.zeros, v_BTKD.shape, v_BTKD.dtype)
@@ -151,6 +154,12 @@ class MultiHeadAttention(nn.Module):
       return k_BTKD, v_BTKD, None
     T, L = k_BTKD.shape[1], k_cache.value.shape[1]
     i = index.value
+    if slots is not None and jnp.ndim(slots) == 2:
+      rows_B1 = jnp.arange(k_BTKD.shape[0])[:, None]
+      k_cache.value = k_cache.value.at[rows_B1, slots].set(k_BTKD, mode="drop")
+      v_cache.value = v_cache.value.at[rows_B1, slots].set(v_BTKD, mode="drop")
+      index.value = i + T
+      return k_cache.value, v_cache.value, (jnp.arange(L) <= slots[:, :, None])[:, None]
     k_cache.value = jax.lax.dynamic_update_slice_in_dim(k_cache.value, k_BTKD, i, axis=1)
     v_cache.value = jax.lax.dynamic_update_slice_in_dim(v_cache.value, v_BTKD, i, axis=1)
     index.value = i + T

@@ -198,11 +198,10 @@ class Stack(nn.Module):
                decode: bool = False, last_only: bool = False, positions_BT=None):
     """positions_BT: each token's position, when a row is not one sequence from 0 (packed
     sequences: several continuations of one context, each from the context's end; `mask` then
-    keeps them apart). Not with decode."""
+    keeps them apart). With decode: each row's own positions, which are also its tokens' slots
+    in the cache (the batched engine, decoding/engine.py: rows of different lengths)."""
     cfg = self.cfg
     T = tokens_BT.shape[1]
-    if positions_BT is not None and decode:
-      raise ValueError("positions_BT is for a full forward; decode continues from the cache")
     if decode:  # positions continue from what the cache already holds
       index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
       start = index.value
