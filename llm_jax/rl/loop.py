@@ -321,7 +321,7 @@ def rl_train(config, workdir: str) -> dict:
   if is_main:
     print(f"llm-jax rl: {config.model.name}, {n_params / 1e6:.2f}M parameters, task "
           f"{task.name!r}, {rc.prompts_per_step} prompts x {rc.group_size} samples a step, "
-          f"{tc.rl_epochs} update(s) each, {rollout.ENGINE} sampler, {program.description}; " +
+          f"{tc.rl_epochs} update(s) each, {program.description}; " +
           (f"resuming at step {start}" if start else "starting") + f" in {workdir}", flush=True)
   history, last_saved = [], start or None
   try:
