@@ -298,9 +298,9 @@ def rl_train(config, workdir: str) -> dict:
     workdir_lib.check_same_run(config, saved)
   tok, stop_id = _tokenizer(config, workdir, task)
   program = Program(config, tok)
-  host_params = finetune.load_params(config) if tc.init_from else None
   if tc.init_from:
     finetune.source_run(config)  # the source's model must be this one
+  host_params = finetune.load_params(config) if tc.init_from else None
   state = program.init_state(config, host_params)
   manager = checkpoint.make_manager(workdir, tc.keep_checkpoints)
   meta = workdir_lib.checkpoint_meta()
@@ -309,7 +309,8 @@ def rl_train(config, workdir: str) -> dict:
     state = jax.tree.map(lambda x, s: jax.make_array_from_callback(
         np.shape(x), s, lambda i, x=x: np.asarray(x)[i]) if not isinstance(x, jax.Array) else x,
         state, program.state_sharding)
-  start, total = int(np.asarray(state.step.addressable_shards[0].data)), rc.sft_steps + tc.max_steps
+  start = int(np.asarray(state.step.addressable_shards[0].data))
+  total = rc.sft_steps + tc.max_steps
   if start >= total:
     manager.close()
     print(f"llm-jax rl: {workdir} is done: step {start} of {total}; nothing to train", flush=True)
@@ -323,7 +324,6 @@ def rl_train(config, workdir: str) -> dict:
           f"{task.name!r}, {rc.prompts_per_step} prompts x {rc.group_size} samples a step, "
           f"{tc.rl_epochs} update(s) each, {program.description}; " +
           (f"resuming at step {start}" if start else "starting") + f" in {workdir}", flush=True)
-  history, last_saved = [], start or None
   try:
     with signals.StopRequest("llm-jax rl") as stop:
       for step in range(start, total):
@@ -337,9 +337,7 @@ def rl_train(config, workdir: str) -> dict:
             if is_main:
               print(f"step {step + 1}/{total} (sft): loss {record['sft_loss']:.4f}", flush=True)
         else:
-          record = _rl_step(program, state, task, tok, stop_id, config, step)
-          state, record = record
-          history.append(record["reward"])
+          state, record = _rl_step(program, state, task, tok, stop_id, config, step)
           log.write(record)
           rl_done = step + 1 - rc.sft_steps
           if is_main and (rl_done % tc.log_interval == 0 or step + 1 == total or rl_done == 1):
@@ -352,7 +350,6 @@ def rl_train(config, workdir: str) -> dict:
         done = step + 1
         if done % tc.checkpoint_every == 0 or done == total or stop.signum:
           checkpoint.save(manager, state, meta)
-          last_saved = done
         if stop.signum:
           manager.wait_until_finished()
           raise signals.Interrupted(stop.signum, done, workdir)
@@ -360,13 +357,17 @@ def rl_train(config, workdir: str) -> dict:
     manager.wait_until_finished()
     manager.close()
     log.close()
-  summary = {"step": total, "params": int(n_params), "task": task.name,
-             "reward_first": history[0] if history and start <= rc.sft_steps else None,
-             "reward_last": history[-1] if history else None, "last_saved": last_saved}
   if is_main:
+    rewards = [r["reward"] for r in read_metrics(log.path) if "reward" in r]
+    summary = {"step": total, "params": int(n_params), "task": task.name,
+               "reward_first": rewards[0] if rewards else None,
+               "reward_last": rewards[-1] if rewards else None,
+               "reward_last_10": float(np.mean(rewards[-10:])) if rewards else None}
     write_json(os.path.join(workdir, workdir_lib.SUMMARY_FILE), summary)
-    print(f"llm-jax rl: done at step {total} ({workdir})", flush=True)
-  return summary
+    print(f"llm-jax rl: done at step {total}: reward {summary['reward_first']} at the first RL "
+          f"step, {summary['reward_last_10']} over the last 10 ({workdir})", flush=True)
+    return summary
+  return {"step": total}
 
 
 def _rl_step(program, state, task, tok, stop_id, config, step):
