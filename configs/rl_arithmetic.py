@@ -5,8 +5,9 @@
 A 0.1M-parameter character GPT first learns the answer format in rl.sft_steps supervised steps
 on the task's demonstrations ("Ann has 3 pens and gets 4 more. How many? 7\\n", operands 0-4),
 which leaves it right on about 70% of its samples; then train.max_steps GRPO steps (8 prompts x 8
-samples, an exact-answer reward) raise its mean reward (to about 0.8, experiments/rl). The ablation switches (--config.rl.loss_norm=token,
---config.rl.kl_coef=0.05, --config.rl.group_size=4, ...) are documented in llm_jax/config.py.
+samples, an exact-answer reward) raise its mean reward (to about 0.8, experiments/rl). The
+ablation switches (--config.rl.loss_norm=token, --config.rl.kl_coef=0.05,
+--config.rl.group_size=4, ...) are documented in llm_jax/config.py.
 To start from another run instead: --config.train.init_from=<run> --config.rl.sft_steps=0 (its
 model and tokenizer; the prompts must encode with it).
 """
