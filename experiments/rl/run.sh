@@ -7,7 +7,7 @@ set -e
 R=${1:-runs/rl}
 C=configs/rl_arithmetic.py
 # 300 supervised steps and one RL step (a run must take one): the source of every RL run below
-llm-jax rl --config=$C --workdir=$R/sft --config.train.max_steps=1
+[ -f $R/sft/summary.json ] || llm-jax rl --config=$C --workdir=$R/sft --config.train.max_steps=1
 for norm in sequence token; do
   for seed in 0 1 2; do
     llm-jax rl --config=$C --workdir=$R/${norm}_s$seed --config.seed=$seed \
