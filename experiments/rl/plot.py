@@ -51,6 +51,12 @@ def main(root):
   for r in rows:
     print(f"| {r[0]} | {r[1]} | {r[2]:.3f} | {r[3]:.3f} | {r[4]:.2f} | {r[5]:.2f} | {r[6]:.0f} | "
           f"{r[7]:.0f} | {r[8]:.1e} |")
+  for norm in ("sequence", "token"):
+    first = [r[2] for r in rows if r[0] == norm]
+    last = [r[3] for r in rows if r[0] == norm]
+    if first:
+      print(f"loss_norm={norm}: reward {np.mean(first):.3f} +- {np.std(first):.3f} (steps 1-10) "
+            f"-> {np.mean(last):.3f} +- {np.std(last):.3f} (last 10), {len(first)} seeds")
 
 
 if __name__ == "__main__":
