@@ -282,9 +282,9 @@ def default_config() -> ml_collections.ConfigDict:
   # rewards within each group and takes train.rl_epochs clipped policy-gradient updates
   c.rl = ml_collections.ConfigDict()
   # the task: 'arithmetic' (word problems from the seed, operands 0-9, or 0-N with
-  # 'arithmetic:N'; exact-answer reward) | 'speaker' (name
-  # the speaker of a line of the plays) | 'path/to/task.py[:factory]' (a user's task: its
-  # get_task(seed) returns a llm_jax.rl.tasks.Task)
+  # 'arithmetic:N'; exact-answer reward) | 'speaker' (name the speaker of a line of the plays) |
+  # 'path/to/task.py[:factory]' (a user's task: its get_task(seed) returns a
+  # llm_jax.rl.tasks.Task)
   c.rl.task = "arithmetic"
   # completions sampled per prompt (G >= 2: the advantages are relative within a group)
   c.rl.group_size = 8
