@@ -123,6 +123,23 @@ def _train(argv):
                        profile_steps=FLAGS.profile_steps)
 
 
+def _define_rl(argv):
+  define_config_flag(argv)
+  flags.DEFINE_string("workdir", None, "run directory: checkpoints, metrics; resumed if it exists")
+  _required(["config", "workdir"])
+
+
+def _rl(argv):
+  from llm_jax.config import validate
+  from llm_jax.rl.loop import rl_train
+  from llm_jax.training import parallel
+  from llm_jax.training.workdir import removed_if_failed
+  validate(FLAGS.config)  # before the device count is set from it
+  parallel.set_cpu_devices(FLAGS.config)
+  with removed_if_failed(FLAGS.workdir):
+    rl_train(FLAGS.config, FLAGS.workdir)
+
+
 def _define_bpe(argv):
   flags.DEFINE_string("corpus", None, "UTF-8 text to learn from: a file or a glob ('books/*.txt')")
   flags.DEFINE_integer("vocab_size", None, "tokens in all: 256 bytes + merges + 4 special tokens")
@@ -503,6 +520,9 @@ COMMANDS = {
     "train": Command("train a model from a config",
                      "llm-jax train --config=configs/gpt_char.py --workdir=runs/gpt",
                      _define_train, _train, compiles=True, hugepages=True),
+    "rl": Command("RL with verifiable rewards",
+                  "llm-jax rl --config=configs/rl_arithmetic.py --workdir=runs/rl",
+                  _define_rl, _rl, compiles=True),
     "generate": Command("sample from a trained run",
                         'llm-jax generate --workdir=runs/gpt --prompt="ROMEO:"',
                         _define_generate, _generate, compiles=True, read_only=True),

@@ -17,6 +17,8 @@ from llm_jax.errors import UserError
 from llm_jax.models import FAMILIES
 from llm_jax.models.dropout import BITS as DROPOUT_BITS
 from llm_jax.models.layers import ACTIVATIONS, REMAT_POLICIES, WINDOW_LETTERS
+from llm_jax.rl.losses import IMPORTANCES, LOSS_NORMS
+from llm_jax.rl.tasks import TASKS as RL_TASKS
 from llm_jax.training import workdir
 from llm_jax.training.optimizer import OPTIMIZERS, SCHEDULES
 
@@ -355,6 +357,55 @@ def default_config() -> ml_collections.ConfigDict:
   # the harness runs at the evaluations whose step is a multiple of this, and at the last
   # (0 = at every evaluation)
   c.train.harness_every = 0
+  # `llm-jax rl`: policy-gradient updates (passes) over each batch of rollouts before new ones
+  # are sampled; past the first, the policy is off the sampler's and the clip range matters
+  c.train.rl_epochs = 1
+
+  # `llm-jax rl` (llm_jax/rl, docs/rl.md): reinforcement learning with verifiable rewards, GRPO
+  # (Shao et al. 2024, DeepSeekMath) and its variants. Each step samples group_size completions
+  # for each of prompts_per_step prompts, scores them with the task's verifier, normalizes the
+  # rewards within each group and takes train.rl_epochs clipped policy-gradient updates
+  c.rl = ml_collections.ConfigDict()
+  # the task: 'arithmetic' (word problems from the seed, operands 0-9, or 0-N with
+  # 'arithmetic:N'; exact-answer reward) | 'speaker' (name the speaker of a line of the plays) |
+  # 'path/to/task.py[:factory]' (a user's task: its get_task(seed) returns a
+  # llm_jax.rl.tasks.Task)
+  c.rl.task = "arithmetic"
+  # completions sampled per prompt (G >= 2: the advantages are relative within a group)
+  c.rl.group_size = 8
+  # prompts per step; the batch is prompts_per_step * group_size rows
+  c.rl.prompts_per_step = 8
+  # the longest completion, in tokens (prompt + completion must fit model.block_size)
+  c.rl.max_new_tokens = 4
+  # sampling temperature of the rollouts (the log-probs are the temperature-1 policy's either way)
+  c.rl.temperature = 1.0
+  # the loss's normalization: 'sequence' (GRPO: each completion's mean over its tokens, then the
+  # mean over completions) | 'token' (DAPO, Yu et al. 2025; Dr. GRPO, Liu et al. 2025: the sum
+  # over all tokens / their count, so long completions are not down-weighted per token)
+  c.rl.loss_norm = "sequence"
+  # the clip range of the ratio, [1 - clip_low, 1 + clip_high] (PPO, Schulman et al. 2017: 0.2
+  # both; DAPO's clip-higher raises clip_high, e.g. 0.28, to keep exploring)
+  c.rl.clip_low = 0.2
+  c.rl.clip_high = 0.2
+  # weight of the KL penalty to a frozen reference policy, by the k3 estimator (Schulman 2020)
+  # as GRPO; 0: none (DAPO, Dr. GRPO drop it). The reference is the policy RL starts from (the
+  # train.init_from run, or the model after rl.sft_steps), kept in the checkpoints
+  c.rl.kl_coef = 0.0
+  # divide each group's centred rewards by their std (GRPO); False: centred only (Dr. GRPO)
+  c.rl.std_normalize = True
+  # the policy ratio: 'token' (per token, PPO/GRPO) | 'sequence' (GSPO, Zheng et al. 2025: one
+  # ratio per completion, the geometric mean of its tokens'; use a small clip range, 3e-4..4e-4
+  # in the paper)
+  c.rl.importance = "token"
+  # groups whose rewards are all equal (no signal) get weight 0 in the loss, DAPO's dynamic
+  # sampling without the refill: the batch is smaller instead of resampled
+  c.rl.skip_equal_groups = False
+  # supervised steps on the task's demonstrations (train.batch_size prompts each) before RL, to
+  # teach a fresh model the answer format; counted before train.max_steps RL steps
+  c.rl.sft_steps = 0
+  # the RL updates' learning rate as a multiple of the schedule's (train.learning_rate ...): RL
+  # wants a smaller one than the supervised steps before it (rl.sft_steps, which take 1x)
+  c.rl.lr_scale = 1.0
   return c
 
 
@@ -430,6 +481,7 @@ def validate(c) -> None:
            f"moe_experts / expert of them)")
   _validate_train(c.train)
   _validate_harness(c.train, c.model)
+  _validate_rl(c.rl, c.train)
 
 
 def _validate_run(c) -> None:
@@ -648,3 +700,29 @@ def _validate_train(t) -> None:
   _require(t.sample_tokens >= 0, "train.sample_tokens", t.sample_tokens, "use 0 or more")
   _require(t.nan_policy in ("stop", "skip"), "train.nan_policy", t.nan_policy,
            "use 'stop' or 'skip'")
+
+
+def _validate_rl(r, t) -> None:
+  _require(t.rl_epochs >= 1, "train.rl_epochs", t.rl_epochs, "use 1 or more updates per batch")
+  _require(r.task.partition(":")[0] in RL_TASKS or r.task.partition(":")[0].endswith(".py"),
+           "rl.task", r.task,
+           f"use one of {', '.join(map(repr, RL_TASKS))}, or 'path/to/task.py' whose "
+           f"get_task(seed) returns a llm_jax.rl.tasks.Task")
+  _require(r.group_size >= 2, "rl.group_size", r.group_size,
+           "use 2 or more: advantages compare the samples of one prompt, and a group of one has "
+           "no signal")
+  for field in ("prompts_per_step", "max_new_tokens"):
+    _require(r[field] >= 1, f"rl.{field}", r[field], "use a positive number")
+  _require(r.sft_steps >= 0, "rl.sft_steps", r.sft_steps, "use 0 (none) or more")
+  _require(r.lr_scale > 0, "rl.lr_scale", r.lr_scale, "use a positive multiple (1.0: the same)")
+  _require(r.temperature > 0, "rl.temperature", r.temperature, "use a positive temperature")
+  _require(r.loss_norm in LOSS_NORMS, "rl.loss_norm", r.loss_norm,
+           f"use one of {', '.join(map(repr, LOSS_NORMS))}")
+  _require(r.importance in IMPORTANCES, "rl.importance", r.importance,
+           f"use one of {', '.join(map(repr, IMPORTANCES))}")
+  _require(0 <= r.clip_low < 1, "rl.clip_low", r.clip_low, "use a value in [0, 1)")
+  _require(r.clip_high >= 0, "rl.clip_high", r.clip_high, "use 0 or more")
+  _require(r.kl_coef >= 0, "rl.kl_coef", r.kl_coef, "use 0 (no KL) or a positive weight")
+  _require(r.kl_coef == 0 or t.init_from or r.sft_steps > 0, "rl.kl_coef", r.kl_coef,
+           "a KL penalty needs a reference policy, the one RL starts from: set "
+           "train.init_from=<run> or rl.sft_steps > 0, or use kl_coef=0")

@@ -26,7 +26,9 @@ ALLOWED = {
     "peaks": {"errors", "fileio"},
     "decoding": {"errors", "fileio", "models"},
     "training": {"errors", "fileio", "data", "models", "decoding"},
-    "config": {"errors", "data", "models", "training"},
+    # RL (rl/: its loop, losses, tasks) stands on training as the sweep does, below config
+    "rl": {"errors", "fileio", "data", "models", "decoding", "training"},
+    "config": {"errors", "data", "models", "training", "rl"},
     "harness_scoring": {"errors"},
     "harness_lm": {"errors", "data", "decoding", "harness_scoring"},
     "harness": {"errors", "fileio", "models", "training", "config", "harness_scoring",
