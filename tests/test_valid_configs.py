@@ -18,6 +18,7 @@ share them.
 """
 
 import os
+import time
 
 import jax
 import numpy as np
@@ -36,8 +37,10 @@ from llm_jax.training import parallel, vectorized
 from llm_jax.training.optimizer import OPTIMIZERS, SCHEDULES, lr_schedule, make_optimizer
 from llm_jax.training.tasks import build_task, task_kind
 
-# examples per test, at least 200 in all; LLM_JAX_PROPERTY_EXAMPLES=<n> draws n per test instead
-EXAMPLES = {"bigram": 40, "gpt": 60, "transformer": 50}
+# examples per (family, placement): 200 in all; LLM_JAX_PROPERTY_EXAMPLES=<n> draws n per test
+EXAMPLES = {("bigram", "one device"): 30, ("bigram", "devices"): 20,
+            ("gpt", "one device"): 55, ("gpt", "devices"): 35,
+            ("transformer", "one device"): 35, ("transformer", "devices"): 25}
 if os.environ.get("LLM_JAX_PROPERTY_EXAMPLES"):
   EXAMPLES = dict.fromkeys(EXAMPLES, int(os.environ["LLM_JAX_PROPERTY_EXAMPLES"]))
 N_DEVICES = 8  # conftest.py's simulated CPU devices
@@ -73,10 +76,10 @@ def files(tmp_path_factory):
 
 
 @st.composite
-def placements(draw, c):
-  """parallel and mesh: one device, the mesh (data x fsdp x tensor over the 8 devices), or pmap;
-  a batch that divides by the devices it is split over."""
-  mode = draw(st.sampled_from(["none"] * 5 + ["auto"] * 3 + ["pmap"] * 2))
+def placements(draw, c, group):
+  """parallel and mesh: one device ('none'), or the devices: the mesh (data x fsdp x tensor over
+  the 8 devices) or pmap; a batch that divides by the devices it is split over."""
+  mode = "none" if group == "one device" else draw(st.sampled_from(["auto", "auto", "pmap"]))
   c.parallel = mode
   split = 1
   if mode == "auto":
@@ -178,7 +181,7 @@ def sampling(draw):
 
 
 @st.composite
-def configs(draw, family, files):
+def configs(draw, family, group, files):
   c = default_config()
   c.model.name = family
   c.data.corpus, c.data.path = "text_file", str(files / "toy.txt")
@@ -205,7 +208,7 @@ def configs(draw, family, files):
   else:
     c.data.tokenizer = draw(st.sampled_from(["char", "char", f"bpe:train:{MIN_VOCAB_SIZE + 8}"]))
   draw(training(c))
-  draw(placements(c))
+  draw(placements(c, group))
   return c
 
 
@@ -250,8 +253,14 @@ def trains_evaluates_and_generates(c, generate_flags):
 
 
 def _check(c, generate_flags):
+  t0 = time.process_time()
   try:
     trains_evaluates_and_generates(c, generate_flags)
+    if os.environ.get("LLM_JAX_PROPERTY_LOG"):  # and what each example costs
+      with open(os.environ["LLM_JAX_PROPERTY_LOG"], "a") as f:
+        print(f"ok {c.model.name} {c.parallel} {c.train.optimizer} layers={c.model.n_layer} "
+              f"scan={c.model.scan_layers} remat={c.model.remat} {c.data.tokenizer}: "
+              f"{time.process_time() - t0:.1f} CPU s", file=f)
   except Exception as e:
     if os.environ.get("LLM_JAX_PROPERTY_LOG"):  # a search for findings: each written down
       import traceback
@@ -263,18 +272,11 @@ def _check(c, generate_flags):
     raise
 
 
-@pytest.mark.parametrize("family", ["bigram", "gpt"])
-def test_language_models_that_validate_train_evaluate_and_generate(family, files):
-  @_settings(EXAMPLES[family])
-  @given(c=configs(family, files), flags=sampling())
-  def check(c, flags):
-    _check(c, flags)
-  check()
-
-
-def test_transformers_that_validate_train_evaluate_and_decode(files):
-  @_settings(EXAMPLES["transformer"])
-  @given(c=configs("transformer", files), flags=sampling())
+@pytest.mark.parametrize("group", ["one device", "devices"])
+@pytest.mark.parametrize("family", ["bigram", "gpt", "transformer"])
+def test_configs_that_validate_train_evaluate_and_generate(family, group, files):
+  @_settings(EXAMPLES[family, group])
+  @given(c=configs(family, group, files), flags=sampling())
   def check(c, flags):
     _check(c, flags)
   check()
