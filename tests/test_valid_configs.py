@@ -2,19 +2,21 @@
 
 Each example is a config drawn field by field within what llm_jax/config.py documents (every model
 switch, the optimizers and schedules, the data and tokenizer fields, the mesh), tiny (a toy corpus,
-widths of 8-32, one or two layers, blocks of 8-16 tokens) so that it compiles in well under a
-second. A drawn config that `validate` accepts must then do what `llm-jax train` and
-`llm-jax generate` do, without a traceback: build its task and model, place the state on its mesh,
-take two training steps, evaluate, and generate a few tokens. Or stop with a UserError (one line,
-exit 2 on the command line) where the check needs what validation cannot see (the device count).
+widths of 8-32, one or two layers, blocks of 8-16 tokens). A drawn config that `validate` accepts
+must then do what `llm-jax train` and `llm-jax generate` do, without an exception: build its task
+and model, place the state on its devices, take two training steps, evaluate, and generate a few
+tokens. A UserError there fails too: a check that can be made before anything is built belongs in
+validation. (The mesh's sizes and the batch split, which depend on the devices validation cannot
+see, are drawn to fit the 8 simulated devices.)
 
 The loop's parts run directly (train_and_evaluate would add checkpoint files, at a second each);
 they are the loop's own functions (loop._program's: placement, vectorized.one_run, the steps; the
 task's eval metrics and the kind's generate), in the order it calls them.
 
 A fixed number of examples, drawn from a fixed seed (derandomize): the coverage does not depend on
-the machine's speed. The families are split over several tests, so that the suite's two workers
-share them.
+the machine's speed. Each family is split over two tests (one device, the devices), so that the
+suite's two workers share them. An example costs its programs' compilation, a few CPU seconds
+(docs/validation.md has the figures and the longer search).
 """
 
 import os
