@@ -40,9 +40,9 @@ from llm_jax.training.optimizer import OPTIMIZERS, SCHEDULES, lr_schedule, make_
 from llm_jax.training.tasks import build_task, task_kind
 
 # examples per (family, placement): 200 in all; LLM_JAX_PROPERTY_EXAMPLES=<n> draws n per test
-EXAMPLES = {("bigram", "one device"): 30, ("bigram", "devices"): 20,
-            ("gpt", "one device"): 55, ("gpt", "devices"): 35,
-            ("transformer", "one device"): 35, ("transformer", "devices"): 25}
+EXAMPLES = {("bigram", "one device"): 35, ("bigram", "devices"): 15,
+            ("gpt", "one device"): 65, ("gpt", "devices"): 25,
+            ("transformer", "one device"): 40, ("transformer", "devices"): 20}
 if os.environ.get("LLM_JAX_PROPERTY_EXAMPLES"):
   EXAMPLES = dict.fromkeys(EXAMPLES, int(os.environ["LLM_JAX_PROPERTY_EXAMPLES"]))
 N_DEVICES = 8  # conftest.py's simulated CPU devices
@@ -149,8 +149,9 @@ def blocks(draw, c, family):
   m.ffn_hidden = draw(st.sampled_from([0, draw(st.integers(1, 48))]))
   m.qk_norm = draw(st.booleans())
   m.attention = draw(st.sampled_from(["einsum", "dot_product"]))
-  m.scan_layers = draw(st.booleans())
-  m.remat = draw(st.sampled_from(["none"] + sorted(REMAT_POLICIES)))
+  # (each drawn less often than not: they cost the most compilation)
+  m.scan_layers = draw(st.sampled_from([False, False, True]))
+  m.remat = draw(st.sampled_from(["none"] * 4 + sorted(REMAT_POLICIES)))
   if family == "transformer":
     m.share_embeddings = draw(st.booleans())
   else:
