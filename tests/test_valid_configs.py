@@ -25,19 +25,21 @@ import time
 import jax
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import TOY_TEXT
-from llm_jax.config import default_config, validate
-from llm_jax.data.bpe import MIN_VOCAB_SIZE
-from llm_jax.data.seq2seq import distinct_sources
-from llm_jax.errors import UserError
-from llm_jax.models import FAMILIES, flops_per_token
-from llm_jax.models.flops import count_params
-from llm_jax.models.layers import ACTIVATIONS, REMAT_POLICIES
-from llm_jax.training import parallel, vectorized
-from llm_jax.training.optimizer import OPTIMIZERS, SCHEDULES, lr_schedule, make_optimizer
-from llm_jax.training.tasks import build_task, task_kind
+pytest.importorskip("hypothesis")  # the dev extra's (an environment without it skips this file)
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+from conftest import TOY_TEXT  # noqa: E402
+from llm_jax.config import default_config, validate  # noqa: E402
+from llm_jax.data.bpe import MIN_VOCAB_SIZE  # noqa: E402
+from llm_jax.data.seq2seq import distinct_sources  # noqa: E402
+from llm_jax.errors import UserError  # noqa: E402
+from llm_jax.models import FAMILIES, flops_per_token  # noqa: E402
+from llm_jax.models.flops import count_params  # noqa: E402
+from llm_jax.models.layers import ACTIVATIONS, REMAT_POLICIES  # noqa: E402
+from llm_jax.training import parallel, vectorized  # noqa: E402
+from llm_jax.training.optimizer import OPTIMIZERS, SCHEDULES, lr_schedule, make_optimizer  # noqa: E402
+from llm_jax.training.tasks import build_task, task_kind  # noqa: E402
 
 # examples per (family, placement): 200 in all; LLM_JAX_PROPERTY_EXAMPLES=<n> draws n per test
 EXAMPLES = {("bigram", "one device"): 35, ("bigram", "devices"): 15,
