@@ -25,7 +25,8 @@ from llm_jax.training.optimizer import OPTIMIZERS, SCHEDULES
 
 def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  # seed of parameter init, dropout and the batch stream; a run is a function of (config, seed)
+  # seed of parameter init, dropout and the batch stream (0 .. 2^63 - 1); a run is a function of
+  # (config, seed)
   c.seed = 1337
   # how the steps run over the devices: 'auto' (jax.jit over a device mesh of every device,
   # shaped by config.mesh) | 'none' (one device) | 'pmap' (jax.pmap data parallelism, a replica of

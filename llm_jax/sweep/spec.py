@@ -64,8 +64,13 @@ def grid(axes: dict) -> list[dict]:
   if not isinstance(axes, dict):
     raise UserError(f"grid() takes a dict {{field: [values, ...]}}, not a {type(axes).__name__} "
                     f"({axes!r:.80}): write grid({{'model.n_layer': [4, 8]}})")
+  axes = dict(axes)
   for field, values in axes.items():
-    if not isinstance(values, (list, tuple)) or not values:
+    try:  # a list, a tuple, a range, ...; a string would be its characters
+      axes[field] = None if isinstance(values, (str, bytes, dict)) else list(values)
+    except TypeError:
+      axes[field] = None
+    if not axes[field]:
       raise UserError(f"grid(): {field!r} takes a non-empty list of values, not {values!r:.80}: "
                       f"write grid({{{field!r}: [a, b]}})")
   fields = list(axes)
@@ -118,7 +123,15 @@ def load_experiment(directory: str) -> Experiment:
   base_path = os.path.normpath(os.path.join(directory, spec["base"]))
   base_module = load_python_file(base_path, base_path, f"fix 'base' in {path}")
   for key in ("points", "seeds"):  # given, but empty: no run at all, rather than a default one
-    if key in spec and not (isinstance(spec[key], (list, tuple)) and spec[key]):
+    if key not in spec:
+      continue
+    try:  # a list, a tuple, a range, ...
+      items = None if isinstance(spec[key], (str, bytes, dict)) else list(spec[key])
+    except TypeError:
+      items = None
+    if items:
+      spec = {**spec, key: items}
+    else:
       raise UserError(f"{path}: {key}={spec[key]!r}: give a non-empty list (or leave '{key}' "
                       f"out: " + ("one point, the base config)" if key == "points" else
                                   "seed 0)"))
