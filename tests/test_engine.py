@@ -78,9 +78,16 @@ def test_per_row_limits_eos_and_stop_sequences_end_rows_where_the_single_path_do
         return ref[:i + 1], "stop"
     return ref[:limit], "length"
 
+  streamed = [[] for _ in prompts]
+
+  def on_tokens(rows, tokens):  # each step: the rows that drew a token, and their tokens
+    for r, t in zip(rows, tokens):
+      streamed[r].append(int(t))
+
   out = engine.generate_batch(m, params, prompts, jax.random.key(3), block_size=L32,
                               max_new_tokens=limits, temperature=0, eos_id=eos,
-                              stop_sequences=[stop, [V + 5, V + 6, V + 7]])
+                              stop_sequences=[stop, [V + 5, V + 6, V + 7]], on_tokens=on_tokens)
+  assert streamed == [c.tokens for c in out]
   reasons = set()
   for c, ref, limit in zip(out, refs, limits):
     tokens, reason = expected(ref, limit)
