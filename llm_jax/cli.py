@@ -19,7 +19,6 @@ from typing import Callable, NamedTuple
 
 from absl import app, flags, logging
 
-from llm_jax import hostmem
 from llm_jax.errors import UserError
 from llm_jax.training.signals import Interrupted
 
@@ -507,10 +506,6 @@ class Command(NamedTuple):
   # it compiles JAX programs: JAX's persistent compilation cache spares a second run of the same
   # config its compilation (~/.cache/llm_jax/xla; LLM_JAX_COMPILATION_CACHE=off disables it)
   compiles: bool = False
-  # its steps allocate large temporaries, which huge pages serve better (hostmem.py): the process
-  # re-executes itself once. Not generate: its buffers are small, and a second interpreter start
-  # is a tenth of a short generate's time
-  hugepages: bool = False
   # it writes nothing: its objects are frozen out of the garbage collector when it is done, which
   # spares the interpreter's last collection at exit (memory goes back with the process anyway)
   read_only: bool = False
@@ -519,7 +514,7 @@ class Command(NamedTuple):
 COMMANDS = {
     "train": Command("train a model from a config",
                      "llm-jax train --config=configs/gpt_char.py --workdir=runs/gpt",
-                     _define_train, _train, compiles=True, hugepages=True),
+                     _define_train, _train, compiles=True),
     "rl": Command("RL with verifiable rewards",
                   "llm-jax rl --config=configs/rl_arithmetic.py --workdir=runs/rl",
                   _define_rl, _rl, compiles=True),
@@ -533,8 +528,7 @@ COMMANDS = {
                    _define_bpe, _bpe),
     "evaluate": Command("score on held-out data",
                         "llm-jax evaluate --workdir=runs/t --split=test --beam_size=4",
-                        _define_evaluate, _evaluate, compiles=True, hugepages=True,
-                        read_only=True),
+                        _define_evaluate, _evaluate, compiles=True, read_only=True),
     "sweep": Command("run an experiment's grid",
                      "llm-jax sweep experiments/norm_warmup --jobs=2 [--vectorize | "
                      "--launcher=submitit]",
@@ -543,7 +537,7 @@ COMMANDS = {
                     _define_plot, _plot, args=" <workdir> [<workdir> ...]"),
     "bench": Command("speed, MFU and memory",
                      "llm-jax bench --config=configs/gpt_char_baby.py --steps=20",
-                     _define_bench, _bench, compiles=True, hugepages=True),
+                     _define_bench, _bench, compiles=True),
     "convert": Command("import an HF checkpoint",
                        "llm-jax convert --from=hf/gpt2 --workdir=runs/gpt2",
                        _define_convert, _convert),
@@ -740,11 +734,9 @@ class _ClosedPipeSafe:
 
 
 def main(argv=None):
-  if argv is None and len(sys.argv) > 1 and getattr(COMMANDS.get(sys.argv[1]), "hugepages", False):
-    if any(a.startswith("--profile_dir") for a in sys.argv):  # read when the backend starts
-      from llm_jax.training.profile import flags_for_tracing
-      os.environ["XLA_FLAGS"] = flags_for_tracing(os.environ)
-    hostmem.reexec_with_hugepages(sys.argv)  # the program itself, not a call from Python
+  if argv is None and any(a.startswith("--profile_dir") for a in sys.argv[2:]):
+    from llm_jax.training.profile import flags_for_tracing  # read when the backend starts
+    os.environ["XLA_FLAGS"] = flags_for_tracing(os.environ)
   argv = list(sys.argv if argv is None else argv)
   _check_utf8(argv)
   if sys.stdout is sys.__stdout__:

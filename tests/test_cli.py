@@ -122,22 +122,3 @@ def test_help_as_a_program_names_the_command_and_helpfull_adds_absls_flags():
   assert "__main__" not in r.stdout + r.stderr
   r = llm_jax("plot", "--helpfull")
   assert r.returncode == 0 and "--out" in r.stdout and "only_check_args" in r.stdout
-
-
-def test_the_command_line_reexecutes_itself_once_with_huge_pages(monkeypatch):
-  from llm_jax import hostmem
-  calls = []
-  monkeypatch.setattr(os, "execve", lambda *a: calls.append(a))
-  monkeypatch.setattr(sys, "platform", "linux")
-  monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
-  monkeypatch.delenv("LLM_JAX_HUGEPAGES", raising=False)
-  hostmem.reexec_with_hugepages(["llm-jax", "train", "--config=c.py"])
-  (exe, argv, env), = calls
-  assert argv == [sys.executable, "-m", "llm_jax", "train", "--config=c.py"]
-  assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
-  monkeypatch.setattr(os, "environ", env)  # the new process: nothing more to do
-  hostmem.reexec_with_hugepages(["llm-jax", "train"])
-  monkeypatch.setattr(os, "environ", {"LLM_JAX_HUGEPAGES": "off"})
-  hostmem.reexec_with_hugepages(["llm-jax", "train"])
-  assert len(calls) == 1
-

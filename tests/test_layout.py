@@ -19,7 +19,6 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "llm_jax"
 ALLOWED = {
     "__init__": set(),
     "errors": set(),
-    "hostmem": set(),
     "fileio": {"errors"},
     "data": {"errors", "fileio"},
     "models": {"errors"},
@@ -38,7 +37,7 @@ ALLOWED = {
     "evaluate": {"errors", "training", "config"},
     "convert": {"errors", "fileio", "data", "models", "training", "config"},
     "plot": {"errors", "fileio"},
-    "sweep": {"errors", "fileio", "hostmem", "peaks", "training", "config", "harness"},
+    "sweep": {"errors", "fileio", "peaks", "training", "config", "harness"},
     "bench": {"errors", "fileio", "models", "decoding", "training", "config", "peaks", "sweep"},
 }
 ENTRIES = ("cli", "__main__")

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import time
 
-from llm_jax import hostmem
 from llm_jax.errors import UserError
 from llm_jax.sweep import report, worker
 from llm_jax.sweep.spec import is_finished, load_experiment
@@ -61,7 +60,7 @@ def find_twin(run, experiments_root: str) -> str | None:
 
 
 def _child_env(jobs: int) -> dict:
-  env = hostmem.with_hugepages(os.environ)
+  env = dict(os.environ)
   if jobs > 1 and "XLA_FLAGS" not in env:
     # several processes share the cores: each XLA CPU client runs its ops on one thread
     env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false"
