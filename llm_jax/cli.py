@@ -135,8 +135,9 @@ def _rl(argv):
   from llm_jax.training.workdir import removed_if_failed
   validate(FLAGS.config)  # before the device count is set from it
   parallel.set_cpu_devices(FLAGS.config)
+  from llm_jax.sweep.worker import defaults
   with removed_if_failed(FLAGS.workdir):
-    rl_train(FLAGS.config, FLAGS.workdir)
+    rl_train(FLAGS.config, FLAGS.workdir, defaults())
 
 
 def _define_bpe(argv):

@@ -198,7 +198,7 @@ def generate_many(workdir, prompts: list[str], max_new_tokens=500, temperature=1
   (decoding/engine.py), in order: {"prompt", "completion" (the first sample's text),
   "completions" (every sample's, with num_samples > 1), "finish_reason"} each."""
   from llm_jax.decoding import generate_batch  # noqa: PLC0415
-  config, tokenizer, model, params, _ = load_run(workdir, step)
+  config, tokenizer, model, params, _ = load_run(workdir, step, default_config().to_dict())
   check_sampling(max_new_tokens, temperature, top_k, top_p, num_samples, tokenizer.vocab_size,
                  seed)
   if not task_kind(config).continues_prompt:

@@ -182,10 +182,10 @@ class Program:
                    out_shardings=self.state_sharding)()
 
 
-def _tokenizer(config, workdir, task):
+def _tokenizer(config, workdir, task, defaults=None):
   tok = workdir_lib.read_tokenizer(workdir)
   if tok is None and config.train.init_from:
-    tok = finetune.source_run(config)[1]
+    tok = finetune.source_run(config, defaults)[1]
   if tok is None:
     if config.data.tokenizer != "char":
       raise UserError(f"config.data.tokenizer={config.data.tokenizer!r}: a fresh RL run uses the "
@@ -274,32 +274,32 @@ class _Log:
       return
     with open(self.path, "a", encoding="utf-8") as f:
       f.write(json.dumps(record) + "\n")
-    for k, v in record.items():
-      if k != "step":
-        self.events.writer.add_scalar(k if "/" in k else f"rl/{k}", v, record["step"])
+    self.events.scalars(record, record, "rl")
+    self.events.writer.flush()
 
   def close(self):
     if self.events:
       self.events.close()
 
 
-def rl_train(config, workdir: str) -> dict:
+def rl_train(config, workdir: str, defaults: dict | None = None) -> dict:
   """Runs config's RL in workdir (resuming what is there). Returns the run's summary. The caller
-  validates the config (config.validate), as for training."""
+  validates the config (config.validate), as for training, and passes its defaults (as a dict:
+  the fields a run saved by an older version lacks, workdir.read_config)."""
   rc, tc = config.rl, config.train
   task = tasks.get_task(rc.task, config.seed)
   parallel.init_distributed(config.distributed)
   is_main = jax.process_index() == 0
   workdir = os.path.abspath(workdir)
   workdir_lib.check_writable(workdir)
-  saved = workdir_lib.read_config(workdir)
+  saved = workdir_lib.read_config(workdir, defaults)
   if saved is not None:
     workdir_lib.check_same_run(config, saved)
-  tok, stop_id = _tokenizer(config, workdir, task)
+  tok, stop_id = _tokenizer(config, workdir, task, defaults)
   program = Program(config, tok)
   if tc.init_from:
-    finetune.source_run(config)  # the source's model must be this one
-  host_params = finetune.load_params(config) if tc.init_from else None
+    finetune.source_run(config, defaults)  # the source's model must be this one
+  host_params = finetune.load_params(config, defaults) if tc.init_from else None
   state = program.init_state(config, host_params)
   manager = checkpoint.make_manager(workdir, tc.keep_checkpoints)
   meta = workdir_lib.checkpoint_meta()

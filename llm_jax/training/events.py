@@ -42,9 +42,18 @@ class EventWriter:
     self._add(step, summary=Summary(value=[Summary.Value(tag=tag, simple_value=float(value))]))
 
   def train(self, record: dict) -> None:
+    """A log step's record: its known keys under TRAIN_TAGS, any other number (a mixture of
+    experts' moe_* statistics, ...) as train/<key>."""
+    self.scalars(record, {k: v for k, v in record.items() if k not in TRAIN_TAGS}, "train")
     for key, tag in TRAIN_TAGS.items():
       if key in record:
         self._scalar(tag, record[key], record["step"])
+
+  def scalars(self, record: dict, values: dict, prefix: str) -> None:
+    """values' numbers at record['step'], each as <prefix>/<key> (a key with a '/' as it is)."""
+    for key, value in values.items():
+      if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        self._scalar(key if "/" in key else f"{prefix}/{key}", value, record["step"])
 
   def evaluation(self, step: int, losses: dict, extra: dict, sample: str | None) -> None:
     self._scalar("val/loss", losses["val"], step)
