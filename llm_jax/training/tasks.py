@@ -49,7 +49,7 @@ class Task(NamedTuple):
 def prepared_lm_task(config, tokenizer=None) -> Task:
   """Next-token prediction on a prepared dataset (`llm-jax prepare`, data/prepared.py): batches
   read from memory-mapped shards, row by row as the devices of this process need them."""
-  from llm_jax.data.prepared import EVAL_STREAM as EVAL, PreparedData
+  from llm_jax.data.prepared import PreparedData
   tc, T, d = config.train, config.model.block_size, config.data
   data = PreparedData(d.path, T, d.sampling, expected_tokenizer=tokenizer)
   spec = data.manifest["tokenizer"]["spec"]
@@ -63,7 +63,7 @@ def prepared_lm_task(config, tokenizer=None) -> Task:
       tokenizer=data.tokenizer, model=model, input_keys=("inputs",),
       train_batch=lambda step: data.get_batch("train", (tc.grad_accum_steps, tc.batch_size),
                                               config.seed, step),
-      eval_batches={name: data.get_batch(name, eval_shape, config.seed, i, stream=EVAL)
+      eval_batches={name: data.get_batch(name, eval_shape, config.seed, i, stream=EVAL_STREAM)
                     for i, name in enumerate(("train", "val"))},
       # bits per byte from the manifest's val bytes and tokens (end-of-text tokens included)
       eval_metrics=lambda params, losses: {"val_bpb": losses["val"] / math.log(2) /
