@@ -34,6 +34,8 @@ import numpy as np
 
 from llm_jax.data import packing as packing_lib
 from llm_jax.data.corpora import sha256_of
+# the random streams of one seed (the training rows, the fixed eval rows), defined once
+from llm_jax.data.lm import EVAL_STREAM, TRAIN_STREAM  # noqa: F401
 from llm_jax.data.tokenizers import CharTokenizer, HFTokenizer, TiktokenTokenizer, tokenizer_id
 from llm_jax.errors import UserError
 from llm_jax.fileio import atomic_write
@@ -41,8 +43,6 @@ from llm_jax.fileio import atomic_write
 MANIFEST, VERIFIED = "manifest.json", "verified.json"
 FORMAT = "llm-jax-prepared/1"
 SPLITS = ("train", "val")
-# independent random streams of one seed (as lm.py): the training rows, the fixed eval rows
-TRAIN_STREAM, EVAL_STREAM = 0, 1
 
 
 def read_manifest(path) -> dict:

@@ -49,7 +49,7 @@ class Task(NamedTuple):
 def prepared_lm_task(config, tokenizer=None) -> Task:
   """Next-token prediction on a prepared dataset (`llm-jax prepare`, data/prepared.py): batches
   read from memory-mapped shards, row by row as the devices of this process need them."""
-  from llm_jax.data.prepared import EVAL_STREAM as EVAL, PreparedData
+  from llm_jax.data.prepared import PreparedData
   tc, T, d = config.train, config.model.block_size, config.data
   data = PreparedData(d.path, T, d.sampling, expected_tokenizer=tokenizer, packing=d.packing)
   spec = data.manifest["tokenizer"]["spec"]
@@ -59,7 +59,7 @@ def prepared_lm_task(config, tokenizer=None) -> Task:
   model = build_model(config.model, data.tokenizer.vocab_size, train_config=config.train)
   eval_shape = (tc.eval_iters, tc.batch_size)
   bytes_per_token = data.val_bytes_per_token()
-  eval_batches = {name: data.get_batch(name, eval_shape, config.seed, i, stream=EVAL)
+  eval_batches = {name: data.get_batch(name, eval_shape, config.seed, i, stream=EVAL_STREAM)
                   for i, name in enumerate(("train", "val"))}
   rows = f"{d.sampling} windows" if d.packing == "none" else (
       f"{d.packing} rows, {data.discarded_fraction():.1%} of the packed tokens discarded")
