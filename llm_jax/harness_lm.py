@@ -146,9 +146,16 @@ class JaxLM(TemplateLM):
     out = [None] * len(requests)
     for key, members in groups.items():
       until, n_new, sample, temperature = settings[key]
-      # a stop string's tokens end a row early where they decode back to the string
-      stops = [ids for u, ids in ((u, self.tok_encode(u, add_special_tokens=False))
-                                  for u in until if u) if ids and self.tok_decode(ids) == u]
+      # a stop string's tokens end a row early where they decode back to the string (one the
+      # tokenizer cannot encode ends nothing early: the text is cut at it below in any case)
+      stops = []
+      for u in filter(None, until):
+        try:
+          ids = self.tok_encode(u, add_special_tokens=False)
+        except UserError:
+          continue
+        if ids and self.tok_decode(ids) == u:
+          stops.append(ids)
       completions = decoding.generate_batch(
           self.model, self.params, [ids for _, ids in members], jax.random.key(0),
           block_size=T, max_new_tokens=n_new, temperature=temperature if sample else 0.0,

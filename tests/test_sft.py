@@ -6,11 +6,10 @@ import subprocess
 import sys
 
 import jax
-import numpy as np
 import pytest
 
 from conftest import TOY_TEXT, tiny_config
-from llm_jax.chat import ChatSession, chat_from_run, run_chat
+from llm_jax.chat import chat_from_run, run_chat
 from llm_jax.data.chat import (ChatTokenizer, read_conversations, render, string_conversations,
                                write_conversations)
 from llm_jax.decoding import generate_batch

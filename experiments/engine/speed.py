@@ -130,11 +130,13 @@ def main():
   ap.add_argument("--new", type=int, default=64)
   ap.add_argument("--reps", type=int, default=2)
   ap.add_argument("--skip_harness", action="store_true")
+  ap.add_argument("--only_harness", action="store_true")
   ap.add_argument("--lengths", type=int, default=24)
   args = ap.parse_args()
   m, params, L = model_10m()
-  out = {"new_tokens": args.new, **tokens_per_s(m, params, L, args.new, args.reps)}
-  print(json.dumps(out, indent=1), flush=True)
+  if not args.only_harness:
+    out = {"new_tokens": args.new, **tokens_per_s(m, params, L, args.new, args.reps)}
+    print(json.dumps(out, indent=1), flush=True)
   if not args.skip_harness:
     print(json.dumps(harness(m, params, L, args.lengths), indent=1), flush=True)
 
