@@ -60,7 +60,8 @@ def train_and_evaluate(config, workdir: str, hooks: Hooks = Hooks(), profile_dir
   if start >= tc.max_steps:  # a finished run is read-only: nothing trains, nothing is written
     return run.finished(start)
   run.open(start, task)
-  n_params = announce(config, task, place, state.params, start, run.workdir, is_main)
+  n_params = announce(config, task, place, state.params, start, run.workdir, is_main,
+                      dtype_line=run.dtype_line)
   eval_batches = {name: place.put_batch(b) for name, b in task.eval_batches.items()}
 
   def evaluate_now(state, step):  # every process (the parameters: a collective on a mesh)
@@ -172,13 +173,15 @@ def tokens_per_step(config, task) -> int:
 
 
 def announce(config, task, place, params, start: int, where: str, is_main: bool,
-             more: str = "") -> int:
+             more: str = "", dtype_line: str | None = None) -> int:
   """The two start-of-run lines (the run, the model and its placement; `more` ends the second).
   `params`: the run's (or their shapes). Returns its parameter count."""
   tc, say = config.train, print if is_main else lambda *a, **k: None
   n_params, n_params_flops = count_params(params)
   say(f"llm-jax: {config.model.name}, {task.summary_line}, " +
       (f"resuming at step {start}" if start else "starting") + f" in {where}", flush=True)
+  if dtype_line:  # what model.dtype 'auto' chose for the run, and why (Hooks.fix_dtype)
+    say(f"llm-jax: {dtype_line}", flush=True)
   if warmup_steps(tc) < tc.warmup_steps:
     say(f"llm-jax: train.warmup_steps={tc.warmup_steps} is not shorter than the run's "
         f"{tc.lr_decay_steps} steps: the learning rate warms up over all "

@@ -87,8 +87,6 @@ class Run:
     from `start` (the restored step) on."""
     self.last_saved = start or None
     if self.is_main:
-      if self.dtype_line:  # what model.dtype 'auto' chose for the run, and why
-        print(f"llm-jax: {self.label + ': ' if self.label else ''}{self.dtype_line}", flush=True)
       workdir_lib.write_run_files(self.workdir, self.config, task.tokenizer)
       workdir_lib.write_data_identity(self.workdir, task.data_identity)
       self.log, self.events = MetricsLog(self.workdir, start), EventWriter(self.workdir, start)

@@ -153,7 +153,8 @@ def train_runs(configs, workdirs, hooks: loop.Hooks = loop.Hooks()) -> list[dict
     r.open(start, t)
   n_params = loop.announce(config, tasks[0], place,
                            jax.eval_shape(lambda p: _at(p, 0), state.params), start,
-                           f"{K} vectorized runs", is_main, f" each, {K} runs vmapped")
+                           f"{K} vectorized runs", is_main, f" each, {K} runs vmapped",
+                           dtype_line=runs[0].dtype_line)
   eval_batches = {name: place.put_batch(_stack([t.eval_batches[name] for t in tasks]))
                   for name in tasks[0].eval_batches}
 
