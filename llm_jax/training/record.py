@@ -67,6 +67,7 @@ class Run:
     saved = workdir_lib.read_config(self.workdir, defaults)
     self.dtype_line = (fix_dtype(config.model, saved.model if saved is not None else None)
                        if fix_dtype else None)
+    self.saved = saved  # (an older run's 'auto' there fixed as the run's, by fix_dtype)
     if saved is not None:
       workdir_lib.check_same_run(config, saved)
     self.tokenizer = workdir_lib.read_tokenizer(self.workdir)
@@ -97,7 +98,7 @@ class Run:
     reach past `step`) is refused, since the record must keep the config its checkpoints were
     trained with. Returns the saved summary."""
     self.manager.close()
-    saved = workdir_lib.read_config(self.workdir, self.defaults)
+    saved = self.saved
     changed = [f for f in workdir_lib.changed_fields(self.config, saved) if f != "train.max_steps"
                ] if saved is not None else []
     if changed:
