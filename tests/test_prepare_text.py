@@ -1,19 +1,10 @@
 """`llm-jax prepare` of text files (data/prepare.py): separators are UTF-8 text with escapes, a
-BPE learns from training text alone, and a killed prepare leaves no worker behind."""
-
-import os
-import pathlib
-import signal
-import subprocess
-import sys
+BPE learns from training text alone."""
 
 import pytest
 
 from llm_jax.data import prepare as prep
-from llm_jax.data.prepared import read_manifest
 from llm_jax.errors import UserError
-
-ROOT = pathlib.Path(__file__).parent.parent
 
 
 @pytest.mark.parametrize("separator, typed", [("\u00a7", "\u00a7"), ("\u2029", "\\u2029"),
@@ -54,28 +45,3 @@ def test_bpe_train_never_sees_validation_text(tmp_path, monkeypatch):
   assert len(pieces) > 20  # merges were learned (from the training documents)
   assert not [p for p in pieces if set(p.decode("utf-8", "replace")) & set(secret)]
   assert len(tok.encode(secret)) == len(secret)  # one byte a token: never merged
-
-
-def test_a_killed_prepare_leaves_no_worker_to_print_a_traceback(tmp_path):
-  """kill -9 of prepare (by itself, after its first commit) with batches still in its 2 workers:
-  they end with it, silently, rather than fail on the closed pipe (BrokenPipeError)."""
-  text = " ".join(f"word{i % 997}" for i in range(400_000))  # 3.6 MB
-  (tmp_path / "t.txt").write_text("\n\n".join(text[i:i + 5000] for i in range(0, len(text), 5000)),
-                                  encoding="utf-8")
-  # batches that take the workers a while (cl100k's encoder), the parent killed after its first
-  env = {**os.environ, prep.KILL_AT: "commit:1", "LLM_JAX_PREPARE_BATCH_CHARS": "300000"}
-  p = subprocess.Popen([sys.executable, "-m", "llm_jax", "prepare", f"--source={tmp_path}/t.txt",
-                        "--tokenizer=tiktoken:cl100k_base", f"--out={tmp_path}/out",
-                        "--separator=\\n\\n",
-                        "--val=1", "--workers=2"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE, text=True, start_new_session=True)
-  try:
-    _, err = p.communicate(timeout=120)  # EOF once every holder of the pipe (the workers) ended
-  finally:
-    try:
-      os.killpg(p.pid, signal.SIGKILL)  # an orphan still running (the test then fails)
-    except ProcessLookupError:
-      pass
-  assert p.returncode == -signal.SIGKILL
-  assert "Traceback" not in err and "BrokenPipe" not in err, err
-  assert not (tmp_path / "out" / "manifest.json").exists()

@@ -320,24 +320,9 @@ def build_tokenizer(spec: str, root: pathlib.Path, first_texts, all_texts, sampl
 _TOKENIZER, _DTYPE = None, None
 
 
-def _init_worker(tokenizer, dtype, parent=None):
+def _init_worker(tokenizer, dtype):
   global _TOKENIZER, _DTYPE
   _TOKENIZER, _DTYPE = tokenizer, dtype
-  if parent is not None:
-    _die_with(parent)
-
-
-def _die_with(parent: int) -> None:
-  """A worker ends when its parent does (Linux's PR_SET_PDEATHSIG): a prepare killed with
-  SIGKILL leaves no orphan tokenizing on, to fail on the closed pipe with a traceback."""
-  try:
-    import ctypes  # noqa: PLC0415
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-  except (OSError, AttributeError):  # not Linux: the orphans end at their next write
-    return
-  if os.getppid() != parent:  # the parent died before the prctl call
-    os._exit(0)
 
 
 def _encode(batch):
@@ -606,8 +591,7 @@ def _pool(n_workers: int, tokenizer, dtype):
   if not n_workers:
     _init_worker(tokenizer, dtype)
     return _InProcess()
-  return multiprocessing.get_context("fork").Pool(n_workers, _init_worker,
-                                                  (tokenizer, dtype, os.getpid()))
+  return multiprocessing.get_context("fork").Pool(n_workers, _init_worker, (tokenizer, dtype))
 
 
 def prepare(source: str, tokenizer_spec: str, out: str, text_field: str = "text",
