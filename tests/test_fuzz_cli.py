@@ -45,12 +45,12 @@ def stubbed(env, monkeypatch):
   """The real work of each command replaced by Reached (see the module's docstring)."""
   import llm_jax.decoding
   from llm_jax import peaks as peak
-  from llm_jax.training import runs
+  from llm_jax.training import loop, record
 
   def reached(*args, **kwargs):
     raise Reached
 
-  real_build = runs.build_task
+  real_build = loop.build_task
 
   def build_task(config, tokenizer):  # the finished run's model and batch build for real
     small = (config.model.to_dict() == _run_config(env).model.to_dict() and
@@ -60,12 +60,12 @@ def stubbed(env, monkeypatch):
       raise Reached
     return real_build(config, tokenizer)
 
-  def run_open(self, start, tokenizer):  # a run that would train: its checkpoints stay
+  def run_open(self, start, task):  # a run that would train: its checkpoints stay
     self.manager.close()
     raise Reached
 
-  monkeypatch.setattr(runs, "build_task", build_task)
-  monkeypatch.setattr(runs.Run, "open", run_open)
+  monkeypatch.setattr(loop, "build_task", build_task)
+  monkeypatch.setattr(record.Run, "open", run_open)
   monkeypatch.setattr(llm_jax.decoding, "generate", reached)
   monkeypatch.setattr(peak, "measure", reached)
   return env

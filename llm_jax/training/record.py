@@ -67,6 +67,8 @@ class Run:
     saved = workdir_lib.read_config(self.workdir, defaults)
     self.dtype_line = (fix_dtype(config.model, saved.model if saved is not None else None)
                        if fix_dtype else None)
+    if not fix_dtype and saved is not None and config.model.dtype == "auto":
+      config.model.dtype = saved.model.dtype  # without the hook a resume still keeps the run's
     self.saved = saved  # (an older run's 'auto' there fixed as the run's, by fix_dtype)
     if saved is not None:
       workdir_lib.check_same_run(config, saved)
