@@ -102,8 +102,11 @@ def test_a_workdir_of_another_task_is_refused():
                                    r"than model.block_size=6"),
     ("ab\tba\nx\tabcdefghi\n", {}, r"line 2: the target has 9 characters"),
     ("ab\tba\ncd\tdc\n", {"heldout_examples": 1}, "heldout_examples=1 leaves no training"),
-    (None, {"task": "copy", "max_length": 9}, "lower config.data.max_length=9"),
-    (None, {"task": "copy", "max_length": 1, "num_examples": 300}, "found 26 distinct"),
+    # (these two are validation's now, before anything is generated)
+    (None, {"task": "copy", "max_length": 9}, r"config.data.max_length=9 is invalid: .*lower "
+                                              r"data.max_length or raise model.block_size"),
+    (None, {"task": "copy", "max_length": 1, "num_examples": 300},
+     "config.data.num_examples=300 is invalid: task 'copy' has 26 distinct examples"),
     (None, {"task": ""}, "config.data.task='' is invalid"),
     (None, {"task": "copy", "tokenizer": "tiktoken:cl100k_base"}, "character-level"),
     (None, {"task": "copy", "num_examples": 200}, "config.data.num_examples=200 is invalid"),
