@@ -10,6 +10,7 @@ import pytest
 
 from llm_jax.config import default_config
 from llm_jax.data import chat
+from llm_jax.data.packing import document_mask
 from llm_jax.data.tokenizers import CharTokenizer, tokenizer_from_dict
 from llm_jax.errors import UserError
 from llm_jax.models import build_model
@@ -57,7 +58,7 @@ def test_packed_rows_give_each_conversation_its_own_logits(pos):
   assert len(packed["tokens"]) == 1  # all three in one row
   batch = chat.to_batch(packed)
   logits = m.apply({"params": params}, batch["inputs"], positions_BT=batch["positions"],
-                   mask_BTT=chat.segment_mask(batch["positions"], batch["segments"]))
+                   mask_BTT=document_mask(batch["segments"]))  # the loss's own mask
   start = 0
   for ids, _ in examples:
     alone = m.apply({"params": params}, ids[None])

@@ -136,13 +136,6 @@ def to_batch(packed: dict, loss_on: str = "assistant") -> dict:
           "positions": packed["positions"][:, :-1], "segments": seg[:, :-1]}
 
 
-def segment_mask(positions_BT, segments_BT):
-  """(B, T, T) True where token t may attend to token s: the same conversation, s not after t
-  (padding, segment 0, attends to padding)."""
-  same = segments_BT[:, :, None] == segments_BT[:, None, :]
-  return same & (positions_BT[:, None, :] <= positions_BT[:, :, None])
-
-
 # the generated string tasks (`string_conversations`): the user's request -> the answer
 STRING_TASKS = {
     "reverse": lambda w: w[::-1],
