@@ -11,6 +11,7 @@ longer than it.
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -262,8 +263,10 @@ def test_a_sweep_with_harness_tasks_reports_their_columns(tmp_path, toy_corpus):
     {"name": "bigram"},
     {"norm": "post", "pos": "sinusoidal", "scale_embeddings": True, "qk_norm": True,
      "activation": "relu"},
-    {"pos": "rope", "scan_layers": True, "n_kv_head": 1}],
-    ids=["bigram", "gpt_post_sinusoidal_qknorm", "gpt_rope_scanned_mqa"])
+    # (a mixture of experts too: its sparse FFN in the scanned stack)
+    {"pos": "rope", "scan_layers": True, "n_kv_head": 1, "moe_experts": 4, "moe_top_k": 2,
+     "moe_dispatch": "blocks"}],
+    ids=["bigram", "gpt_post_sinusoidal_qknorm", "gpt_rope_scanned_mqa_moe"])
 def test_every_lm_family_scores_as_its_own_forward(tmp_path, toy_corpus, model):
   """A run trained here (the bigram; GPTs with switches no HF layout has): each request's score
   equals the model's forward on that request alone, the context cut from the left to block_size,
@@ -295,11 +298,16 @@ def test_every_lm_family_scores_as_its_own_forward(tmp_path, toy_corpus, model):
   whole = sum(min(len(ours._encode_pair(*r.args)[0]) + len(ours._encode_pair(*r.args)[1]),
                   c.model.block_size + 1) - 1 for r in reqs)
   assert ours.tokens_read < whole - 40
-  for req, (ll, greedy) in zip(reqs, got):
-    ctx, cont = ours._encode_pair(*req.args)  # lm-eval's split (trailing spaces move over)
+  # the reference: each request's own forward, right-padded to block_size (a causal model's
+  # logits at a position never see what follows it) so that all of them are one program
+  pairs = [ours._encode_pair(*req.args) for req in reqs]  # lm-eval's split (trailing spaces move)
+  wholes = [(ctx + cont)[-(c.model.block_size + 1):] for ctx, cont in pairs]
+  padded = np.zeros((len(reqs), c.model.block_size), np.int32)
+  for i, whole in enumerate(wholes):
+    padded[i, :len(whole) - 1] = whole[:-1]
+  all_logits = np.asarray(jax.jit(lambda x: m.apply({"params": params}, x))(padded))
+  for req, (ll, greedy), (ctx, cont), whole, logits in zip(reqs, got, pairs, wholes, all_logits):
     assert ctx + cont == list(tok.encode("".join(req.args)))
-    whole = (ctx + cont)[-(c.model.block_size + 1):]
-    logits = np.asarray(m.apply({"params": params}, np.asarray([whole[:-1]])))[0]
     top = logits.max(-1, keepdims=True)
     logp = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
     positions = range(len(whole) - 1 - len(cont), len(whole) - 1)

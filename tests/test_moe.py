@@ -292,6 +292,29 @@ def test_a_run_saved_on_expert_4_resumes_on_expert_2(ep_corpus, tmp_path, one_de
   assert_close(train_on(ep_corpus, resumed, data=4, expert=2), one_device[1])
 
 
+def test_an_moe_run_evaluates_and_fine_tunes(ep_corpus, one_device, tmp_path):
+  """A run initialized from the MoE run (train.init_from) evaluates at step 0 exactly as its
+  source did at its last step, experts, router and balancing bias included, then trains on;
+  `llm-jax evaluate` reads the MoE run too."""
+  from llm_jax.evaluate import evaluate_run
+  run, _ = one_device
+  source = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+  source_val = [r["val_loss"] for r in source if "val_loss" in r][-1]
+  c = ep_config(ep_corpus)
+  c.parallel = "none"
+  c.train.update(init_from=str(run), max_steps=4, lr_decay_steps=4, eval_interval=4,
+                 checkpoint_every=4)
+  train_and_evaluate(c, str(tmp_path / "tuned"))
+  tuned = [json.loads(line) for line in (tmp_path / "tuned" / "metrics.jsonl").read_text()
+           .splitlines()]
+  vals = [r for r in tuned if "val_loss" in r]
+  assert vals[0]["step"] == 0 and vals[0]["val_loss"] == pytest.approx(source_val, abs=1e-6)
+  assert vals[-1]["step"] == 4 and np.isfinite(vals[-1]["val_loss"])
+  assert all(np.isfinite(r["moe_load_max"]) for r in tuned if "loss" in r)
+  r = evaluate_run(run)
+  assert r["step"] == EP_STEPS and 0 < r["loss"] < np.log(c.model.vocab_size or 64)
+
+
 def test_active_parameters_count_k_experts_of_each_sparse_layer():
   from llm_jax.models import active_params
   from llm_jax.models.flops import count_params
