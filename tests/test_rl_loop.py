@@ -267,13 +267,15 @@ def test_mean_reward_rises(sft_run, tmp_path):
   assert summary["step"] == 20 and summary["reward_last"] == rewards[-1]
 
 
-@pytest.mark.parametrize("override,named", [
-    ("--config.rl.task=nope", "config.rl.task='nope'"),
-    ("--config.rl.group_size=1", "config.rl.group_size=1"),
-    ("--config.rl.kl_coef=0.1", "config.rl.kl_coef=0.1"),  # no init_from, no sft: no reference
+@pytest.mark.parametrize("command,override,named", [
+    ("rl", "--config.rl.task=nope", "config.rl.task='nope'"),
+    ("rl", "--config.rl.task=", "config.rl.task='' names no task"),
+    ("rl", "--config.rl.group_size=1", "config.rl.group_size=1"),
+    ("rl", "--config.rl.kl_coef=0.1", "config.rl.kl_coef=0.1"),  # no init_from nor sft: no ref
+    ("train", "--config.seed=0", "makes this an RL config: run it with `llm-jax rl`"),
 ])
-def test_bad_input_is_one_line(tmp_path, override, named):
-  code, out, err = run_cli("rl", f"--config={ROOT}/configs/rl_arithmetic.py",
+def test_bad_input_is_one_line(tmp_path, command, override, named):
+  code, out, err = run_cli(command, f"--config={ROOT}/configs/rl_arithmetic.py",
                            f"--workdir={tmp_path}/w", "--config.rl.sft_steps=0", override)
   assert code == 2, (out, err)
   lines = err.strip().splitlines()
