@@ -3,8 +3,8 @@ seeds) and two plots, val_loss.png (curves, seeds shaded) and final_val_loss.png
 Runs evaluated with train.harness_tasks add columns: each harness/<task>/<metric>, its last value.
 An RL experiment's (`llm-jax rl` runs) report their rewards instead: final_reward (the mean reward
 of the rollouts of the last REWARD_WINDOW RL steps, summary.json's reward_last_10), first_reward
-(of the first REWARD_WINDOW), the KL, the response length and the step's rollout and update
-seconds; its plots are reward.png (curves smoothed over REWARD_WINDOW steps) and
+(of the first REWARD_WINDOW), the KL and the response length (means over the last
+REWARD_WINDOW steps) and the step's rollout and update seconds; its plots are reward.png (curves smoothed over REWARD_WINDOW steps) and
 final_reward.png.
 
 Everything is read back from the runs' workdirs (metrics.jsonl, summary.json), so a report can be
@@ -36,7 +36,7 @@ def rl_figures(records) -> dict:
   mean = lambda key, rs: float(np.mean([r[key] for r in rs])) if rs else math.nan
   return {"final_reward": mean("reward", steps[-REWARD_WINDOW:]),
           "first_reward": mean("reward", steps[:REWARD_WINDOW]),
-          "kl": steps[-1]["kl"] if steps else math.nan,
+          "kl": mean("kl", steps[-REWARD_WINDOW:]),
           "response_length": mean("response_length", steps[-REWARD_WINDOW:]),
           "rollout_s": mean("rollout_s", steps[1:]),  # the first step's include compilation
           "update_s": mean("update_s", steps[1:]),
