@@ -183,6 +183,16 @@ def test_resume_is_exact_and_a_raising_reward_is_one_line(straight, tmp_path, mo
       os.path.join(stopped, "metrics.jsonl"))) == 4
 
 
+def test_a_finished_run_refuses_another_switch(straight):
+  """Run again with another rl.kl_coef, a finished run would train nothing: one line."""
+  c, workdir, _ = straight
+  c = c.copy_and_resolve_references()
+  c.rl.kl_coef = 0.1
+  with pytest.raises(UserError, match=r"is a finished RL run, and config.rl.kl_coef=0.1 differs "
+                                      r"from its 0.05: re-running it trains nothing"):
+    loop.rl_train(c, workdir)
+
+
 def test_kill_9_mid_run_then_resume_is_bitwise(straight, tmp_path):
   """`llm-jax rl` in a process of its own, killed by SIGKILL in its 3rd or 4th step once the
   step-2 checkpoint is on disk, then run again by the same command: it resumes at step 2 and ends
