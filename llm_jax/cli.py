@@ -110,12 +110,15 @@ def _define_profile():
 
 
 def _train(argv):
-  from llm_jax.config import validate
+  from llm_jax.config import is_rl, validate
   from llm_jax.sweep.worker import train_hooks
   from llm_jax.training import parallel
   from llm_jax.training.loop import train_and_evaluate
   from llm_jax.training.workdir import removed_if_failed
   validate(FLAGS.config)  # before the device count is set from it
+  if is_rl(FLAGS.config):
+    raise UserError(f"config.rl.task={FLAGS.config.rl.task!r} makes this an RL config: run it "
+                    f"with `llm-jax rl`, or set --config.rl.task='' to train a language model")
   parallel.set_cpu_devices(FLAGS.config)
   with removed_if_failed(FLAGS.workdir):  # a run that never trained leaves no folder behind
     train_and_evaluate(FLAGS.config, FLAGS.workdir, train_hooks(), profile_dir=FLAGS.profile_dir,

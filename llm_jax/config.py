@@ -370,8 +370,9 @@ def default_config() -> ml_collections.ConfigDict:
   # the task: 'arithmetic' (word problems from the seed, operands 0-9, or 0-N with
   # 'arithmetic:N'; exact-answer reward) | 'speaker' (name the speaker of a line of the plays) |
   # 'path/to/task.py[:factory]' (a user's task: its get_task(seed) returns a
-  # llm_jax.rl.tasks.Task)
-  c.rl.task = "arithmetic"
+  # llm_jax.rl.tasks.Task). A config that names a task is an RL config (is_rl): `llm-jax sweep`
+  # runs its points as `llm-jax rl` runs, and `llm-jax train` refuses it. '' (the default): none
+  c.rl.task = ""
   # completions sampled per prompt (G >= 2: the advantages are relative within a group)
   c.rl.group_size = 8
   # prompts per step; the batch is prompts_per_step * group_size rows
@@ -703,9 +704,21 @@ def _validate_train(t) -> None:
            "use 'stop' or 'skip'")
 
 
+def is_rl(config) -> bool:
+  """An RL config (`llm-jax rl`'s): one that names an rl.task."""
+  return bool(config.rl.task)
+
+
+def run_steps(config) -> int:
+  """The steps a run of config takes in all, the step its summary.json reports when finished:
+  train.max_steps, after rl.sft_steps supervised steps for an RL config."""
+  return config.train.max_steps + (config.rl.sft_steps if is_rl(config) else 0)
+
+
 def _validate_rl(r, t) -> None:
   _require(t.rl_epochs >= 1, "train.rl_epochs", t.rl_epochs, "use 1 or more updates per batch")
-  _require(r.task.partition(":")[0] in RL_TASKS or r.task.partition(":")[0].endswith(".py"),
+  _require(not r.task or r.task.partition(":")[0] in RL_TASKS or
+           r.task.partition(":")[0].endswith(".py"),
            "rl.task", r.task,
            f"use one of {', '.join(map(repr, RL_TASKS))}, or 'path/to/task.py' whose "
            f"get_task(seed) returns a llm_jax.rl.tasks.Task")

@@ -37,7 +37,7 @@ ALLOWED = {
     "evaluate": {"errors", "training", "config"},
     "convert": {"errors", "fileio", "data", "models", "training", "config"},
     "plot": {"errors", "fileio"},
-    "sweep": {"errors", "fileio", "peaks", "training", "config", "harness"},
+    "sweep": {"errors", "fileio", "peaks", "training", "config", "harness", "rl"},
     "bench": {"errors", "fileio", "models", "decoding", "training", "config", "peaks", "sweep"},
 }
 ENTRIES = ("cli", "__main__")

@@ -1,14 +1,20 @@
 """`llm-jax rl` (llm_jax/rl/loop.py): the sampler's log-probs equal training's (the ratio starts at
-1), a step on a (data=2, fsdp=2, tensor=2) mesh equals one device, a run stopped mid-way resumes
-to the uninterrupted run's parameters bitwise, the mean reward rises, and bad input is one line.
+1), a step on a (data=2, fsdp=2, tensor=2) mesh equals one device, a run stopped mid-way (by a
+raising reward, or kill -9) resumes to the uninterrupted run's parameters bitwise, `llm-jax sweep`
+runs RL runs and reports their rewards, the mean reward rises, and bad input is one line.
 
 The runs learn a user task written to a file (also the documented way to add a task): 'a+b='
 with a, b in 0..4, every prompt 4 characters, so the sampler compiles once. One module-scoped run
 first teaches a tiny GPT the answer format (rl.sft_steps); the others start from it
 (train.init_from)."""
 
+import csv
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import numpy as np
@@ -25,11 +31,13 @@ from test_bad_inputs import ROOT, run_cli
 
 SUMS_TASK = '''
 import os
+import time
 from llm_jax.rl.tasks import Prompt, Task, exact_answer
 
 def get_task(seed, operands=5):
   calls = [0]
   fail_after = int(os.environ.get("RL_TEST_FAIL_AFTER", "0"))
+  hang_after = int(os.environ.get("RL_TEST_HANG_AFTER", "0"))
 
   def prompts(rng, n):
     return [Prompt(f"{a}+{b}=", str(a + b)) for a, b in rng.integers(0, operands, size=(n, 2))]
@@ -38,6 +46,8 @@ def get_task(seed, operands=5):
     calls[0] += 1
     if fail_after and calls[0] > fail_after:
       raise ValueError("the verifier broke")
+    while hang_after and calls[0] > hang_after:  # a run that cannot end before it is killed
+      time.sleep(1)
     return exact_answer(prompt, text)
 
   return Task("sums", prompts, reward, lambda p: p.answer + "\\n", "0123456789+=\\n")
@@ -76,6 +86,32 @@ def from_sft(sft_run, **rl):
   c = sums_config(task_path, **rl)
   c.train.init_from = workdir
   return c
+
+
+@pytest.fixture(scope="module")
+def straight(sft_run, tmp_path_factory):
+  """An uninterrupted run of 4 RL steps from the SFT run, KL on (its reference in the
+  checkpoints, every 2 steps), and a config file that gives its config (its config.json)."""
+  root = tmp_path_factory.mktemp("straight")
+  c = from_sft(sft_run, kl_coef=0.05)
+  c.train.max_steps = 4
+  workdir = str(root / "run")
+  loop.rl_train(c, workdir)
+  config_file = root / "straight.py"
+  config_file.write_text(
+      "from llm_jax.sweep.worker import defaults\n"
+      "from llm_jax.training.workdir import read_config\n"
+      f"def get_config():\n  return read_config({workdir!r}, defaults())\n")
+  return c, workdir, str(config_file)
+
+
+def params_of(workdir):
+  return workdir_lib.load_run(workdir)[3]
+
+
+def without_timings(workdir):
+  return [{k: v for k, v in r.items() if not k.endswith("_s")}
+          for r in read_metrics(os.path.join(workdir, "metrics.jsonl"))]
 
 
 @pytest.mark.parametrize("pos", ["learned", "rope"])
@@ -127,14 +163,12 @@ def test_mesh_step_equals_one_device(sft_run):
     np.testing.assert_allclose(m1[k], m8[k], atol=1e-5, err_msg=k)
 
 
-def test_resume_is_exact_and_a_raising_reward_is_one_line(sft_run, tmp_path, monkeypatch):
+def test_resume_is_exact_and_a_raising_reward_is_one_line(straight, tmp_path, monkeypatch):
   """A run whose reward function raises in step 4 stops with one line naming the task and the
   prompt; resumed from its step-2 checkpoint it ends with the uninterrupted run's parameters
   bitwise and the same metrics (rollout seeds from (seed, step), the KL's reference restored)."""
-  c = from_sft(sft_run, kl_coef=0.05)
-  c.train.max_steps = 4
-  straight, stopped = str(tmp_path / "straight"), str(tmp_path / "stopped")
-  loop.rl_train(c, straight)
+  c, straight, _ = straight
+  stopped = str(tmp_path / "stopped")
   monkeypatch.setenv("RL_TEST_FAIL_AFTER", str(3 * 16))  # steps 1-3 score, step 4 raises
   with pytest.raises(UserError) as e:
     loop.rl_train(c, stopped)
@@ -144,11 +178,89 @@ def test_resume_is_exact_and_a_raising_reward_is_one_line(sft_run, tmp_path, mon
   assert [r["step"] for r in read_metrics(os.path.join(stopped, "metrics.jsonl"))] == [1, 2, 3]
   monkeypatch.delenv("RL_TEST_FAIL_AFTER")
   loop.rl_train(c, stopped)  # resumes at step 2
-  a, b = workdir_lib.load_run(straight)[3], workdir_lib.load_run(stopped)[3]
-  jax.tree.map(np.testing.assert_array_equal, a, b)
-  ra, rb = (read_metrics(os.path.join(w, "metrics.jsonl")) for w in (straight, stopped))
-  strip = lambda rs: [{k: v for k, v in r.items() if not k.endswith("_s")} for r in rs]
-  assert strip(ra) == strip(rb) and len(ra) == 4
+  jax.tree.map(np.testing.assert_array_equal, params_of(straight), params_of(stopped))
+  assert without_timings(straight) == without_timings(stopped) and len(read_metrics(
+      os.path.join(stopped, "metrics.jsonl"))) == 4
+
+
+def test_a_finished_run_refuses_another_switch(straight):
+  """Run again with another rl.kl_coef, a finished run would train nothing: one line."""
+  c, workdir, _ = straight
+  c = c.copy_and_resolve_references()
+  c.rl.kl_coef = 0.1
+  with pytest.raises(UserError, match=r"is a finished RL run, and config.rl.kl_coef=0.1 differs "
+                                      r"from its 0.05: re-running it trains nothing"):
+    loop.rl_train(c, workdir)
+
+
+def test_kill_9_mid_run_then_resume_is_bitwise(straight, tmp_path):
+  """`llm-jax rl` in a process of its own, killed by SIGKILL in its 3rd or 4th step once the
+  step-2 checkpoint is on disk, then run again by the same command: it resumes at step 2 and ends
+  with the uninterrupted run's parameters bitwise (the rollouts' keys, the KL's reference and the
+  optimizer state all come back) and the same metrics. The run's reward function blocks from step
+  4 on (RL_TEST_HANG_AFTER), so the run cannot end before the kill, however slow the machine."""
+  _, straight, config_file = straight
+  workdir = tmp_path / "killed"
+  command = [sys.executable, "-m", "llm_jax", "rl", f"--config={config_file}",
+             f"--workdir={workdir}"]
+  log = tmp_path / "killed.log"
+  with open(log, "w") as f:
+    proc = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT,
+                            env={**os.environ, "RL_TEST_HANG_AFTER": str(3 * 16)})
+  try:
+    deadline = time.monotonic() + 300
+    # Orbax renames a step's folder to its number once the step is written
+    while not (workdir / "checkpoints" / "2").is_dir():
+      assert proc.poll() is None, log.read_text()
+      assert time.monotonic() < deadline, log.read_text()
+      time.sleep(0.05)
+  finally:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  assert not (workdir / "summary.json").exists()
+  resumed = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+  assert resumed.returncode == 0, resumed.stderr
+  assert "resuming at step 2" in resumed.stdout
+  jax.tree.map(np.testing.assert_array_equal, params_of(straight), params_of(str(workdir)))
+  assert without_timings(straight) == without_timings(str(workdir))
+
+
+def test_an_rl_sweep_runs_rl_runs_and_reports_their_reward(straight, tmp_path):
+  """`llm-jax sweep` on an experiment whose base config names an rl.task runs each point as an
+  `llm-jax rl` run (loss_norm sequence vs token here): the sequence point is the straight run
+  bitwise; the report (results.csv/.md, reward.png) and --status give each run's mean reward;
+  --vectorize is refused in one line."""
+  _, straight, config_file = straight
+  d = tmp_path / "ablation"
+  d.mkdir()
+  (d / "experiment.py").write_text(
+      f"def get_experiment():\n  return {{'base': {config_file!r}, 'points': "
+      "[{'rl.loss_norm': 'sequence'}, {'rl.loss_norm': 'token'}], 'seeds': [1337]}\n")
+  code, out, err = run_cli("sweep", d, "--vectorize")
+  assert code == 2 and len(err.strip().splitlines()) == 1 and "--vectorize" in err, err
+  code, out, err = run_cli("sweep", d)
+  assert code == 0, (out, err)
+  assert "runs 2/2 done" in out
+  seq, tok = (d / "runs" / p / "seed1337" for p in ("loss_norm=sequence", "loss_norm=token"))
+  jax.tree.map(np.testing.assert_array_equal, params_of(straight), params_of(str(seq)))
+  assert without_timings(straight) == without_timings(str(seq))
+  assert without_timings(str(tok)) != without_timings(str(seq))  # the token-mean loss
+  with open(d / "results.csv") as f:
+    rows = {r["point"]: r for r in csv.DictReader(f)}
+  for point, workdir in (("loss_norm=sequence", seq), ("loss_norm=token", tok)):
+    rewards = [r["reward"] for r in read_metrics(str(workdir / "metrics.jsonl"))]
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert rows[point]["status"] == "done" and len(rewards) == 4
+    assert float(rows[point]["final_reward"]) == pytest.approx(np.mean(rewards))
+    assert float(rows[point]["final_reward"]) == pytest.approx(summary["reward_last_10"])
+  assert (d / "reward.png").stat().st_size > 0
+  md = (d / "results.md").read_text()
+  assert f"| loss_norm=token | 1/1 | {float(rows['loss_norm=token']['final_reward']):.3f} |" in md
+  code, out, err = run_cli("sweep", d, "--status")
+  assert code == 0, err
+  assert (f"loss_norm=sequence/seed1337  job -             finished (reward "
+          f"{float(rows['loss_norm=sequence']['final_reward']):.3f})") in out
 
 
 def test_mean_reward_rises(sft_run, tmp_path):
@@ -165,13 +277,15 @@ def test_mean_reward_rises(sft_run, tmp_path):
   assert summary["step"] == 20 and summary["reward_last"] == rewards[-1]
 
 
-@pytest.mark.parametrize("override,named", [
-    ("--config.rl.task=nope", "config.rl.task='nope'"),
-    ("--config.rl.group_size=1", "config.rl.group_size=1"),
-    ("--config.rl.kl_coef=0.1", "config.rl.kl_coef=0.1"),  # no init_from, no sft: no reference
+@pytest.mark.parametrize("command,override,named", [
+    ("rl", "--config.rl.task=nope", "config.rl.task='nope'"),
+    ("rl", "--config.rl.task=", "config.rl.task='' names no task"),
+    ("rl", "--config.rl.group_size=1", "config.rl.group_size=1"),
+    ("rl", "--config.rl.kl_coef=0.1", "config.rl.kl_coef=0.1"),  # no init_from nor sft: no ref
+    ("train", "--config.seed=0", "makes this an RL config: run it with `llm-jax rl`"),
 ])
-def test_bad_input_is_one_line(tmp_path, override, named):
-  code, out, err = run_cli("rl", f"--config={ROOT}/configs/rl_arithmetic.py",
+def test_bad_input_is_one_line(tmp_path, command, override, named):
+  code, out, err = run_cli(command, f"--config={ROOT}/configs/rl_arithmetic.py",
                            f"--workdir={tmp_path}/w", "--config.rl.sft_steps=0", override)
   assert code == 2, (out, err)
   lines = err.strip().splitlines()

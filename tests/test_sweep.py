@@ -57,6 +57,8 @@ def test_experiment_expands_points_x_seeds_with_names_and_workdirs(tmp_path, toy
     ([{}], {"slurm.nodes": 0}, "slurm.nodes=0 is invalid"),
     ([{"slurm.tasks_per_node": 2}], None, "2 processes (slurm.nodes x slurm.tasks_per_node): use "
                                           "--launcher=submitit"),
+    ([{"rl.task": "arithmetic"}, {}], None, "point task=arithmetic is an RL run (it names an "
+                                            "rl.task) and point base is not"),
 ])
 def test_a_bad_override_fails_before_any_run_starts(tmp_path, toy_corpus, points, overrides,
                                                     message):

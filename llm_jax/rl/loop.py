@@ -295,6 +295,7 @@ def rl_train(config, workdir: str, defaults: dict | None = None) -> dict:
   saved = workdir_lib.read_config(workdir, defaults)
   if saved is not None:
     workdir_lib.check_same_run(config, saved)
+    _check_finished_unchanged(config, saved, workdir)
   tok, stop_id = _tokenizer(config, workdir, task, defaults)
   program = Program(config, tok)
   if tc.init_from:
@@ -367,6 +368,25 @@ def rl_train(config, workdir: str, defaults: dict | None = None) -> dict:
           f"step, {summary['reward_last_10']} over the last 10 ({workdir})", flush=True)
     return summary
   return {"step": total}
+
+
+def _check_finished_unchanged(config, saved, workdir) -> None:
+  """A finished run (summary.json at its last step) run again with another switch would train
+  nothing and look like a run of that switch: refused, as `llm-jax train` refuses it
+  (training/record.py). Raising train.max_steps continues it."""
+  if not workdir_lib.is_finished(workdir, config.rl.sft_steps + config.train.max_steps):
+    return
+  changed = [f for f in workdir_lib.changed_fields(config, saved) if f != "train.max_steps"]
+  if changed:
+    def value(c, field):
+      for name in field.split("."):
+        c = c.get(name) if c is not None else None
+      return c
+    new, old = value(config, changed[0]), value(saved, changed[0])
+    raise UserError(f"{workdir} is a finished RL run, and config.{changed[0]}={new!r} differs "
+                    f"from its {old!r}: re-running it trains nothing; raise "
+                    f"--config.train.max_steps to continue it (with its own config), or use a "
+                    f"fresh --workdir")
 
 
 def _rl_step(program, state, task, tok, stop_id, config, step):

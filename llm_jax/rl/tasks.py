@@ -123,6 +123,9 @@ TASKS = {"arithmetic": arithmetic, "speaker": speaker}
 def get_task(name: str, seed: int) -> Task:
   """rl.task -> the Task: a built-in name (with its argument: 'arithmetic:4'), or
   'file.py[:factory]' (module docstring)."""
+  if not name:
+    raise UserError(f"config.rl.task='' names no task: use one of {', '.join(TASKS)} "
+                    f"(--config.rl.task=arithmetic), or start from configs/rl_arithmetic.py")
   path, _, factory = name.partition(":")
   if path in TASKS:
     return TASKS[path](seed, *([factory] if factory else []))

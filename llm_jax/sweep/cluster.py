@@ -3,7 +3,8 @@
 Each run (point x seed) is one job of a job array (one array for each slurm.nodes x
 slurm.tasks_per_node that the points ask for); the command returns once they are submitted.
 <experiment>/submitit/ holds the jobs' logs and jobs.json, which job trains which run. A job calls
-TrainRun(workdir): train_and_evaluate on the run's workdir, resuming what it holds.
+TrainRun(workdir): train_and_evaluate on the run's workdir (rl_train for an RL config), resuming
+what it holds.
 
 Preemption and time limits: told to stop (SIGTERM, or SIGUSR2, which SLURM sends before the time
 limit as submitit asks it to), the loop finishes the step, saves and raises Interrupted. The job
@@ -14,7 +15,8 @@ and exits. The requeued job resumes from the checkpoint, exactly. A job that fai
 error (UserError), or is stopped by SIGINT (a person, or the local executor's cancel), is not
 requeued: it ends with its error.
 
-`status` tells each run's state from its workdir (summary.json, metrics.jsonl) and from its job:
+`status` tells each run's state from its workdir (summary.json, metrics.jsonl; an RL run's mean
+reward over its last steps, report.rl_figures) and from its job:
 submitit's result file, else the scheduler (squeue, then sacct where the cluster keeps accounting),
 else the job's log.
 """
@@ -30,10 +32,10 @@ import zlib
 
 import submitit
 
-from llm_jax.config import validate
+from llm_jax.config import is_rl, run_steps, validate
 from llm_jax.errors import UserError
 from llm_jax.fileio import METRICS_FILE, atomic_write, read_metrics
-from llm_jax.sweep import worker
+from llm_jax.sweep import report, worker
 from llm_jax.sweep.runner import runs_to_train
 from llm_jax.sweep.spec import is_finished, load_experiment
 from llm_jax.training.signals import Interrupted
@@ -66,13 +68,12 @@ class TrainRun(submitit.helpers.Checkpointable):
       os.environ.update(LLM_JAX_NUM_PROCESSES=str(job.num_tasks),
                         LLM_JAX_PROCESS_ID=str(job.global_rank),
                         LLM_JAX_COORDINATOR_ADDRESS=f"{host}:{port}")
-    from llm_jax.training.loop import train_and_evaluate
     from llm_jax.training.parallel import enable_compilation_cache
     enable_compilation_cache()
     try:
       config = worker.read_run(self.workdir)
       validate(config)
-      return train_and_evaluate(config, self.workdir, worker.train_hooks())
+      return worker.train_run(config, self.workdir)  # `llm-jax rl`'s loop for an RL config
     except Interrupted as e:
       preempt = getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG)
       handler = signal.getsignal(preempt)
@@ -224,10 +225,14 @@ def slurm_states(job_ids) -> dict:
 def run_state(run, record, scheduler: dict | None = None) -> tuple[str, str]:
   """(state, detail): 'finished', 'running', 'pending', 'failed' (detail: its last error line)
   or 'not submitted'. scheduler: slurm_states() of the runs' jobs, if already asked."""
+  records = read_metrics(os.path.join(run.workdir, METRICS_FILE))
+  # an RL run's figure: the mean reward of its last steps' rollouts
+  reward = (f"reward {report.rl_figures(records)['final_reward']:.3f}"
+            if is_rl(run.config) and any("reward" in r for r in records) else "")
   if is_finished(run):
-    return "finished", ""
-  steps = [r["step"] for r in read_metrics(os.path.join(run.workdir, METRICS_FILE))]
-  at = f"step {max(steps, default=0)}/{run.config.train.max_steps}"
+    return "finished", reward
+  steps = [r["step"] for r in records]
+  at = ", ".join(filter(None, [f"step {max(steps, default=0)}/{run_steps(run.config)}", reward]))
   if record is None:
     return "not submitted", at if steps else ""
   job_class = submitit.SlurmJob if record["cluster"] == "slurm" else submitit.LocalJob

@@ -1,8 +1,9 @@
 """Runs an experiment's runs as a bounded pool of training processes, then reports.
 
-Each unit of work is one process: a single run (`train_and_evaluate`) or, with vectorize, the runs
-of a group that differ only in vmappable fields (seeds, learning rates, weight decay, dropout),
-trained together by `vectorized.train_runs`. At most `jobs` units run at once, so a small machine is not
+Each unit of work is one process: a single run (`train_and_evaluate`, or `rl_train` for an RL
+experiment's: worker.train_run) or, with vectorize, the runs of a group that differ only in
+vmappable fields (seeds, learning rates, weight decay, dropout), trained together by
+`vectorized.train_runs` (not RL runs). At most `jobs` units run at once, so a small machine is not
 oversubscribed. Finished runs (summary.json at the last step) are skipped; interrupted ones resume
 from their checkpoints, because each unit simply trains its workdirs again. A run whose resolved
 config already finished in a sibling experiment (the baseline most ablations share) is copied
@@ -22,7 +23,7 @@ import time
 
 from llm_jax.errors import UserError
 from llm_jax.sweep import report, worker
-from llm_jax.sweep.spec import is_finished, load_experiment
+from llm_jax.sweep.spec import is_finished, is_rl_experiment, load_experiment
 from llm_jax.training.progress import duration
 from llm_jax.training.vectorized import shared_key
 
@@ -86,6 +87,9 @@ def run_sweep(directory: str, jobs: int = 1, vectorize: bool = False) -> list[st
   if jobs < 1:
     raise UserError(f"--jobs={jobs} is invalid: use 1 or more processes")
   exp = load_experiment(directory)  # every run checked before any starts
+  if vectorize and is_rl_experiment(exp):
+    raise UserError(f"--vectorize: {exp.name} is an RL experiment (its config names rl.task), "
+                    "whose runs train one per process: drop --vectorize (--jobs=N runs N at once)")
   for r in exp.runs:
     if r.nodes * r.tasks_per_node > 1:
       raise UserError(f"point {r.point} trains each run over {r.nodes * r.tasks_per_node} "

@@ -14,6 +14,9 @@
           "seeds": [0, 1, 2],
       }
 
+A base config that names an rl.task (configs/rl_arithmetic.py) makes an RL experiment: each run
+is an `llm-jax rl` run (config.is_rl), and the report reads its rewards; experiments/rl/ablation.
+
 A point (or the shared overrides) may also ask for the processes each of its runs trains on under
 `--launcher=submitit`: `"slurm.nodes": 2, "slurm.tasks_per_node": 4` (one run over 8 processes,
 one per GPU; see parallel.init_distributed).
@@ -30,7 +33,7 @@ from typing import NamedTuple
 
 import ml_collections
 
-from llm_jax.config import validate
+from llm_jax.config import is_rl, run_steps, validate
 from llm_jax.errors import UserError
 from llm_jax.fileio import load_python_file
 from llm_jax.training import workdir as workdir_lib
@@ -167,9 +170,20 @@ def load_experiment(directory: str) -> Experiment:
         raise UserError(f"{where}: {e}") from None
       runs.append(Run(name, overrides, seed, config,
                       os.path.join(directory, "runs", name, f"seed{seed}"), **resources))
+  kinds = {is_rl(r.config): r.point for r in runs}
+  if len(kinds) > 1:
+    raise UserError(f"{path}: point {kinds[True]} is an RL run (it names an rl.task) and point "
+                    f"{kinds[False]} is not: an experiment runs one kind; set rl.task in both or "
+                    f"in neither")
   return Experiment(os.path.basename(directory), directory, runs, list(zip(names, points)))
 
 
 def is_finished(run: Run) -> bool:
-  """The run directory's rule (training/workdir.py): summary.json reports the last step."""
-  return workdir_lib.is_finished(run.workdir, run.config.train.max_steps)
+  """The run directory's rule (training/workdir.py): summary.json reports the last step (an RL
+  run's counts its rl.sft_steps too)."""
+  return workdir_lib.is_finished(run.workdir, run_steps(run.config))
+
+
+def is_rl_experiment(exp: Experiment) -> bool:
+  """Its runs are `llm-jax rl` runs (load_experiment has checked that all or none are)."""
+  return is_rl(exp.runs[0].config)

@@ -1,8 +1,9 @@
 """One unit of a sweep, in its own process: `python -m llm_jax.sweep.worker <workdir>...`.
 
 Each workdir holds the resolved config the runner wrote (its config.json, the run's one copy).
-One workdir trains with `loop.train_and_evaluate`; several train together with
-`vectorized.train_runs`. Either resumes what its workdirs hold. The worker is the caller the
+One workdir trains with `loop.train_and_evaluate`, or, for an RL config (config.is_rl: it names
+an rl.task), with `rl.loop.rl_train`, the loop of `llm-jax rl`; several train together with
+`vectorized.train_runs`. Each resumes what its workdirs hold. The worker is the caller the
 training loop expects: it validates the configs and lends the loop its hooks (`train_hooks`).
 """
 
@@ -11,7 +12,7 @@ import sys
 
 import ml_collections
 
-from llm_jax.config import default_config, validate
+from llm_jax.config import default_config, is_rl, validate
 from llm_jax.errors import UserError
 from llm_jax.training import workdir as workdir_lib
 from llm_jax.training.signals import Interrupted
@@ -56,6 +57,16 @@ def train_hooks():
                fix_dtype=peaks.fix_run_dtype)
 
 
+def train_run(config, workdir: str) -> dict:
+  """One run of the sweep in its workdir, resumed: an RL config as `llm-jax rl` runs it, any
+  other as `llm-jax train`. Returns the run's summary."""
+  if is_rl(config):
+    from llm_jax.rl.loop import rl_train
+    return rl_train(config, workdir, defaults())
+  from llm_jax.training.loop import train_and_evaluate
+  return train_and_evaluate(config, workdir, train_hooks())
+
+
 def main(workdirs) -> int:
   from llm_jax.training.parallel import enable_compilation_cache
   enable_compilation_cache()  # the runs of a sweep share their programs' compilations
@@ -64,8 +75,7 @@ def main(workdirs) -> int:
     for c in configs:
       validate(c)
     if len(workdirs) == 1:
-      from llm_jax.training.loop import train_and_evaluate
-      train_and_evaluate(configs[0], workdirs[0], train_hooks())
+      train_run(configs[0], workdirs[0])
     else:
       from llm_jax.training.vectorized import train_runs
       train_runs(configs, workdirs, train_hooks())
