@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import TOY_TEXT, tiny_config
+from llm_jax.config import validate
 from llm_jax.data import prepare as prep
 from llm_jax.data.prepared import PreparedData
 from llm_jax.data.tokenizers import CharTokenizer
@@ -76,14 +77,19 @@ def test_a_text_corpus_gives_the_batches_of_its_text_prepared_by_llm_jax_prepare
   (tmp_path / "parts" / "1.txt").write_text(text[:cut], encoding="utf-8")
   prep.prepare(str(tmp_path / "parts" / "*.txt"), "char", str(tmp_path / "by_prepare"), val="1",
                workers=0, progress=False)
-  config.data.corpus, config.data.path = "prepared", str(tmp_path / "by_prepare")
-  prepared = build_task(config)
+  by_prepare = config.copy_and_resolve_references()
+  by_prepare.data.corpus, by_prepare.data.path = "prepared", str(tmp_path / "by_prepare")
+  prepared = build_task(by_prepare)
   assert auto.tokenizer.to_dict() == prepared.tokenizer.to_dict()
   for a, b in zip(batches(auto), batches(prepared), strict=True):
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
   assert auto.eval_metrics(None, {"val": 1.0}) == prepared.eval_metrics(None, {"val": 1.0})
+  for c in (config, by_prepare):  # one sampler: the epoch one too
+    c.data.sampling = "epoch"
+    validate(c)
+  for a, b in zip(batches(build_task(config)), batches(build_task(by_prepare)), strict=True):
+    assert all(np.array_equal(a[k], b[k]) for k in a)
   # the split: [end of text] + the first 90% of the tokens, [end of text] + the last 10%
-  config.data.corpus, config.data.path = "text_file", str(tmp_path / "toy.txt")
   root, _ = prep.prepare_text_corpus(config.data)  # (the folder auto read)
   data = PreparedData(root, 16)
   ids, eot = auto.tokenizer.encode(text).tolist(), auto.tokenizer.chars.index(prep.CHAR_EOT)

@@ -24,6 +24,10 @@ from that record: partial files are cut back to their recorded lengths, a shard 
 record is taken back, and the source is read again (without tokenizing) up to the recorded piece.
 So the finished dataset is bitwise the one an uninterrupted prepare writes. manifest.json is
 written last: a directory with it is finished, and is never written over.
+
+A text corpus (config.data.corpus 'shakespeare_plays', 'tinyshakespeare', 'text_file': one text
+that fits in memory) is prepared into the data dir by `prepare_text_corpus` at its first use, in
+this process, in the same format, so training reads every language-model corpus one way.
 """
 
 import codecs

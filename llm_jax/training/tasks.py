@@ -68,7 +68,7 @@ def prepared_lm_task(config, path, tokenizer=None) -> Task:
                   for i, name in enumerate(("train", "val"))}
   rows = f"{d.sampling} windows" if d.packing == "none" else (
       f"{d.packing} rows, {data.discarded_fraction():.1%} of the packed tokens discarded")
-  tokens = (f"{len(data.streams['train']):,} train / {len(data.streams['val']):,} val tokens")
+  tokens = f"{len(data.streams['train']):,} train / {len(data.streams['val']):,} val tokens"
   return Task(
       tokenizer=tokenizer, model=model, input_keys=("inputs",),
       train_batch=lambda step: data.get_batch("train", (tc.grad_accum_steps, tc.batch_size),
