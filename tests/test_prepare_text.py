@@ -112,3 +112,14 @@ def test_two_processes_preparing_one_text_keep_the_first_rename(tmp_path):
   (root / "manifest.json").unlink()
   with pytest.raises(UserError, match=r"toy is in the way of a prepared corpus .*: delete it"):
     prep.write_text_dataset(root, parts, tok, desc)
+
+
+def test_a_tokenizer_without_an_end_of_text_token_prepares_the_text_alone(tmp_path):
+  """A character vocabulary without CHAR_EOT (a run started before text corpora were prepared,
+  resumed): its documents start with no end-of-text token, the ids are the text's."""
+  tok = CharTokenizer.from_text(TOY_TEXT)
+  m = prep.write_text_dataset(tmp_path / "d", (TOY_TEXT[:500], TOY_TEXT[500:600]), tok,
+                              {"spec": "test", "files": []})
+  train = PreparedData(tmp_path / "d", 16, expected_tokenizer=tok).streams["train"]
+  assert m["tokenizer"]["eot"] is None
+  assert train.read(0, len(train)).tolist() == tok.encode(TOY_TEXT[:500]).tolist()
