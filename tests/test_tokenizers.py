@@ -253,7 +253,7 @@ def test_a_tiktoken_tokenizer_normalizes_only_when_asked(cl100k):
   text = "cafe\u0301 au lait"
   assert nfc.encode(text).tolist() == cl100k.encode("caf\u00e9 au lait").tolist()
   assert cl100k.encode(text).tolist() == cl100k.encoding.encode_ordinary(text)  # tiktoken's ids
-  assert tokenizers.tokenizer_id(nfc) != tokenizers.tokenizer_id(cl100k)  # the token caches of the two differ
+  assert tokenizers.tokenizer_id(nfc) != tokenizers.tokenizer_id(cl100k)  # their prepared corpora differ
   assert tokenizer_from_dict(nfc.to_dict()).normalization == "NFC"
 
 

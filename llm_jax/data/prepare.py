@@ -34,6 +34,7 @@ import codecs
 import fractions
 import glob
 import hashlib
+import itertools
 import json
 import math
 import multiprocessing
@@ -742,7 +743,8 @@ def prepare_text_corpus(cfg, tokenizer=None) -> tuple[pathlib.Path, object]:
   text = normalize(load_text(cfg), form)  # split and counted in bytes as the tokenizer sees it
   tokenizer = tokenizer or text_tokenizer(cfg, text, form)
   digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
-  root = data_dir(cfg.data_dir) / TEXT_CACHE / f"{digest[:24]}-{tokenizer_id(tokenizer)}-{TEXT_SPLIT}"
+  name = f"{digest[:24]}-{tokenizer_id(tokenizer)}-{TEXT_SPLIT}"
+  root = data_dir(cfg.data_dir) / TEXT_CACHE / name
   if not (root / MANIFEST).is_file():
     print(f"llm-jax: preparing corpus {cfg.corpus!r} (once; cached as {root})", flush=True)
     write_text_dataset(root, split(text), tokenizer,
@@ -751,11 +753,12 @@ def prepare_text_corpus(cfg, tokenizer=None) -> tuple[pathlib.Path, object]:
 
 
 def write_text_dataset(root: pathlib.Path, parts: tuple[str, str], tokenizer, desc: dict,
-                       shard_tokens: int = 100_000_000) -> dict:
+                       val: str = TEXT_SPLIT, shard_tokens: int = 100_000_000) -> dict:
   """(train text, val text) as a prepared dataset at `root`, each one document, tokenized in this
-  process. Written in a folder of its own beside `root` and renamed to it: a crash leaves no
-  partial dataset, and of two processes preparing the same text at once one rename wins (the
-  other's copy, the same, is deleted). Returns the manifest."""
+  process (val: how they were split, for the manifest). Written in a folder of its own beside
+  `root` and renamed to it: a crash leaves no partial dataset, and of two processes preparing the
+  same text at once one rename wins (the other's copy, the same, is deleted). Returns the
+  manifest."""
   root.parent.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
   try:
@@ -768,17 +771,17 @@ def write_text_dataset(root: pathlib.Path, parts: tuple[str, str], tokenizer, de
     for name, text in zip(SPLITS, parts):
       s = state["splits"][name]
       writer = SplitWriter(tmp, name, shard_tokens, dtype, s)
-      ids = ([np.array([eot])] if eot is not None else []) + (
-          [tokenizer.encode(text)] if isinstance(tokenizer, CharTokenizer) else
-          list(tokenizer.encode_chunks(text)))
-      for part in ids:
+      head = [np.array([eot])] if eot is not None else []
+      body = ([tokenizer.encode(text)] if isinstance(tokenizer, CharTokenizer) else
+              tokenizer.encode_chunks(text))  # chunk by chunk: the ids never all in a list
+      for part in itertools.chain(head, body):
         writer.write(part)
         s["tokens"] += len(part)
       writer.close(finish=True)
       s["documents"], s["bytes"] = 1, len(text.encode("utf-8"))
     state["documents"] = len(SPLITS)
     manifest = _manifest(desc["spec"], desc, "", "", tokenizer_entry(tokenizer, eot), dtype,
-                         shard_tokens, "the last 10% of the characters", state)
+                         shard_tokens, val, state)
     shutil.rmtree(tmp / STATE_DIR)
     write_json(tmp / MANIFEST, manifest)
     try:
