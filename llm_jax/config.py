@@ -63,7 +63,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   # corpus: 'shakespeare_plays' (offline, the default) | 'tinyshakespeare' (downloaded) | 'text_file'
   # | 'prepared' (a directory made by `llm-jax prepare`: token shards read through memory maps,
-  # for corpora larger than memory; its tokenizer is the dataset's, see data/prepared.py)
+  # for corpora larger than memory; its tokenizer is the dataset's, see data/prepared.py). The
+  # text corpora are prepared alike into data_dir at their first use (the first 90% of the
+  # characters train, the rest validate) and read the same way
   c.data.corpus = "shakespeare_plays"
   # corpus 'chat' (data/chat.py, training/sft.py): data.path is a JSONL of conversations,
   # {"messages": [{"role": "system"|"user"|"assistant", "content": ...}]}, packed into rows;
@@ -73,9 +75,9 @@ def default_config() -> ml_collections.ConfigDict:
   # text_file: a UTF-8 file or glob; tinyshakespeare: a local copy ('' downloads it); prepared:
   # the dataset's directory
   c.data.path = ""
-  # prepared: how training windows are drawn, both from (seed, step) alone: 'random' (window
-  # starts with replacement, as the other corpora) | 'epoch' (every window of block_size tokens
-  # once per epoch, in a seeded order that is computed, not stored)
+  # how training windows are drawn, both from (seed, step) alone: 'random' (window starts with
+  # replacement) | 'epoch' (every window of block_size tokens once per epoch, in a seeded order
+  # that is computed, not stored; any corpus but 'chat')
   c.data.sampling = "random"
   # prepared: how rows meet documents (each starts with the end-of-text token; data/packing.py):
   # 'none' (windows cut anywhere, a token attends across into the previous document) | 'bos'
@@ -87,7 +89,7 @@ def default_config() -> ml_collections.ConfigDict:
   # text_file: the most bytes of text read into memory (tokenizing takes ~16x the text); past it
   # the run stops and points to `llm-jax prepare`. 0: a sixteenth of the available memory
   c.data.max_text_bytes = 0
-  # download cache; '' means $LLM_JAX_DATA_DIR, else ~/.cache/llm_jax
+  # downloads and prepared text corpora; '' means $LLM_JAX_DATA_DIR, else ~/.cache/llm_jax
   c.data.data_dir = ""
   # tokenizer: 'char' (vocabulary = the corpus's characters) | 'tiktoken:<encoding>' (cl100k_base
   # works offline; gpt2, r50k_base, p50k_base, o200k_base need network or TIKTOKEN_CACHE_DIR) |
@@ -500,8 +502,8 @@ def _validate_data(d) -> None:
   _require(d.corpus in CORPORA, "data.corpus", d.corpus, f"use one of {', '.join(CORPORA)}")
   _require(d.sampling in ("random", "epoch"), "data.sampling", d.sampling,
            "use 'random' or 'epoch'")
-  _require(d.sampling == "random" or d.corpus == "prepared", "data.sampling", d.sampling,
-           "'epoch' is for prepared datasets (--config.data.corpus=prepared); use 'random'")
+  _require(d.sampling == "random" or d.corpus != "chat", "data.sampling", d.sampling,
+           "conversations are packed in a seeded order of their own; use 'random'")
   _require(d.corpus != "prepared" or d.path != "", "data.path", d.path,
            "corpus 'prepared' reads a directory made by `llm-jax prepare`: pass "
            "--config.data.path=DIR")

@@ -92,3 +92,8 @@ def test_a_byte_order_mark_at_the_start_of_a_corpus_is_dropped(tmp_path):
   cfg = default_config().data
   cfg.corpus, cfg.path = "text_file", str(tmp_path / "bom.txt")
   assert corpora.load_text(cfg) == "ROMEO:\nBut soft!\n"
+
+
+def test_split_is_90_10_by_characters():
+  train, val = corpora.split("x" * 95 + "y" * 5)
+  assert (len(train), len(val)) == (90, 10) and train + val == "x" * 95 + "y" * 5

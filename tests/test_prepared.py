@@ -111,6 +111,18 @@ def test_a_batch_reads_only_the_rows_asked_for(data):
   np.testing.assert_array_equal(full["inputs"][..., 1:], full["targets"][..., :-1])
 
 
+def test_random_windows_are_a_pure_function_of_seed_step_and_stream_over_the_split(data):
+  d = pd.PreparedData(data / "a", 16, "random")
+  a = d.starts("train", 7, 3, 64, pd.TRAIN_STREAM)
+  np.testing.assert_array_equal(a, d.starts("train", 7, 3, 64, pd.TRAIN_STREAM))
+  for other in (d.starts("train", 7, 4, 64, pd.TRAIN_STREAM),
+                d.starts("train", 8, 3, 64, pd.TRAIN_STREAM),
+                d.starts("train", 7, 3, 64, pd.EVAL_STREAM)):
+    assert not np.array_equal(a, other)
+  many = d.starts("train", 0, 1, 20_000, pd.TRAIN_STREAM)  # every start in [0, n - T - 1]
+  assert many.min() == 0 and many.max() == len(d.streams["train"]) - 16 - 1
+
+
 # --------------------------------------------------------------------------------- training
 
 

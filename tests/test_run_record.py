@@ -153,21 +153,20 @@ def test_generate_and_train_skip_a_step_whose_metadata_or_data_is_missing(traine
 
 
 def test_the_tests_keep_their_caches_out_of_the_home_folder(tmp_path):
-  """Token caches (data.data_dir, by default ~/.cache/llm_jax), measured peaks and compiled
-  programs go to the session's temporary folders (conftest.py)."""
+  """Prepared text corpora (data.data_dir, by default ~/.cache/llm_jax), measured peaks and
+  compiled programs go to the session's temporary folders (conftest.py)."""
   import pathlib
   import tempfile
-  import numpy as np
-  from llm_jax.data import bpe, corpora, lm
-  from llm_jax.data.tokenizers import make_tokenizer
+  from llm_jax.data import bpe, corpora, prepare
   home, tmp = pathlib.Path.home().resolve(), pathlib.Path(tempfile.gettempdir()).resolve()
   for var in ("LLM_JAX_DATA_DIR", "LLM_JAX_CACHE_DIR", "JAX_COMPILATION_CACHE_DIR"):
     path = pathlib.Path(os.environ[var]).resolve()
     assert path.is_relative_to(tmp) and not (path.is_relative_to(home) and home != tmp), var
   bpe.train_to_file(TOY_TEXT, bpe.MIN_VOCAB_SIZE, tmp_path / "toy.tiktoken")
-  tok = make_tokenizer(f"bpe:{tmp_path / 'toy.tiktoken'}", "")  # cached as the hf-*, bpe-* files
-  ids = lm.cached_tokens(tok, TOY_TEXT)  # data.data_dir '' as every test config leaves it
-  path = lm.token_cache_path(tok, TOY_TEXT)
-  assert path.is_file() and path.resolve().is_relative_to(corpora.data_dir().resolve())
+  (tmp_path / "toy.txt").write_text(TOY_TEXT)
+  c = tiny_config(tmp_path / "toy.txt").data  # data.data_dir '' as every test config leaves it
+  c.tokenizer = f"bpe:{tmp_path / 'toy.tiktoken'}"
+  path, _ = prepare.prepare_text_corpus(c)
+  assert (path / "manifest.json").is_file()
+  assert path.resolve().is_relative_to(corpora.data_dir().resolve())
   assert corpora.data_dir().resolve() == pathlib.Path(os.environ["LLM_JAX_DATA_DIR"]).resolve()
-  assert np.array_equal(np.load(path, allow_pickle=False), ids)

@@ -8,7 +8,9 @@ import tiktoken
 
 from conftest import TOY_TEXT, tiny_config
 from llm_jax.config import default_config, validate
-from llm_jax.data import bpe, lm, tokenizers
+from llm_jax.data import bpe, tokenizers
+from llm_jax.data import prepare as prep
+from llm_jax.data.prepared import PreparedData
 from llm_jax.data.tokenizers import (CharTokenizer, TiktokenTokenizer, make_tokenizer,
                                      tokenizer_from_dict)
 from llm_jax.errors import UserError
@@ -177,48 +179,55 @@ def test_tokenizer_specs_are_validated(spec, ok, rank_file, hf_file):
     assert str(e.value).startswith("config.data.tokenizer=") and "\n" not in str(e.value)
 
 
-def test_token_cache_is_reused_and_rebuilt_when_the_corpus_or_tokenizer_changes(
+def test_a_text_corpus_is_prepared_once_and_again_when_the_text_or_tokenizer_changes(
     tmp_path, rank_file, monkeypatch):
+  """A text corpus is prepared into data.data_dir/prepared/, keyed by the text, the tokenizer and
+  the split: a second run reads it without tokenizing; another text or tokenizer is another."""
   corpus = tmp_path / "corpus.txt"
   corpus.write_text(TOY_TEXT)
   c = tiny_config(corpus).data
   c.data_dir, c.tokenizer = str(tmp_path / "data"), f"bpe:{rank_file}"
-  cache = tmp_path / "data" / "tokens"
+  cache = tmp_path / "data" / "prepared"
 
-  def files():
+  def folders():
     return sorted(p.name for p in cache.iterdir())
 
-  first = lm.load_lm_data(c, 16)
-  assert len(files()) == 2  # train and val
-  assert isinstance(first.train, np.memmap) and first.train.dtype == np.uint16
-  tok = first.tokenizer
-  assert first.train.tolist() == tok.encode(TOY_TEXT[:int(len(TOY_TEXT) * 0.9)]).tolist()
-  assert first.val.tolist() == tok.encode(TOY_TEXT[int(len(TOY_TEXT) * 0.9):]).tolist()
-  assert first.val_bytes == len(TOY_TEXT[int(len(TOY_TEXT) * 0.9):].encode())
+  first, tok = prep.prepare_text_corpus(c)
+  assert folders() == [first.name]
+  data = PreparedData(first, 16, expected_tokenizer=tok)
+  eot, cut = tok.encoding.eot_token, int(len(TOY_TEXT) * 0.9)
+  assert data.streams["train"].read(0, len(data.streams["train"])).tolist() == \
+      [eot] + tok.encode(TOY_TEXT[:cut]).tolist()
+  assert data.streams["val"].read(0, len(data.streams["val"])).tolist() == \
+      [eot] + tok.encode(TOY_TEXT[cut:]).tolist()
+  assert data.manifest["splits"]["val"]["bytes"] == len(TOY_TEXT[cut:].encode())
 
   def no_encoding(*a):
     raise AssertionError("the cache should have been used")
   with monkeypatch.context() as m:
     m.setattr(TiktokenTokenizer, "encode_chunks", no_encoding)
-    again = lm.load_lm_data(c, 16)
-  assert len(files()) == 2
-  np.testing.assert_array_equal(again.train, first.train)
+    m.setattr(TiktokenTokenizer, "encode", no_encoding)
+    again, _ = prep.prepare_text_corpus(c)
+  assert again == first and folders() == [first.name]
 
-  corpus.write_text(TOY_TEXT + " the end.")  # the corpus changes: both splits move
-  changed = lm.load_lm_data(c, 16)
-  assert len(files()) == 4 and changed.val.tolist() != first.val.tolist()
+  corpus.write_text(TOY_TEXT + " the end.")  # the corpus changes: another dataset
+  changed, _ = prep.prepare_text_corpus(c)
+  assert changed != first and len(folders()) == 2
 
   other = tmp_path / "other.tiktoken"  # another tokenizer: new ids
   bpe.save_bpe(other, bpe.train_bpe(TOY_TEXT, 280))
   c.tokenizer = f"bpe:{other}"
-  retok = lm.load_lm_data(c, 16)
-  assert len(files()) == 6 and retok.train.tolist() != changed.train.tolist()
-  assert not [p for p in cache.iterdir() if p.suffix != ".npy"]  # no temporary file left
+  retok, _ = prep.prepare_text_corpus(c)
+  assert len(folders()) == 3 and retok not in (first, changed)
+  assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
 
-def test_a_100k_vocabulary_is_cached_as_uint32(tmp_path, cl100k):
-  ids = lm.cached_tokens(cl100k, "hello world " * 10, str(tmp_path))
-  assert ids.dtype == np.uint32 and ids.tolist() == cl100k.encode("hello world " * 10).tolist()
+def test_a_100k_vocabulary_is_prepared_as_uint32(tmp_path, cl100k):
+  parts = ("hello world " * 10, "bye world")
+  m = prep.write_text_dataset(tmp_path / "d", parts, cl100k, {"spec": "test", "files": []})
+  train = PreparedData(tmp_path / "d", 2).streams["train"]
+  assert m["dtype"] == "uint32" and train.read(0, len(train)).tolist() == \
+      [cl100k.encoding.eot_token] + cl100k.encode(parts[0]).tolist()
 
 
 def test_char_tokenizers_normalize_the_corpus_and_every_prompt_alike():
@@ -244,7 +253,7 @@ def test_a_tiktoken_tokenizer_normalizes_only_when_asked(cl100k):
   text = "cafe\u0301 au lait"
   assert nfc.encode(text).tolist() == cl100k.encode("caf\u00e9 au lait").tolist()
   assert cl100k.encode(text).tolist() == cl100k.encoding.encode_ordinary(text)  # tiktoken's ids
-  assert tokenizers.tokenizer_id(nfc) != tokenizers.tokenizer_id(cl100k)  # the token caches of the two differ
+  assert tokenizers.tokenizer_id(nfc) != tokenizers.tokenizer_id(cl100k)  # their prepared corpora differ
   assert tokenizer_from_dict(nfc.to_dict()).normalization == "NFC"
 
 

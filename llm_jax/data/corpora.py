@@ -1,4 +1,5 @@
-"""Corpora by name: each gives one text, which is split by characters, first 90% train (as nanoGPT).
+"""Corpora by name: each gives one text, which is split by characters, first 90% train (as nanoGPT),
+and prepared into the data dir at its first use (prepare.py's prepare_text_corpus).
 
 - shakespeare_plays: the default, offline (see plays.py).
 - tinyshakespeare:   downloaded once from its public address, verified by sha256, cached.

@@ -24,11 +24,17 @@ from that record: partial files are cut back to their recorded lengths, a shard 
 record is taken back, and the source is read again (without tokenizing) up to the recorded piece.
 So the finished dataset is bitwise the one an uninterrupted prepare writes. manifest.json is
 written last: a directory with it is finished, and is never written over.
+
+A text corpus (config.data.corpus 'shakespeare_plays', 'tinyshakespeare', 'text_file': one text
+that fits in memory) is prepared into the data dir by `prepare_text_corpus` at its first use, in
+this process, in the same format, so training reads every language-model corpus one way.
 """
 
 import codecs
 import fractions
 import glob
+import hashlib
+import itertools
 import json
 import math
 import multiprocessing
@@ -36,12 +42,13 @@ import os
 import pathlib
 import shutil
 import sys
+import tempfile
 import time
 
 import numpy as np
 
 from llm_jax.data import bpe
-from llm_jax.data.corpora import sha256_of
+from llm_jax.data.corpora import data_dir, load_text, sha256_of, split
 from llm_jax.data.prepared import FORMAT, MANIFEST, SPLITS, load_tokenizer  # noqa: F401
 from llm_jax.data.tokenizers import (CHUNK_CHARS, CharTokenizer, HFTokenizer, TiktokenTokenizer,
                                      _cut, make_tokenizer, normalization_of, normalize,
@@ -269,7 +276,6 @@ def build_tokenizer(spec: str, root: pathlib.Path, first_texts, all_texts, sampl
   document's (for 'char', whose vocabulary is the corpus's characters)."""
   form = normalization_of("auto", spec)
   kind, _, arg = spec.partition(":")
-  file = None
   if spec == "char":
     chars = {CHAR_EOT}
     for text in all_texts():
@@ -298,21 +304,35 @@ def build_tokenizer(spec: str, root: pathlib.Path, first_texts, all_texts, sampl
     except UserError as e:  # its messages name the config field; here it is the flag
       raise UserError(str(e).replace("config.data.tokenizer=", "--tokenizer=")) from None
     if kind in ("bpe", "hf"):
-      src = pathlib.Path(tokenizer.to_dict()["path"])
-      file = root / ("tokenizer.json" if kind == "hf" else "tokenizer.tiktoken")
-      root.mkdir(parents=True, exist_ok=True)
-      shutil.copyfile(src, file)
-      if kind == "bpe":
-        shutil.copyfile(bpe.sidecar_path(src), bpe.sidecar_path(file))
-      tokenizer = (HFTokenizer(file, spec, form) if kind == "hf" else
-                   TiktokenTokenizer.from_file(file, spec, form))
-  entry = {"spec": spec, "id": tokenizer_id(tokenizer), "normalize": form,
-           "vocab_size": tokenizer.vocab_size, "eot": eot_id(tokenizer),
-           "file": file.name if file else None,
-           "sha256": sha256_of(file) if file else None}
-  if spec == "char":
+      tokenizer = copy_tokenizer_file(tokenizer, root)
+  return tokenizer, tokenizer_entry(tokenizer, eot_id(tokenizer))
+
+
+def copy_tokenizer_file(tokenizer, root: pathlib.Path):
+  """A tokenizer read from a file (bpe, hf): its file (and a rank file's sidecar) copied into
+  root, and the tokenizer read from the copy (a dataset holds its own tokenizer)."""
+  d = tokenizer.to_dict()
+  src, hf = pathlib.Path(d["path"]), tokenizer.kind == "hf"
+  file = root / ("tokenizer.json" if hf else "tokenizer.tiktoken")
+  root.mkdir(parents=True, exist_ok=True)
+  shutil.copyfile(src, file)
+  if not hf:
+    shutil.copyfile(bpe.sidecar_path(src), bpe.sidecar_path(file))
+  return (HFTokenizer(file, d["spec"], tokenizer.normalization) if hf else
+          TiktokenTokenizer.from_file(file, d["spec"], tokenizer.normalization))
+
+
+def tokenizer_entry(tokenizer, eot: int | None) -> dict:
+  """The manifest's 'tokenizer': what load_tokenizer (prepared.py) rebuilds it from. A file-read
+  tokenizer is the dataset's copy (copy_tokenizer_file)."""
+  d = tokenizer.to_dict()
+  file = pathlib.Path(d["path"]) if "path" in d else None
+  entry = {"spec": d.get("spec", tokenizer.kind), "id": tokenizer_id(tokenizer),
+           "normalize": tokenizer.normalization, "vocab_size": tokenizer.vocab_size, "eot": eot,
+           "file": file.name if file else None, "sha256": sha256_of(file) if file else None}
+  if isinstance(tokenizer, CharTokenizer):
     entry["chars"] = tokenizer.chars
-  return tokenizer, entry
+  return entry
 
 
 # ---------------------------------------------------------------------------------- the workers
@@ -681,3 +701,95 @@ def prepare(source: str, tokenizer_spec: str, out: str, text_field: str = "text"
   _fsync_dir(root)
   shutil.rmtree(root / STATE_DIR, ignore_errors=True)
   return manifest
+
+
+# ------------------------------------------------------------- a text corpus, prepared on first use
+
+# where the data dir keeps the text corpora prepared for training (data.corpus 'shakespeare_plays',
+# 'tinyshakespeare', 'text_file')
+TEXT_CACHE = "prepared"
+# a text corpus's split, in its cache key: corpora.split, the first 90% of the characters train
+TEXT_SPLIT = "chars0.9"
+
+
+def text_tokenizer(cfg, text: str, form: str):
+  """config.data.tokenizer for a text corpus: 'char' as prepare builds it (the corpus's characters
+  and CHAR_EOT, which starts each document), the others as make_tokenizer does."""
+  if cfg.tokenizer == "char":
+    return CharTokenizer("".join(sorted(set(text) | {CHAR_EOT})), form)
+  return make_tokenizer(cfg.tokenizer, text, cfg.data_dir, form)
+
+
+def text_eot_id(tokenizer) -> int | None:
+  """The end-of-text id a text corpus's documents start with; None for a tokenizer without one (a
+  character vocabulary saved by a run made before text corpora were prepared, an hf tokenizer
+  with none of HF_EOT): its documents then start with no such token."""
+  try:
+    return eot_id(tokenizer)
+  except (UserError, ValueError):
+    return None
+
+
+def prepare_text_corpus(cfg, tokenizer=None) -> tuple[pathlib.Path, object]:
+  """cfg: config.data of a text corpus. Returns (its prepared dataset's folder, the tokenizer).
+
+  The corpus's text, Unicode-normalized (data.normalize), is split as nanoGPT splits one text
+  (corpora.split: the last 10% of its characters, with 'char' the last 10% of its tokens, are
+  validation); each part is one document of its split, in prepare's format, written once into
+  <data dir>/prepared/<the text's sha256>-<tokenizer id>-<split>: a later run on the same text
+  and tokenizer reads it there without tokenizing. `tokenizer`: the one saved with a run being
+  resumed (None: config.data.tokenizer's)."""
+  form = tokenizer.normalization if tokenizer else normalization_of(cfg.normalize, cfg.tokenizer)
+  text = normalize(load_text(cfg), form)  # split and counted in bytes as the tokenizer sees it
+  tokenizer = tokenizer or text_tokenizer(cfg, text, form)
+  digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+  name = f"{digest[:24]}-{tokenizer_id(tokenizer)}-{TEXT_SPLIT}"
+  root = data_dir(cfg.data_dir) / TEXT_CACHE / name
+  if not (root / MANIFEST).is_file():
+    print(f"llm-jax: preparing corpus {cfg.corpus!r} (once; cached as {root})", flush=True)
+    write_text_dataset(root, split(text), tokenizer,
+                       {"kind": "text_corpus", "spec": cfg.corpus, "sha256": digest, "files": []})
+  return root, tokenizer
+
+
+def write_text_dataset(root: pathlib.Path, parts: tuple[str, str], tokenizer, desc: dict,
+                       val: str = TEXT_SPLIT, shard_tokens: int = 100_000_000) -> dict:
+  """(train text, val text) as a prepared dataset at `root`, each one document, tokenized in this
+  process (val: how they were split, for the manifest). Written in a folder of its own beside
+  `root` and renamed to it: a crash leaves no partial dataset, and of two processes preparing the
+  same text at once one rename wins (the other's copy, the same, is deleted). Returns the
+  manifest."""
+  root.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+  try:
+    (tmp / STATE_DIR).mkdir()
+    if "path" in tokenizer.to_dict():  # a file-read tokenizer: the dataset keeps a copy
+      tokenizer = copy_tokenizer_file(tokenizer, tmp)
+    eot = text_eot_id(tokenizer)
+    dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
+    state = _fresh_state({"source": desc})
+    for name, text in zip(SPLITS, parts):
+      s = state["splits"][name]
+      writer = SplitWriter(tmp, name, shard_tokens, dtype, s)
+      head = [np.array([eot])] if eot is not None else []
+      body = ([tokenizer.encode(text)] if isinstance(tokenizer, CharTokenizer) else
+              tokenizer.encode_chunks(text))  # chunk by chunk: the ids never all in a list
+      for part in itertools.chain(head, body):
+        writer.write(part)
+        s["tokens"] += len(part)
+      writer.close(finish=True)
+      s["documents"], s["bytes"] = 1, len(text.encode("utf-8"))
+    state["documents"] = len(SPLITS)
+    manifest = _manifest(desc["spec"], desc, "", "", tokenizer_entry(tokenizer, eot), dtype,
+                         shard_tokens, val, state)
+    shutil.rmtree(tmp / STATE_DIR)
+    write_json(tmp / MANIFEST, manifest)
+    try:
+      os.rename(tmp, root)
+    except OSError:
+      if not (root / MANIFEST).is_file():
+        raise UserError(f"{root} is in the way of a prepared corpus (a folder without "
+                        f"{MANIFEST}): delete it, then run again") from None
+    return manifest
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)

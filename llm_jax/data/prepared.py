@@ -13,7 +13,7 @@ asked for; resident memory is the pages of the rows read, not the dataset's size
 
 Samplers (config.data.sampling), both pure functions of (seed, step), so a run resumes exactly
 with no sampler state:
-- 'random': window starts drawn with replacement from (seed, step), as the in-memory corpora.
+- 'random': window starts drawn with replacement from (seed, stream, step).
 - 'epoch':  the split cut into windows of block_size + 1 tokens with stride block_size (window i
             starts at token i * block_size); row r of the run (step * rows per step + its place)
             is window perm_e(r mod n) of epoch e = r // n, perm_e a seeded bijection of [0, n)
@@ -34,8 +34,6 @@ import numpy as np
 
 from llm_jax.data import packing as packing_lib
 from llm_jax.data.corpora import sha256_of
-# the random streams of one seed (the training rows, the fixed eval rows), defined once
-from llm_jax.data.lm import EVAL_STREAM, TRAIN_STREAM  # noqa: F401
 from llm_jax.data.tokenizers import CharTokenizer, HFTokenizer, TiktokenTokenizer, tokenizer_id
 from llm_jax.errors import UserError
 from llm_jax.fileio import atomic_write
@@ -43,6 +41,9 @@ from llm_jax.fileio import atomic_write
 MANIFEST, VERIFIED = "manifest.json", "verified.json"
 FORMAT = "llm-jax-prepared/1"
 SPLITS = ("train", "val")
+# independent random streams of one seed: the training rows, and the fixed evaluation rows (the
+# seq2seq and chat generators draw theirs from the same two)
+TRAIN_STREAM, EVAL_STREAM = 0, 1
 
 
 def read_manifest(path) -> dict:
@@ -313,7 +314,9 @@ class PreparedData:
   """A prepared dataset opened for training: the tokenizer, the splits, the batches."""
 
   def __init__(self, path, block_size: int, sampling: str = "random", expected_tokenizer=None,
-               packing: str = "none"):
+               packing: str = "none", name: str = "",
+               more: str = "prepare more documents (--val for the val split)"):
+    """name: what the errors call the dataset (its folder); more: how to give it more tokens."""
     self.root = pathlib.Path(path).expanduser().absolute()
     self.manifest = m = read_manifest(path)
     verify_shards(self.root, m)
@@ -330,9 +333,9 @@ class PreparedData:
                     for s in SPLITS}
     for s, stream in self.streams.items():
       if len(stream) < block_size + 1:
-        raise UserError(f"the {s} split of {self.root} has {len(stream)} tokens, fewer than "
-                        f"model.block_size + 1 = {block_size + 1}: prepare more documents "
-                        f"(--val for the val split) or use a smaller --config.model.block_size")
+        raise UserError(f"the {s} split of {name or self.root} has {len(stream)} tokens, fewer "
+                        f"than model.block_size + 1 = {block_size + 1}: {more} or use a smaller "
+                        f"--config.model.block_size")
     self.n_windows = (len(self.streams["train"]) - 1) // block_size  # the epoch sampler's
     self.packing, self.bos_id = packing, m["tokenizer"].get("eot")
     # bos, doc_mask: the tokens of the documents taken, and of their cropped tails, per split
@@ -350,7 +353,7 @@ class PreparedData:
     if self.sampling == "epoch" and stream == TRAIN_STREAM:
       rows = np.arange(step * count, (step + 1) * count, dtype=np.int64)
       return epoch_windows(self.n_windows, seed, rows) * self.T
-    rng = np.random.default_rng([seed, stream, step])  # as lm.window_starts
+    rng = np.random.default_rng([seed, stream, step])
     return rng.integers(0, n - self.T, size=count)
 
   def get_batch(self, split: str, batch_shape: tuple, seed: int, step: int,

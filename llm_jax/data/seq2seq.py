@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from llm_jax.data.lm import EVAL_STREAM, TRAIN_STREAM
+from llm_jax.data.prepared import EVAL_STREAM, TRAIN_STREAM
 from llm_jax.data.tokenizers import Seq2SeqTokenizer, normalization_of, normalize
 from llm_jax.errors import UserError
 from llm_jax.fileio import read_utf8

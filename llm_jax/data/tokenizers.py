@@ -113,7 +113,7 @@ class CharTokenizer:
 
 def _normalization_dict(tokenizer) -> dict:
   """{'normalize': form} in tokenizer.json, left out for 'none' (the ids of files saved before
-  normalization existed, and the token caches keyed by them, stay as they were)."""
+  normalization existed, and the prepared text corpora keyed by them, stay as they were)."""
   return {} if tokenizer.normalization == "none" else {"normalize": tokenizer.normalization}
 
 
@@ -393,8 +393,9 @@ def make_tokenizer(spec: str, text: str, data_dir_config: str = "", normalizatio
 
 
 def tokenizer_id(tokenizer) -> str:
-  """A short name that changes whenever the tokenizer's ids would: keys the token caches. A rank
-  file counts by its content (sha256s), not by its path or the spec that named it."""
+  """A short name that changes whenever the tokenizer's ids would: keys the prepared text corpora
+  (prepare.prepare_text_corpus) and checks a prepared dataset's tokenizer. A rank file counts by
+  its content (sha256s), not by its path or the spec that named it."""
   d = tokenizer.to_dict()
   if "sha256" in d:
     d = {k: v for k, v in d.items() if k not in ("path", "spec")}

@@ -24,7 +24,7 @@ import numpy as np
 
 from llm_jax.data.chat import ChatTokenizer, pack, read_conversations, render, to_batch
 # a step's rows and the evaluation rows come from independent streams of one seed
-from llm_jax.data.lm import EVAL_STREAM, TRAIN_STREAM
+from llm_jax.data.prepared import EVAL_STREAM, TRAIN_STREAM
 from llm_jax.data.tokenizers import make_tokenizer, normalization_of, normalize
 from llm_jax.decoding import generate_batch
 from llm_jax.errors import UserError

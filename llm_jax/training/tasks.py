@@ -20,7 +20,8 @@ import numpy as np
 
 from llm_jax import decoding
 from llm_jax.data import seq2seq as seq2seq_data
-from llm_jax.data.lm import EVAL_STREAM, get_batch, load_lm_data
+from llm_jax.data.prepare import prepare_text_corpus
+from llm_jax.data.prepared import EVAL_STREAM, PreparedData
 from llm_jax.errors import UserError
 from llm_jax.models import FAMILIES, build_model
 from llm_jax.training.losses import make_loss_fn
@@ -46,37 +47,41 @@ class Task(NamedTuple):
   data_identity: Any = None
 
 
-def prepared_lm_task(config, tokenizer=None) -> Task:
-  """Next-token prediction on a prepared dataset (`llm-jax prepare`, data/prepared.py): batches
-  read from memory-mapped shards, row by row as the devices of this process need them."""
-  from llm_jax.data.prepared import PreparedData
+def prepared_lm_task(config, path, tokenizer=None) -> Task:
+  """Next-token prediction on the prepared dataset at `path` (data/prepared.py): batches read from
+  memory-mapped shards, row by row as the devices of this process need them. A text corpus is
+  prepared first (lm_task); its run keeps the tokenizer it was built with."""
   tc, T, d = config.train, config.model.block_size, config.data
-  data = PreparedData(d.path, T, d.sampling, expected_tokenizer=tokenizer, packing=d.packing)
+  text = d.corpus != "prepared"
+  data = PreparedData(path, T, d.sampling, expected_tokenizer=tokenizer, packing=d.packing,
+                      **({"name": f"corpus {d.corpus!r}", "more": "use more text"} if text else {}))
   spec = data.manifest["tokenizer"]["spec"]
   if tokenizer is None and d.tokenizer not in ("char", spec):
     raise UserError(f"config.data.tokenizer={d.tokenizer!r} differs from the prepared dataset's "
                     f"({spec!r}, {data.root}): leave it out, or prepare the data with it")
-  model = build_model(config.model, data.tokenizer.vocab_size, train_config=config.train)
+  # a text corpus's run names its tokenizer's own file, not the cache's copy
+  tokenizer = tokenizer if text else data.tokenizer
+  model = build_model(config.model, tokenizer.vocab_size, train_config=config.train)
   eval_shape = (tc.eval_iters, tc.batch_size)
   bytes_per_token = data.val_bytes_per_token()
   eval_batches = {name: data.get_batch(name, eval_shape, config.seed, i, stream=EVAL_STREAM)
                   for i, name in enumerate(("train", "val"))}
   rows = f"{d.sampling} windows" if d.packing == "none" else (
       f"{d.packing} rows, {data.discarded_fraction():.1%} of the packed tokens discarded")
+  tokens = f"{len(data.streams['train']):,} train / {len(data.streams['val']):,} val tokens"
   return Task(
-      tokenizer=data.tokenizer, model=model, input_keys=("inputs",),
+      tokenizer=tokenizer, model=model, input_keys=("inputs",),
       train_batch=lambda step: data.get_batch("train", (tc.grad_accum_steps, tc.batch_size),
                                               config.seed, step),
       eval_batches=eval_batches,
       # bits per byte from the manifest's val bytes and tokens (end-of-text tokens included)
       eval_metrics=lambda params, losses: {"val_bpb": losses["val"] / math.log(2) /
                                            bytes_per_token},
-      sample=lm_sampler(data.tokenizer, model, T),
-      summary_line=f"prepared {data.root.name} ({rows}): vocab "
-                   f"{data.tokenizer.vocab_size}, {len(data.streams['train']):,} train / "
-                   f"{len(data.streams['val']):,} val tokens",
+      sample=lm_sampler(tokenizer, model, T),
+      summary_line=(f"vocab {tokenizer.vocab_size}, {tokens}" if text else
+                    f"prepared {data.root.name} ({rows}): vocab {tokenizer.vocab_size}, {tokens}"),
       tokens_per_example=T,
-      data_identity={"path": str(data.root), "identity": data.identity})
+      data_identity=None if text else {"path": str(data.root), "identity": data.identity})
 
 
 def lm_sampler(tokenizer, model, T):
@@ -97,33 +102,18 @@ def lm_sampler(tokenizer, model, T):
 
 
 def lm_task(config, tokenizer=None) -> Task:
-  """Next-token prediction on a text corpus."""
-  if config.data.corpus == "prepared":
-    return prepared_lm_task(config, tokenizer)
+  """Next-token prediction on a corpus: a prepared dataset, or a text corpus prepared into the
+  data dir at its first use (data/prepare.py's prepare_text_corpus) and read the same way;
+  conversations (corpus 'chat') are packed by the chat task."""
   if config.data.corpus == "chat":  # conversations, packed, the assistant's tokens in the loss
     from llm_jax.training.sft import chat_task
     fields = chat_task(config, tokenizer)
     return Task(**fields, sample=lm_sampler(fields["tokenizer"], fields["model"],
                                             config.model.block_size))
-  tc, T = config.train, config.model.block_size
-  data = load_lm_data(config.data, T, tokenizer)
-  model = build_model(config.model, data.tokenizer.vocab_size, train_config=config.train)
-  eval_shape = (tc.eval_iters, tc.batch_size)
-
-  def eval_metrics(params, losses):
-    # bits per byte: nats/token -> bits/token -> bits/byte, comparable across tokenizers
-    return {"val_bpb": losses["val"] / math.log(2) * len(data.val) / data.val_bytes}
-
-  return Task(
-      tokenizer=data.tokenizer, model=model, input_keys=("inputs",),
-      train_batch=lambda step: get_batch(data.train, T, (tc.grad_accum_steps, tc.batch_size),
-                                         config.seed, step),
-      eval_batches={name: get_batch(tokens, T, eval_shape, config.seed, i, stream=EVAL_STREAM)
-                    for i, (name, tokens) in enumerate((("train", data.train), ("val", data.val)))},
-      eval_metrics=eval_metrics, sample=lm_sampler(data.tokenizer, model, T),
-      summary_line=f"vocab {data.tokenizer.vocab_size}, {len(data.train):,} train / "
-                   f"{len(data.val):,} val tokens",
-      tokens_per_example=T)
+  if config.data.corpus == "prepared":
+    return prepared_lm_task(config, config.data.path, tokenizer)
+  path, tokenizer = prepare_text_corpus(config.data, tokenizer)
+  return prepared_lm_task(config, path, tokenizer)
 
 
 # val examples the seq2seq sample shows
