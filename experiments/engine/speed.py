@@ -9,8 +9,8 @@ shape (6 layers, 6 heads, 384 wide, 256 tokens of context; random init, a 65-tok
 the plays' characters), greedy, prompts of 8..64 tokens (their lengths
 spread), --new tokens each; the best of --reps timed calls after a warm-up call that compiles.
 Batch 1 is the engine with one prompt, and also today's single-prompt decoder (decoding.generate).
-'decode_only' takes the prefill out: the time of a call with --new tokens less one with --new // 2,
-per token drawn. finished_share: 32 rows with max_new_tokens spread over 1..--new, the share of
+'decode_only' takes the prefill out: the time of a call drawing 64 tokens less one drawing 16, per
+token drawn. finished_share: 32 rows with max_new_tokens spread over 1..--new, the share of
 row-steps the loop spent on rows that had already stopped.
 
 Harness: the same model through lm-eval's generate_until path, --lengths requests (24) of as many
@@ -37,6 +37,8 @@ from llm_jax.config import default_config  # noqa: E402
 from llm_jax.models import build_model, init_params  # noqa: E402
 
 V = 65
+# decode-only rates: calls drawing this many tokens, the shorter one's time taken off
+DECODE_ONLY = (16, 64)
 
 
 def model_10m():
@@ -77,10 +79,11 @@ def tokens_per_s(m, params, L, new, reps):
     ps = prompts(B, seed=B)
     run = lambda n: (lambda: decoding.generate_batch(  # noqa: E731
         m, params, ps, jax.random.key(0), block_size=L, max_new_tokens=n, temperature=0))
-    s, half = best_time(run(new), reps), best_time(run(new // 2), reps)
-    out[f"engine_batch{B}_tok_s"] = B * new / s
+    out[f"engine_batch{B}_tok_s"] = B * new / best_time(run(new), reps)
     # decoding alone: the prefill (the same in both calls) taken out
-    out[f"engine_batch{B}_decode_only_tok_s"] = B * (new - new // 2) / (s - half)
+    short, long = best_time(run(DECODE_ONLY[0]), reps), best_time(run(DECODE_ONLY[1]), reps)
+    out[f"engine_batch{B}_decode_only_tok_s"] = B * (DECODE_ONLY[1] - DECODE_ONLY[0]) / (
+        long - short)
   # rows that stop early (each its own max_new_tokens, 1..new) are computed until the last stops:
   # the share of row-steps spent on finished rows
   ps = prompts(32, seed=32)

@@ -6,7 +6,8 @@ checkpoint: same prompts, same batch, greedy; prints JSON.
 The 10.7M shape of speed.py (6 layers, 6 heads, 384 wide, 256 tokens of context, random init,
 the 65 characters of the plays' vocabulary) is written as a run (a step-0 checkpoint, as
 `llm-jax convert` writes one), exported with `llm-jax export` (convert.export) to a
-GPT2LMHeadModel, and loaded by transformers (float32, eager attention, torch's default threads).
+GPT2LMHeadModel, and loaded by transformers (float32, eager attention, --torch_threads: 1 by
+default, transformers' best on these shared cores).
 Prompts of 8..64 tokens with spread lengths; transformers gets them left-padded with an
 attention mask (how its `generate` takes a batch of different lengths), do_sample=False,
 exactly --new tokens (no EOS: the char vocabulary has none). Both sides: the best of --reps
@@ -27,7 +28,7 @@ import torch
 import transformers
 
 sys.path.insert(0, os.path.dirname(__file__))
-from speed import V, model_10m, prompts  # noqa: E402
+from speed import V, machine, model_10m, prompts  # noqa: E402
 
 from llm_jax import convert, decoding  # noqa: E402
 from llm_jax.config import default_config  # noqa: E402
@@ -66,14 +67,18 @@ def main():
   ap.add_argument("--new", type=int, default=32)
   ap.add_argument("--batches", default="1,32")
   ap.add_argument("--reps", type=int, default=2)
+  # torch's OpenMP threads on cores shared with other processes: 2 threads ran transformers 10-20x
+  # slower than 1 here (busy-waiting threads that lose their core), so 1 by default: its best
+  ap.add_argument("--torch_threads", type=int, default=1)
   args = ap.parse_args()
+  torch.set_num_threads(args.torch_threads)
   m, params, L = model_10m()
   tmp = tempfile.mkdtemp()
   write_run(os.path.join(tmp, "run"), params)
   convert.export(os.path.join(tmp, "run"), os.path.join(tmp, "hf"))
   hf = transformers.AutoModelForCausalLM.from_pretrained(
       os.path.join(tmp, "hf"), attn_implementation="eager", dtype=torch.float32).eval()
-  out = {"new_tokens": args.new, "torch_threads": torch.get_num_threads(),
+  out = {"machine": machine(), "new_tokens": args.new, "torch_threads": torch.get_num_threads(),
          "transformers": transformers.__version__}
   for B in map(int, args.batches.split(",")):
     ps = prompts(B, seed=B)
