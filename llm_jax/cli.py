@@ -439,10 +439,39 @@ def _define_prepare(argv):
   flags.DEFINE_integer("workers", -1, "tokenizing processes (-1: one per core, 0: none)")
   flags.DEFINE_integer("bpe_sample_bytes", 8 << 20, "bpe:train:N: characters of the training "
                        "documents it learns from")
+  flags.DEFINE_enum("format", "text", ["text", "chat"], "text: documents to token shards "
+                    "(data.corpus=prepared); chat: conversations ({'messages': [...]} a JSONL line "
+                    "or a Parquet row) rendered with the chat template (data.corpus=chat); "
+                    "--tokenizer=run:<workdir> takes a run's tokenizer (to fine-tune it)")
   _required(["source", "tokenizer", "out"])
 
 
+def _prepare_chat():
+  import json
+  from llm_jax.data.chat import ChatTokenizer, prepare_chat, read_chat_source
+  from llm_jax.data.tokenizers import (make_tokenizer, normalization_of, normalize,
+                                       tokenizer_from_dict)
+  spec = FLAGS.tokenizer
+  if spec.startswith("run:"):  # the tokenizer of the run that will be fine-tuned
+    path = os.path.join(spec[4:], "tokenizer.json")
+    if not os.path.isfile(path):
+      raise UserError(f"--tokenizer={spec}: {path} does not exist: name a run's workdir")
+    with open(path, encoding="utf-8") as f:
+      base = tokenizer_from_dict(json.load(f))
+  else:  # built as a chat run builds it (training/sft.py chat_tokenizer), on the conversations
+    form = normalization_of("auto", spec)
+    text = normalize("".join(m["content"] for c in read_chat_source(FLAGS.source) for m in c),
+                     form)
+    base = make_tokenizer(spec, text, "", form)
+  m = prepare_chat(FLAGS.source, ChatTokenizer(base), FLAGS.out)
+  print(f"llm-jax prepare: {m['conversations']:,} conversations, {m['tokens']:,} tokens "
+        f"({m['loss_tokens']:,} assistant) at {FLAGS.out}: train with --config.data.corpus=chat "
+        f"--config.data.path={FLAGS.out}", flush=True)
+
+
 def _prepare(argv):
+  if FLAGS.format == "chat":
+    return _prepare_chat()
   from llm_jax.data.prepare import prepare
   m = prepare(FLAGS.source, FLAGS.tokenizer, FLAGS.out, text_field=FLAGS.text_field,
               separator=FLAGS.separator, val=FLAGS.val, shard_tokens=FLAGS.shard_tokens,

@@ -31,7 +31,9 @@ import jax
 import numpy as np
 
 from llm_jax.config import default_config, validate
-from llm_jax.data.tokenizers import HFTokenizer, make_tokenizer
+from llm_jax.data.chat_template import LLM_JAX_TEMPLATE, read_template
+from llm_jax.data.tokenizers import (CharTokenizer, ChatTokenizer, HFTokenizer, _hf_tokenizers,
+                                     make_tokenizer)
 from llm_jax.errors import UserError
 from llm_jax.fileio import write_json
 from llm_jax.models import FAMILIES, build_model, init_params
@@ -509,6 +511,9 @@ def convert(src: str, workdir: str, tokenizer: str = "") -> dict:
     raise UserError(f"the tokenizer {config.data.tokenizer} has {tok.vocab_size} tokens, more than "
                     f"the checkpoint's vocab_size={config.model.vocab_size}: pass its own "
                     f"tokenizer with --tokenizer=")
+  template, specials = read_template(src)
+  if template is not None and isinstance(tok, HFTokenizer):  # the run renders with it
+    tok = ChatTokenizer(tok, template, specials)
   model = build_model(config.model, tok.vocab_size)
   like = jax.eval_shape(lambda: init_params(model, config.model, jax.random.key(0)))
   params = params_from_hf(arch, model.cfg, tensors, like)
@@ -579,11 +584,56 @@ def export(workdir: str, out: str, step: int | None = None) -> dict:
   elif not base:  # no such token: stated, else transformers' GPT-2 defaults name id 50256
     hf.update(bos_token_id=None, eos_token_id=None)
   hf.update(layout.hf_config(m, config.model.block_size), dtype="float32")
-  save_file(tensors, os.path.join(out, SAFETENSORS), metadata={"format": "pt"})
-  write_json(os.path.join(out, "config.json"), hf)
   wrote_tokenizer = isinstance(tok, HFTokenizer)
   if wrote_tokenizer:
     shutil.copyfile(tok.path, os.path.join(out, "tokenizer.json"))
+  template = isinstance(tok, ChatTokenizer) and _export_chat(tok, out, config.model.block_size)
+  wrote_tokenizer = wrote_tokenizer or template
+  if template:  # transformers' generate stops at the template's end token
+    hf["eos_token_id"] = tok.end_id
   spec = "tokenizer.json" if wrote_tokenizer else tok.to_dict().get("spec", tok.kind)
+  save_file(tensors, os.path.join(out, SAFETENSORS), metadata={"format": "pt"})
+  write_json(os.path.join(out, "config.json"), hf)
   return {"architecture": arch, "step": step, "tensors": len(tensors), "out": out,
-          "tokenizer": spec}
+          "tokenizer": spec, "chat_template": bool(template)}
+
+
+def _char_tokenizer_json(chars: str, normalization: str):
+  """A `tokenizers` Tokenizer with the char tokenizer's ids: one token per character, after the
+  run's Unicode normalization (data.normalize; 'auto' is NFC for char runs)."""
+  tokenizers = _hf_tokenizers()
+  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({c: i for i, c in enumerate(chars)},
+                                                         unk_token=chars[0]))
+  if normalization != "none":
+    tok.normalizer = getattr(tokenizers.normalizers, normalization)()
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.Split(tokenizers.Regex(r"[\s\S]"), "isolated")
+  tok.decoder = tokenizers.decoders.Fuse()
+  return tok
+
+
+def _export_chat(tok, out: str, block_size: int) -> bool:
+  """A chat run's tokenizer.json (with the template's special tokens at their ids) and
+  tokenizer_config.json (its chat_template, eos_token): transformers' AutoTokenizer and
+  apply_chat_template then render as llm-jax does. False (nothing written) for a base tokenizer
+  that has no tokenizers file here (tiktoken, BPE rank files)."""
+  base, path = tok.base, os.path.join(out, "tokenizer.json")
+  if tok.template is not None:  # a converted checkpoint's: its file holds the specials already
+    template, specials = tok.template, tok.special_tokens
+  else:
+    if isinstance(base, HFTokenizer) and base.normalization == "none":
+      hf_tok = _hf_tokenizers().Tokenizer.from_file(str(base.path))
+    elif isinstance(base, CharTokenizer):
+      hf_tok = _char_tokenizer_json(base.chars, base.normalization)
+    else:
+      return False
+    names = sorted(tok.special_ids, key=tok.special_ids.get)
+    hf_tok.add_special_tokens(names)
+    if any(hf_tok.token_to_id(n) != tok.special_ids[n] for n in names):
+      raise UserError("the run's tokenizer.json cannot take the chat template's special tokens "
+                      "at the run's ids: export a run without the chat template")
+    hf_tok.save(path)
+    template, specials = LLM_JAX_TEMPLATE, {"eos_token": "<|end|>"}
+  write_json(os.path.join(out, "tokenizer_config.json"), {
+      "tokenizer_class": "PreTrainedTokenizerFast", "chat_template": template,
+      "model_max_length": block_size, "clean_up_tokenization_spaces": False, **specials})
+  return True

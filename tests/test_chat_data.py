@@ -104,3 +104,47 @@ def test_a_conversation_the_tokenizer_cannot_render_is_one_line():
   with pytest.raises(UserError, match="not in the tokenizer's vocabulary") as e:
     chat.render(TOK, [{"role": "user", "content": "HI"}, {"role": "assistant", "content": "b"}])
   assert "\n" not in str(e.value)
+
+
+def test_a_prepared_chat_set_gives_the_batches_of_its_jsonl(tmp_path):
+  """`llm-jax prepare --format=chat` (JSONL, and Parquet) then data.path=DIR: the same tokenizer,
+  training rows and held-out rows as data.path=FILE.jsonl, hence the same losses."""
+  import subprocess  # noqa: PLC0415
+  import sys  # noqa: PLC0415
+
+  from conftest import tiny_config  # noqa: PLC0415
+  from llm_jax.training.sft import chat_task  # noqa: PLC0415
+
+  conversations = chat.string_conversations(40, seed=3)
+  path = tmp_path / "chat.jsonl"
+  chat.write_conversations(path, conversations)
+  r = subprocess.run([sys.executable, "-m", "llm_jax", "prepare", "--format=chat",
+                      f"--source={path}", "--tokenizer=char", f"--out={tmp_path / 'set'}"],
+                     capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr
+  pq = pytest.importorskip("pyarrow.parquet")
+  import pyarrow as pa  # noqa: PLC0415
+  pq.write_table(pa.table({"messages": conversations}), tmp_path / "chat.parquet")
+  chat.prepare_chat(tmp_path / "chat.parquet", chat.load_prepared_chat(tmp_path / "set")[0],
+                    tmp_path / "set_parquet")
+
+  def task(data_path):
+    c = tiny_config(data_path, batch_size=4)
+    c.model.block_size = 32
+    c.data.update(corpus="chat", path=str(data_path))
+    return chat_task(c)
+
+  ref = task(path)
+  for prepared in (tmp_path / "set", tmp_path / "set_parquet"):
+    t = task(prepared)
+    assert t["tokenizer"].to_dict() == ref["tokenizer"].to_dict()
+    for step in (0, 1):
+      for k, v in ref["train_batch"](step).items():
+        np.testing.assert_array_equal(t["train_batch"](step)[k], v)
+    for name in ("train", "val"):
+      for k, v in ref["eval_batches"][name].items():
+        np.testing.assert_array_equal(t["eval_batches"][name][k], v)
+  again = subprocess.run([sys.executable, "-m", "llm_jax", "prepare", "--format=chat",
+                          f"--source={path}", "--tokenizer=char", f"--out={tmp_path / 'set'}"],
+                         capture_output=True, text=True)
+  assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1

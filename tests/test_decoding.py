@@ -83,7 +83,9 @@ def test_the_kv_cache_holds_the_kv_heads_only(scan):
   cache = decoding.init_cache(m, 3, L)
   attn = cache["h"]["block"]["attn"] if scan else cache["h_0"]["attn"]
   lead = (2,) if scan else ()  # scanned: the layer axis first
-  assert attn["k"].shape == attn["v"].shape == lead + (3, L, 2, 4)  # (B, L, n_kv_head, D)
+  # heads-major, (B, n_kv_head, L, D): the attention's einsums batch over (B, heads) without a
+  # copy of the cache
+  assert attn["k"].shape == attn["v"].shape == lead + (3, 2, L, 4)
 
 
 def test_past_block_size_the_context_is_the_last_block_size_tokens():

@@ -9,10 +9,12 @@ import jax
 import pytest
 
 from conftest import TOY_TEXT, tiny_config
+from llm_jax import convert
 from llm_jax.chat import chat_from_run, run_chat
 from llm_jax.data.chat import (ChatTokenizer, read_conversations, render, string_conversations,
                                write_conversations)
 from llm_jax.decoding import generate_batch
+from llm_jax.errors import UserError
 from llm_jax.training.loop import train_and_evaluate
 from llm_jax.training.sft import answer_exact_match, split_conversations
 from llm_jax.training.workdir import load_run
@@ -104,3 +106,41 @@ def test_the_chat_command_reads_stdin(runs):
                        input="hi\n", capture_output=True, text=True)
   assert bad.returncode == 2 and "not trained on conversations" in bad.stderr
   assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_an_exported_sft_run_renders_as_transformers_and_converts_back(runs, tmp_path):
+  """export writes the chat template transformers renders (ids equal to llm-jax's), and convert
+  reads it back: the same special ids, ids and loss masks; a template that cannot render a
+  conversation is one line."""
+  transformers = pytest.importorskip("transformers")
+  _, sft, path = runs
+  out = convert.export(sft, tmp_path / "hf")
+  assert out["chat_template"] and out["tokenizer"] == "tokenizer.json"
+  hf_tok = transformers.AutoTokenizer.from_pretrained(out["out"])
+  tok = load_run(sft)[1]
+  conversations = read_conversations(path)[:3] + [[
+      {"role": "system", "content": "answer."}, {"role": "user", "content": "echo tea"},
+      {"role": "assistant", "content": "tea"}, {"role": "user", "content": "last ice"},
+      {"role": "assistant", "content": "e"}]]
+  for c in conversations:
+    for messages, prompt in ((c, False), (c[:-1], True)):
+      theirs = hf_tok.apply_chat_template(messages, add_generation_prompt=prompt,
+                                          return_dict=False)
+      assert render(tok, messages, prompt)[0].tolist() == list(theirs)
+  back = convert.convert(out["out"], tmp_path / "back")
+  assert back["tokenizer"].startswith("hf:")
+  tok_back = load_run(tmp_path / "back")[1]
+  assert isinstance(tok_back, ChatTokenizer) and tok_back.template is not None
+  assert tok_back.special_ids == tok.special_ids and tok_back.end_id == tok.end_id
+  for c in conversations:
+    ids, loss = render(tok, c)
+    ids_back, loss_back = render(tok_back, c)
+    assert ids_back.tolist() == ids.tolist() and loss_back.tolist() == loss.tolist()
+    assert tok_back.decode_text(ids) == tok.decode_text(ids)
+  # templates the conversation cannot go through: one line each
+  for template in ("{% for m in %}",
+                   "{{ raise_exception('System role not supported') }}",
+                   "{{ messages | length }}{% for m in messages %}{{ m['content'] }}{% endfor %}"):
+    with pytest.raises(UserError) as e:
+      render(ChatTokenizer(tok_back.base, template, {"eos_token": "<|end|>"}), conversations[0])
+    assert len(str(e.value).splitlines()) == 1

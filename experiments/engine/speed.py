@@ -9,6 +9,9 @@ shape (6 layers, 6 heads, 384 wide, 256 tokens of context; random init, a 65-tok
 the plays' characters), greedy, prompts of 8..64 tokens (their lengths
 spread), --new tokens each; the best of --reps timed calls after a warm-up call that compiles.
 Batch 1 is the engine with one prompt, and also today's single-prompt decoder (decoding.generate).
+'decode_only' takes the prefill out: the time of a call drawing 64 tokens less one drawing 16, per
+token drawn. finished_share: 32 rows with max_new_tokens spread over 1..--new, the share of
+row-steps the loop spent on rows that had already stopped.
 
 Harness: the same model through lm-eval's generate_until path, --lengths requests (24) of as many
 prompt lengths (8, 9, ... tokens), max_gen_toks 32, greedy, batch_size 32: 'before' groups the
@@ -20,6 +23,7 @@ harness run pays), JAX's persistent compilation cache off.
 import argparse
 import json
 import os
+import subprocess
 import time
 
 os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
@@ -28,10 +32,13 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from llm_jax import decoding  # noqa: E402
+from llm_jax.decoding import engine  # noqa: E402
 from llm_jax.config import default_config  # noqa: E402
 from llm_jax.models import build_model, init_params  # noqa: E402
 
 V = 65
+# decode-only rates: calls drawing this many tokens, the shorter one's time taken off
+DECODE_ONLY = (16, 64)
 
 
 def model_10m():
@@ -58,13 +65,32 @@ def best_time(fn, reps):
   return min(times)
 
 
+def machine() -> dict:
+  """The CPU's model name (lscpu) and the load average when the figures were taken."""
+  model = next((line.split(":", 1)[1].strip() for line in
+                subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+                if line.startswith("Model name")), "?")
+  return {"cpu": model, "cores": os.cpu_count(), "load_average_1_5_15": os.getloadavg()}
+
+
 def tokens_per_s(m, params, L, new, reps):
   out = {}
   for B in (1, 32, 64):
     ps = prompts(B, seed=B)
-    s = best_time(lambda: decoding.generate_batch(m, params, ps, jax.random.key(0), block_size=L,
-                                                  max_new_tokens=new, temperature=0), reps)
-    out[f"engine_batch{B}_tok_s"] = B * new / s
+    run = lambda n: (lambda: decoding.generate_batch(  # noqa: E731
+        m, params, ps, jax.random.key(0), block_size=L, max_new_tokens=n, temperature=0))
+    out[f"engine_batch{B}_tok_s"] = B * new / best_time(run(new), reps)
+    # decoding alone: the prefill (the same in both calls) taken out
+    short, long = best_time(run(DECODE_ONLY[0]), reps), best_time(run(DECODE_ONLY[1]), reps)
+    out[f"engine_batch{B}_decode_only_tok_s"] = B * (DECODE_ONLY[1] - DECODE_ONLY[0]) / (
+        long - short)
+  # rows that stop early (each its own max_new_tokens, 1..new) are computed until the last stops:
+  # the share of row-steps spent on finished rows
+  ps = prompts(32, seed=32)
+  limits = np.random.default_rng(0).integers(1, new + 1, 32).tolist()
+  decoding.generate_batch(m, params, ps, jax.random.key(0), block_size=L, max_new_tokens=limits,
+                          temperature=0)
+  out["finished_share_batch32_limits_1_to_new"] = engine.finished_share[0]
   p = np.array([prompts(1, seed=1)[0]])
   s = best_time(lambda: decoding.generate(m, params, p, jax.random.key(0), max_new_tokens=new,
                                           block_size=L, greedy=True), reps)
@@ -78,6 +104,8 @@ def tokens_per_s(m, params, L, new, reps):
   for B in (32, 64):
     out[f"speedup_batch{B}_vs_engine_batch1"] = out[f"engine_batch{B}_tok_s"] / out[
         "engine_batch1_tok_s"]
+    out[f"decode_only_speedup_batch{B}_vs_engine_batch1"] = out[
+        f"engine_batch{B}_decode_only_tok_s"] / out["engine_batch1_decode_only_tok_s"]
     out[f"speedup_batch{B}_vs_single_path"] = out[f"engine_batch{B}_tok_s"] / out[
         "single_path_batch1_tok_s"]
   return out
@@ -134,6 +162,7 @@ def main():
   ap.add_argument("--lengths", type=int, default=24)
   args = ap.parse_args()
   m, params, L = model_10m()
+  print(json.dumps(machine()), flush=True)
   if not args.only_harness:
     out = {"new_tokens": args.new, **tokens_per_s(m, params, L, args.new, args.reps)}
     print(json.dumps(out, indent=1), flush=True)

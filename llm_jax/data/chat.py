@@ -85,7 +85,10 @@ def read_conversations(path) -> list[list[dict]]:
 def render(tokenizer: ChatTokenizer, messages, add_generation_prompt: bool = False):
   """(ids (N,) int32, loss (N,) bool): the template's tokens, and which of them the loss counts
   under loss_on='assistant' (each assistant message's content and its <|end|>). With
-  add_generation_prompt the ids end in <|assistant|>, where the model's answer starts."""
+  add_generation_prompt the ids end in <|assistant|>, where the model's answer starts. A
+  converted checkpoint's own template (tokenizer.template): _render_template."""
+  if tokenizer.template is not None:
+    return _render_template(tokenizer, messages, add_generation_prompt)
   ids, loss = [], []
   for m in messages:
     content = [int(i) for i in tokenizer.encode(m["content"])]
@@ -96,6 +99,37 @@ def render(tokenizer: ChatTokenizer, messages, add_generation_prompt: bool = Fal
     ids.append(tokenizer.role_id["assistant"])
     loss.append(False)
   return np.asarray(ids, np.int32), np.asarray(loss, bool)
+
+
+def _render_template(tokenizer: ChatTokenizer, messages, add_generation_prompt: bool):
+  """render() with a checkpoint's own template (data/chat_template.py): the whole text encoded
+  at once (as transformers' apply_chat_template encodes it). The loss counts the tokens that
+  start inside an assistant message's text: what the template adds to the conversation before
+  it (rendered with add_generation_prompt) to render it too (its content, its end token). A
+  template whose renderings are not prefixes of each other cannot mark them: one line."""
+  from llm_jax.data.chat_template import render_text  # noqa: PLC0415 -- jinja2, HF runs only
+  from llm_jax.data.tokenizers import normalize  # noqa: PLC0415
+  specials, form = tokenizer.special_tokens, tokenizer.normalization
+  text = normalize(render_text(tokenizer.template, messages, add_generation_prompt, specials),
+                   form)
+  spans = []
+  for k, m in enumerate(messages):
+    if m["role"] != "assistant":
+      continue
+    before = normalize(render_text(tokenizer.template, messages[:k], True, specials), form)
+    through = normalize(render_text(tokenizer.template, messages[:k + 1], False, specials), form)
+    if not (through.startswith(before) and text.startswith(through)):
+      raise UserError("the checkpoint's chat_template renders a conversation's start "
+                      "differently once it goes on, so the assistant's tokens cannot be told "
+                      "apart for the loss: use a template that appends each message to the "
+                      "ones before it")
+    spans.append((len(before), len(through)))
+  enc = tokenizer.base.tokenizer.encode(text, add_special_tokens=False)
+  starts = np.asarray([a for a, _ in enc.offsets], np.int64).reshape(-1)
+  loss = np.zeros(len(enc.ids), bool)
+  for a, b in spans:
+    loss |= (starts >= a) & (starts < b)
+  return np.asarray(enc.ids, np.int32), loss
 
 
 def pack(examples, row_len: int, order=None) -> dict:
@@ -168,3 +202,80 @@ def write_conversations(path, conversations) -> None:
   from llm_jax.fileio import atomic_write  # noqa: PLC0415
   with atomic_write(path, "w") as f:
     f.writelines(json.dumps({"messages": c}) + "\n" for c in conversations)
+
+
+# -- prepared chat sets (`llm-jax prepare --format=chat`): the rendered conversations, once --
+
+# DIR/manifest.json's format, and the arrays beside it
+CHAT_FORMAT, CHAT_ARRAYS = "llm-jax-chat-1", "chat.npz"
+
+
+def read_chat_source(source) -> list[list[dict]]:
+  """The conversations of a JSONL file, or of a Parquet file's `messages` column (pyarrow, the
+  data extra), each checked (check_conversation)."""
+  path = pathlib.Path(source)
+  if path.suffix != ".parquet":
+    return read_conversations(path)
+  try:
+    import pyarrow.parquet as pq  # noqa: PLC0415 -- the data extra
+  except ImportError:
+    raise UserError("a Parquet source needs pyarrow: pip install 'llm-jax[data]'") from None
+  try:
+    table = pq.read_table(path, columns=["messages"])
+  except (OSError, KeyError, ValueError) as e:
+    raise UserError(f"--source={source} has no readable 'messages' column "
+                    f"({str(e).splitlines()[0][:120]}): write one list of messages a row") from None
+  out = [check_conversation({"messages": m}, f"{path} row {n}")
+         for n, m in enumerate(table.column("messages").to_pylist())]
+  if not out:
+    raise UserError(f"{path} holds no conversation: write one list of messages a row")
+  return out
+
+
+def prepare_chat(source, tokenizer, out) -> dict:
+  """Renders every conversation of `source` (read_chat_source) with `tokenizer` (a ChatTokenizer)
+  into `out`: chat.npz (every conversation's ids and loss mask, concatenated, and where each
+  starts) and manifest.json (format, counts, the tokenizer's dict). data.corpus=chat with
+  data.path=out then trains on exactly the examples the JSONL path renders (load_prepared_chat);
+  the held-out split is still the run's (training/sft.py)."""
+  from llm_jax.fileio import atomic_write, write_json  # noqa: PLC0415
+  out = pathlib.Path(out)
+  if (out / "manifest.json").is_file():
+    raise UserError(f"--out={out} already holds a prepared set (manifest.json): prepare into a "
+                    f"fresh directory")
+  examples = [render(tokenizer, c) for c in read_chat_source(source)]
+  out.mkdir(parents=True, exist_ok=True)
+  lengths = np.asarray([len(ids) for ids, _ in examples], np.int64)
+  with atomic_write(out / CHAT_ARRAYS, "wb") as f:
+    np.savez(f, ids=np.concatenate([ids for ids, _ in examples]).astype(np.int32),
+             loss=np.concatenate([loss for _, loss in examples]),
+             starts=np.concatenate([[0], np.cumsum(lengths)]))
+  manifest = {"format": CHAT_FORMAT, "source": str(source), "conversations": len(examples),
+              "tokens": int(lengths.sum()),
+              "loss_tokens": int(sum(int(loss.sum()) for _, loss in examples)),
+              "tokenizer": tokenizer.to_dict()}
+  write_json(out / "manifest.json", manifest)  # last: a directory with it is finished
+  return manifest
+
+
+def is_prepared_chat(path) -> bool:
+  return (pathlib.Path(path) / "manifest.json").is_file()
+
+
+def load_prepared_chat(path):
+  """(the ChatTokenizer, [(ids, loss)] per conversation) of a set prepare_chat wrote."""
+  from llm_jax.data.tokenizers import tokenizer_from_dict  # noqa: PLC0415
+  path = pathlib.Path(path)
+  try:
+    manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+    arrays = np.load(path / CHAT_ARRAYS)
+    ids, loss, starts = arrays["ids"], arrays["loss"], arrays["starts"]
+  except (OSError, ValueError, KeyError) as e:
+    raise UserError(f"config.data.path={str(path)!r} is not a prepared chat set ({e}): make one "
+                    f"with `llm-jax prepare --format=chat`") from None
+  if manifest.get("format") != CHAT_FORMAT:
+    raise UserError(f"config.data.path={str(path)!r} is a prepared set of format "
+                    f"{manifest.get('format')!r}, not chat: use --config.data.corpus=prepared, or "
+                    f"prepare it with --format=chat")
+  tok = tokenizer_from_dict(manifest["tokenizer"])
+  return tok, [(ids[a:b], loss[a:b]) for a, b in zip(starts[:-1], starts[1:])]

@@ -443,19 +443,40 @@ SPECIALS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
 
 
 class ChatTokenizer:
-  """A tokenizer plus the chat template's special tokens, at ids base.vocab_size + 0..3."""
+  """A tokenizer plus a chat template's special tokens. llm-jax's own template (data/chat.py):
+  its four specials at ids base.vocab_size + 0..3. A converted Hugging Face checkpoint's
+  `template` (its chat_template, data/chat_template.py): the specials are the base tokenizer's
+  own special tokens (no id is added), and special_tokens names its bos/eos tokens as its
+  tokenizer_config.json does; end_id is the eos token's id."""
 
   kind = "chat"
 
-  def __init__(self, base):
+  def __init__(self, base, template: str | None = None, special_tokens: dict | None = None):
     if isinstance(base, ChatTokenizer):
+      template = template or base.template
+      special_tokens = special_tokens or base.special_tokens
       base = base.base
-    self.base = base
+    self.base, self.template = base, template
+    self.special_tokens = dict(special_tokens or {})
     self.normalization = base.normalization
-    self.special_ids = {name: base.vocab_size + i for i, name in enumerate(SPECIALS)}
-    self.vocab_size = base.vocab_size + len(SPECIALS)
-    self.role_id = {role: self.special_ids[f"<|{role}|>"] for role in ROLES}
-    self.end_id = self.special_ids["<|end|>"]
+    if template is None:
+      self.special_ids = {name: base.vocab_size + i for i, name in enumerate(SPECIALS)}
+      self.vocab_size = base.vocab_size + len(SPECIALS)
+      self.role_id = {role: self.special_ids[f"<|{role}|>"] for role in ROLES}
+      self.end_id = self.special_ids["<|end|>"]
+      return
+    if not isinstance(base, HFTokenizer):
+      raise UserError("a checkpoint's chat_template needs its Hugging Face tokenizer "
+                      "(hf:<tokenizer.json>)")
+    self.special_ids = {t.content: int(i) for i, t in
+                        base.tokenizer.get_added_tokens_decoder().items() if t.special}
+    self.vocab_size, self.role_id = base.vocab_size, {}
+    eos = self.special_tokens.get("eos_token")
+    if eos not in self.special_ids:
+      raise UserError(f"the checkpoint's tokenizer_config.json names eos_token={eos!r}, which its "
+                      f"tokenizer.json has no special token for: name the token that ends an "
+                      f"assistant's turn")
+    self.end_id = self.special_ids[eos]
 
   def encode(self, text: str) -> np.ndarray:
     return self.base.encode(text)
@@ -478,15 +499,20 @@ class ChatTokenizer:
 
   def decode_text(self, ids) -> str:
     """The text of ids without the special tokens (what a user reads)."""
+    special = set(self.special_ids.values())
     return self.base.decode(np.asarray([i for i in np.asarray(ids).reshape(-1).tolist()
-                                        if i < self.base.vocab_size], np.int32))
+                                        if i < self.base.vocab_size and i not in special],
+                                       np.int32))
 
   def to_dict(self) -> dict:
-    return {"kind": self.kind, "base": self.base.to_dict(), "special_ids": self.special_ids}
+    d = {"kind": self.kind, "base": self.base.to_dict(), "special_ids": self.special_ids}
+    if self.template is not None:
+      d.update(template=self.template, special_tokens=self.special_tokens)
+    return d
 
   @classmethod
   def from_dict(cls, d: dict) -> "ChatTokenizer":
-    tok = cls(tokenizer_from_dict(d["base"]))
+    tok = cls(tokenizer_from_dict(d["base"]), d.get("template"), d.get("special_tokens"))
     if d.get("special_ids") != tok.special_ids:
       raise UserError("the run's tokenizer.json has chat special ids other than its base "
                       "tokenizer gives: restore the file")

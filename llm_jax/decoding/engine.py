@@ -117,8 +117,8 @@ def _decode(model, params, prompt_RP, len_R, limit_R, keys_R, stops_JS, stop_val
 
   # prefill: every row's prompt at positions start..start+P-1; its next token's logits at its
   # last one
-  if cache is None:
-    cache, start_R = init_cache(model, R, L), jnp.zeros(R, jnp.int32)
+  if cache is None:  # slots up to P + n_buffer - 1 are written: a shorter cache is less to read
+    cache, start_R = init_cache(model, R, min(L, P + n_buffer)), jnp.zeros(R, jnp.int32)
   logits_RPV, cache = cached(prompt_RP, jnp.minimum(start_R[:, None] + jnp.arange(P), L - 1),
                              cache)
   logits_RV = jnp.take_along_axis(logits_RPV, (len_R - 1)[:, None, None], axis=1)[:, 0]

@@ -130,8 +130,10 @@ class MultiHeadAttention(nn.Module):
         positions = jnp.arange(T) + (index.value if decode else 0)
       q_BTHD = rope(q_BTHD, positions, cfg.rope_theta)
       k_BSKD = rope(k_BSKD, positions, cfg.rope_theta)
-    if decode:
-      k_BSKD, v_BSKD, mask = self._update_cache(k_BSKD, v_BSKD, index, window, positions)
+    kv = "bskd"  # the keys' and values' layout in the einsums below
+    if decode:  # the cached keys and values come back as (B, K, S, D): see _update_cache
+      k_BKSD, v_BKSD, mask = self._update_cache(k_BSKD, v_BSKD, index, window, positions)
+      k_BSKD, v_BSKD, kv = k_BKSD, v_BKSD, "bksd"  # (named BSKD below, but laid out BKSD)
     elif window is not None:  # self-attention: the keys' positions are the queries'
       pos = jnp.arange(T) if positions is None else positions
       wm = window_mask(pos, pos, window)
@@ -143,12 +145,14 @@ class MultiHeadAttention(nn.Module):
     # jax.nn.dot_product_attention has no dropout on the weights: with dropout while training the
     # einsum path runs whatever was asked
     fused = cfg.attention == "dot_product" and not (train and may_drop(cfg.dropout))
+    if fused and kv == "bksd":  # jax.nn.dot_product_attention takes (B, S, K, D)
+      k_BSKD, v_BSKD, kv = k_BSKD.transpose(0, 2, 1, 3), v_BSKD.transpose(0, 2, 1, 3), "bskd"
     if fused:  # it groups the query heads as below
       out_BTHD = jax.nn.dot_product_attention(q_BTHD, k_BSKD, v_BSKD, mask=mask)
     else:  # query head h = k G + g reads key/value head k
-      G, S = H // K, k_BSKD.shape[1]
+      G, S = H // K, k_BSKD.shape[kv.index("s")]
       q_BTKGD = q_BTHD.reshape(B, T, K, G, D)
-      scores_BKGTS = precision.einsum("btkgd,bskd->bkgts", q_BTKGD, k_BSKD, dtype) / jnp.sqrt(
+      scores_BKGTS = precision.einsum(f"btkgd,{kv}->bkgts", q_BTKGD, k_BSKD, dtype) / jnp.sqrt(
           jnp.float32(D))
       scores_BHTS = scores_BKGTS.reshape(B, H, T, S).astype(jnp.float32)
       if mask is not None:
@@ -156,7 +160,7 @@ class MultiHeadAttention(nn.Module):
       probs_BHTS = jax.nn.softmax(scores_BHTS, axis=-1)
       probs_BHTS = Dropout(cfg.dropout, cfg.dropout_bits)(probs_BHTS, deterministic=not train)
       probs_BKGTS = probs_BHTS.reshape(B, K, G, T, S)
-      out_BTHD = precision.einsum("bkgts,bskd->btkgd", probs_BKGTS, v_BSKD, dtype).reshape(
+      out_BTHD = precision.einsum(f"bkgts,{kv}->btkgd", probs_BKGTS, v_BSKD, dtype).reshape(
           B, T, H, D)
     y_NC = nn.DenseGeneral(
         C, axis=(-2, -1), use_bias=cfg.use_bias, dtype=dtype,
@@ -168,7 +172,10 @@ class MultiHeadAttention(nn.Module):
     return drop(y_NC.reshape(B, T, C), deterministic=not train)
 
   def _update_cache(self, k_BTKD, v_BTKD, index, window=None, slots=None):
-    """Writes the new keys/values at `index`; returns all cached ones and the causal mask over them.
+    """Writes the new keys/values at `index`; returns all cached ones, (B, K, L, D), and the causal
+    mask over them. The cache is kept heads-major, (B, K, L, D): the attention's einsums batch
+    over (B, K), and XLA's CPU backend would otherwise copy the whole cache into that layout at
+    every decoded token (most of a batch-32 step's time at 256 slots).
     slots (B, T): each row's own positions instead (the batched engine: rows of different
     lengths), where its keys/values are written and up to which each query attends; a slot past
     the cache writes nothing (a window masks, the cache is no ring there). Otherwise a windowed
@@ -177,16 +184,18 @@ class MultiHeadAttention(nn.Module):
     layer's is max_len); T new positions at once must not wrap past keys they still need (the
     prompt's prefill from 0, then one token at a time, as decoding.generate does)."""
     creating = not self.has_variable("cache", "k")
-    k_cache = self.variable("cache", "k", jnp.zeros, k_BTKD.shape, k_BTKD.dtype)
-    v_cache = self.variable("cache", "v", jnp.zeros, v_BTKD.shape, v_BTKD.dtype)
+    k_BKTD, v_BKTD = k_BTKD.transpose(0, 2, 1, 3), v_BTKD.transpose(0, 2, 1, 3)
+    k_cache = self.variable("cache", "k", jnp.zeros, k_BKTD.shape, k_BKTD.dtype)
+    v_cache = self.variable("cache", "v", jnp.zeros, v_BKTD.shape, v_BKTD.dtype)
     if creating:  # model.init(decode=True): the cache takes the input's length, nothing is written
-      return k_BTKD, v_BTKD, None
-    T, L = k_BTKD.shape[1], k_cache.value.shape[1]
+      return k_BKTD, v_BKTD, None
+    T, L = k_BTKD.shape[1], k_cache.value.shape[2]
     i = index.value
     if slots is not None and jnp.ndim(slots) == 2:
       rows_B1 = jnp.arange(k_BTKD.shape[0])[:, None]
-      k_cache.value = k_cache.value.at[rows_B1, slots].set(k_BTKD, mode="drop")
-      v_cache.value = v_cache.value.at[rows_B1, slots].set(v_BTKD, mode="drop")
+      # (rows, :, slots) indexes (B, T) pairs: the updates are (B, T, K, D)
+      k_cache.value = k_cache.value.at[rows_B1, :, slots].set(k_BTKD, mode="drop")
+      v_cache.value = v_cache.value.at[rows_B1, :, slots].set(v_BTKD, mode="drop")
       index.value = i + T
       mask = (jnp.arange(L) <= slots[:, :, None])[:, None]
       if window is not None:
@@ -194,8 +203,8 @@ class MultiHeadAttention(nn.Module):
       return k_cache.value, v_cache.value, mask
     if self.cfg.attn_window > 0:
       slots_T = (i + jnp.arange(T)) % L
-      k_cache.value = k_cache.value.at[:, slots_T].set(k_BTKD)
-      v_cache.value = v_cache.value.at[:, slots_T].set(v_BTKD)
+      k_cache.value = k_cache.value.at[:, :, slots_T].set(k_BKTD)
+      v_cache.value = v_cache.value.at[:, :, slots_T].set(v_BKTD)
       index.value = i + T
       last = i + T - 1
       k_pos_S = last - (last - jnp.arange(L)) % L  # the position each slot holds (< 0: none yet)
@@ -203,7 +212,7 @@ class MultiHeadAttention(nn.Module):
       mask = (k_pos_S[None, :] >= 0) & (k_pos_S[None, :] <= q_pos_T[:, None])
       mask = mask[None, None] & window_mask(q_pos_T, k_pos_S, L if window is None else window)
       return k_cache.value, v_cache.value, mask
-    k_cache.value = jax.lax.dynamic_update_slice_in_dim(k_cache.value, k_BTKD, i, axis=1)
-    v_cache.value = jax.lax.dynamic_update_slice_in_dim(v_cache.value, v_BTKD, i, axis=1)
+    k_cache.value = jax.lax.dynamic_update_slice_in_dim(k_cache.value, k_BKTD, i, axis=2)
+    v_cache.value = jax.lax.dynamic_update_slice_in_dim(v_cache.value, v_BKTD, i, axis=2)
     index.value = i + T
     return k_cache.value, v_cache.value, causal_mask(T, L, offset=i)

@@ -2,9 +2,10 @@
 
     llm-jax train --config=configs/sft_strings.py --workdir=runs/sft
 
-The conversations (a JSONL of {"messages": [...]}, data/chat.py) are rendered with the chat
-template, a tenth of them (at least one) held out for validation in a seeded order, and each set
-packed into rows of block_size + 1 tokens (whole conversations, each its own positions and
+The conversations (a JSONL of {"messages": [...]}, data/chat.py, or a set that `llm-jax prepare
+--format=chat` rendered once: data.path its directory) are rendered with the chat template, a
+tenth of them (at least one) held out for validation in a seeded order, and each set packed into
+rows of block_size + 1 tokens (whole conversations, each its own positions and
 attention). A step's rows are drawn from (seed, step), as the other corpora's windows. The loss
 counts the assistant's tokens (data.loss_on='assistant') or every token ('all').
 
@@ -22,10 +23,11 @@ import math
 import jax
 import numpy as np
 
-from llm_jax.data.chat import ChatTokenizer, pack, read_conversations, render, to_batch
+from llm_jax.data.chat import (ChatTokenizer, is_prepared_chat, load_prepared_chat, pack,
+                               read_conversations, render, to_batch)
 # a step's rows and the evaluation rows come from independent streams of one seed
 from llm_jax.data.prepared import EVAL_STREAM, TRAIN_STREAM
-from llm_jax.data.tokenizers import make_tokenizer, normalization_of, normalize
+from llm_jax.data.tokenizers import make_tokenizer, normalization_of, normalize, tokenizer_id
 from llm_jax.decoding import generate_batch
 from llm_jax.errors import UserError
 from llm_jax.models import build_model
@@ -59,12 +61,21 @@ def rows_of(arrays: dict, batch_shape, seed: int, step: int, stream: int) -> dic
 def chat_task(config, tokenizer=None) -> dict:
   """The fields of the run's tasks.Task but its sampler (tasks.lm_task adds it)."""
   tc, d, T = config.train, config.data, config.model.block_size
-  conversations = read_conversations(d.path)
-  if len(conversations) < 2:
-    raise UserError(f"config.data.path={d.path!r} holds {len(conversations)} conversation: give "
+  if is_prepared_chat(d.path):  # `llm-jax prepare --format=chat`: rendered once, by its tokenizer
+    tok, examples = load_prepared_chat(d.path)
+    run_tok = None if tokenizer is None else ChatTokenizer(tokenizer)
+    if run_tok is not None and (tokenizer_id(run_tok.base), run_tok.template) != (
+        tokenizer_id(tok.base), tok.template):
+      raise UserError(f"config.data.path={d.path!r} was prepared with another tokenizer than "
+                      f"the run's ({tokenizer.kind}): prepare it with --tokenizer=run:<the run's "
+                      f"workdir>")
+  else:
+    conversations = read_conversations(d.path)
+    tok = chat_tokenizer(config, conversations, tokenizer)
+    examples = [render(tok, c) for c in conversations]
+  if len(examples) < 2:
+    raise UserError(f"config.data.path={d.path!r} holds {len(examples)} conversation: give "
                     f"at least 2 (a tenth is held out for validation)")
-  tok = chat_tokenizer(config, conversations, tokenizer)
-  examples = [render(tok, c) for c in conversations]
   train_idx, val_idx = split_conversations(len(examples), config.seed)
   arrays = {name: to_batch(pack(examples, T + 1, idx), d.loss_on)
             for name, idx in (("train", train_idx), ("val", val_idx))}
