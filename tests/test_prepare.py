@@ -93,7 +93,10 @@ def test_the_shards_hold_each_document_after_an_end_of_text_token(prepared):
   assert texts["train"] == [d for i, d in enumerate(docs) if i % 10]
 
 
-def test_worker_processes_give_the_shards_of_one_process(prepared, tmp_path):
+@pytest.mark.parametrize("method", ["fork", "spawn"])  # spawn: when JAX is loaded here
+def test_worker_processes_give_the_shards_of_one_process(prepared, tmp_path, method,
+                                                         monkeypatch):
+  monkeypatch.setattr(prep, "_start_method", lambda: method)
   tmp, _, sources, _ = prepared
   prep.prepare(sources["jsonl"], TOK, str(tmp_path / "w2"), val="0.1", shard_tokens=500,
                workers=2, progress=False, batch_chars=300)  # many small batches, out of order
@@ -171,12 +174,13 @@ main()
 """
 
 
-def start_prepare(source, out, kill_at):
-  env = {**os.environ, "LLM_JAX_PREPARE_BATCH_CHARS": "400"}
+def start_prepare(source, out, kill_at, workers=0, timeout=120, batch_chars=400,
+                  shard_tokens=300):
+  env = {**os.environ, "LLM_JAX_PREPARE_BATCH_CHARS": str(batch_chars)}
   return subprocess.run([sys.executable, "-c", KILLING_PREPARE, kill_at, "prepare",
                          f"--source={source}", f"--tokenizer={TOK}", f"--out={out}", "--val=0.1",
-                         "--shard_tokens=300", "--workers=0"],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+                         f"--shard_tokens={shard_tokens}", f"--workers={workers}"],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_kill_9_mid_prepare_then_rerun_gives_the_same_shards(prepared, tmp_path):
@@ -198,6 +202,21 @@ def test_kill_9_mid_prepare_then_rerun_gives_the_same_shards(prepared, tmp_path)
   assert shard_bytes(out) == shard_bytes(ref) and len(shard_bytes(ref)) > 5
   assert read_manifest(out)["splits"] == read_manifest(ref)["splits"]
   assert not (out / prep.STATE_DIR).exists()
+
+
+def test_kill_9_leaves_no_worker_behind(tmp_path):
+  """prepare's tokenizing workers leave quietly when it is killed: subprocess.run returns only
+  once every holder of the output pipes (the workers too) has exited, so a worker left blocked
+  on its task queue would time this out, and one dying on its result pipe prints a traceback."""
+  # batches that take the workers a while, and a commit that does not (one shard): killed at
+  # the first commit, the workers are mid-batch
+  with open(tmp_path / "big.jsonl", "w") as f:
+    for d in make_docs(1500):
+      f.write(json.dumps({"text": d * 20}) + "\n")
+  r = start_prepare(tmp_path / "big.jsonl", tmp_path / "out", "commit:1", workers=2,
+                    timeout=60, batch_chars=400_000, shard_tokens=10**8)
+  assert r.returncode == -signal.SIGKILL
+  assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr
 
 
 # ---------------------------------------------------------------------------------- bad inputs

@@ -43,6 +43,7 @@ import pathlib
 import shutil
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -337,12 +338,27 @@ def tokenizer_entry(tokenizer, eot: int | None) -> dict:
 
 # ---------------------------------------------------------------------------------- the workers
 
-_TOKENIZER, _DTYPE = None, None
+_TOKENIZER, _DTYPE, _PARENT = None, None, None
 
 
-def _init_worker(tokenizer, dtype):
-  global _TOKENIZER, _DTYPE
-  _TOKENIZER, _DTYPE = tokenizer, dtype
+def _init_worker(tokenizer, dtype, parent=None):
+  global _TOKENIZER, _DTYPE, _PARENT
+  _TOKENIZER, _DTYPE, _PARENT = tokenizer, dtype, parent
+  if parent is not None:  # a pool worker: leave when the parent dies (kill -9), see _orphaned
+    threading.Thread(target=_exit_when_orphaned, daemon=True).start()
+
+
+def _orphaned() -> bool:
+  """Whether this worker's parent has died: it was then re-parented (its ppid changed). A worker
+  left behind would otherwise block on its task queue for ever, or die on its result pipe with a
+  BrokenPipeError traceback on the user's terminal."""
+  return _PARENT is not None and os.getppid() != _PARENT
+
+
+def _exit_when_orphaned():
+  while not _orphaned():
+    time.sleep(0.1)
+  os._exit(0)
 
 
 def _encode(batch):
@@ -359,6 +375,8 @@ def _encode(batch):
     else:
       ids = _TOKENIZER.encode(text).astype(_DTYPE)
     out.append((ids, n_bytes))
+  if _orphaned():  # nobody reads the result: leave without writing to a closed pipe
+    os._exit(0)
   return out
 
 
@@ -607,11 +625,19 @@ def _manifest(source, desc, text_field, separator, tok_entry, dtype, shard_token
 
 
 def _pool(n_workers: int, tokenizer, dtype):
-  """n_workers tokenizing processes (forked, each with the tokenizer); 0: this process."""
+  """n_workers tokenizing processes (each with the tokenizer); 0: this process. Forked (fast to
+  start) unless this process has JAX loaded (prepare called from a training process or a
+  notebook): forking JAX's threads can deadlock the child, so the workers are then spawned (and a
+  script calling prepare needs Python's `if __name__ == "__main__":` guard)."""
   if not n_workers:
     _init_worker(tokenizer, dtype)
     return _InProcess()
-  return multiprocessing.get_context("fork").Pool(n_workers, _init_worker, (tokenizer, dtype))
+  return multiprocessing.get_context(_start_method()).Pool(n_workers, _init_worker,
+                                                          (tokenizer, dtype, os.getpid()))
+
+
+def _start_method() -> str:
+  return "spawn" if "jax" in sys.modules else "fork"
 
 
 def prepare(source: str, tokenizer_spec: str, out: str, text_field: str = "text",
