@@ -268,7 +268,7 @@ def load_prepared_chat(path):
   path = pathlib.Path(path)
   try:
     manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
-    arrays = np.load(path / CHAT_ARRAYS)
+    arrays = np.load(path / CHAT_ARRAYS, allow_pickle=False)
     ids, loss, starts = arrays["ids"], arrays["loss"], arrays["starts"]
   except (OSError, ValueError, KeyError) as e:
     raise UserError(f"config.data.path={str(path)!r} is not a prepared chat set ({e}): make one "
