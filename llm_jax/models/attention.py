@@ -160,8 +160,13 @@ class MultiHeadAttention(nn.Module):
       probs_BHTS = jax.nn.softmax(scores_BHTS, axis=-1)
       probs_BHTS = Dropout(cfg.dropout, cfg.dropout_bits)(probs_BHTS, deterministic=not train)
       probs_BKGTS = probs_BHTS.reshape(B, K, G, T, S)
-      out_BTHD = precision.einsum(f"bkgts,{kv}->btkgd", probs_BKGTS, v_BSKD, dtype).reshape(
-          B, T, H, D)
+      if kv == "bksd":  # the cache: heads-major out, then transposed. XLA's CPU backend has no
+        # bf16 x bf16 -> f32 kernel for this einsum written straight to (B, T, K, G, D)
+        out_BKGTD = precision.einsum("bkgts,bksd->bkgtd", probs_BKGTS, v_BSKD, dtype)
+        out_BTHD = out_BKGTD.transpose(0, 3, 1, 2, 4).reshape(B, T, H, D)
+      else:
+        out_BTHD = precision.einsum("bkgts,bskd->btkgd", probs_BKGTS, v_BSKD, dtype).reshape(
+            B, T, H, D)
     y_NC = nn.DenseGeneral(
         C, axis=(-2, -1), use_bias=cfg.use_bias, dtype=dtype,
         dot_general=precision.dot_general(dtype), name="out",
