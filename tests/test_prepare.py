@@ -93,13 +93,20 @@ def test_the_shards_hold_each_document_after_an_end_of_text_token(prepared):
   assert texts["train"] == [d for i, d in enumerate(docs) if i % 10]
 
 
-@pytest.mark.parametrize("method", ["fork", "spawn"])  # spawn: when JAX is loaded here
-def test_worker_processes_give_the_shards_of_one_process(prepared, tmp_path, method,
+@pytest.mark.parametrize("where", ["command", "here"])
+def test_worker_processes_give_the_shards_of_one_process(prepared, tmp_path, where,
                                                          monkeypatch):
-  monkeypatch.setattr(prep, "_start_method", lambda: method)
+  """Forked by `llm-jax prepare` (no JAX in that process); spawned by a caller that has JAX
+  loaded, as this test process may (set here, whatever the other tests imported)."""
   tmp, _, sources, _ = prepared
-  prep.prepare(sources["jsonl"], TOK, str(tmp_path / "w2"), val="0.1", shard_tokens=500,
-               workers=2, progress=False, batch_chars=300)  # many small batches, out of order
+  if where == "command":
+    r = start_prepare(sources["jsonl"], tmp_path / "w2", "", workers=2, batch_chars=300,
+                      shard_tokens=500)
+    assert r.returncode == 0, r.stderr
+  else:
+    monkeypatch.setattr(prep, "_start_method", lambda: "spawn")
+    prep.prepare(sources["jsonl"], TOK, str(tmp_path / "w2"), val="0.1", shard_tokens=500,
+                 workers=2, progress=False, batch_chars=300)  # many small batches, out of order
   assert shard_bytes(tmp_path / "w2") == shard_bytes(tmp / "out_text")
   assert not (tmp_path / "w2" / prep.STATE_DIR).exists()
 
