@@ -38,6 +38,7 @@ import itertools
 import json
 import math
 import multiprocessing
+import multiprocessing.pool
 import os
 import pathlib
 import shutil
@@ -351,7 +352,8 @@ def _init_worker(tokenizer, dtype, parent=None):
 def _orphaned() -> bool:
   """Whether this worker's parent has died: it was then re-parented (its ppid changed). A worker
   left behind would otherwise block on its task queue for ever, or die on its result pipe with a
-  BrokenPipeError traceback on the user's terminal."""
+  BrokenPipeError traceback on the user's terminal (the pipe may break before the ppid changes:
+  _worker_main catches that)."""
   return _PARENT is not None and os.getppid() != _PARENT
 
 
@@ -359,6 +361,24 @@ def _exit_when_orphaned():
   while not _orphaned():
     time.sleep(0.1)
   os._exit(0)
+
+
+def _worker_main(worker, *args):
+  """A pool worker's body (multiprocessing.pool.worker), which leaves quietly when its result
+  pipe breaks: only the parent reads it, so the parent has died (kill -9) mid-send."""
+  try:
+    worker(*args)
+  except BrokenPipeError:
+    os._exit(0)
+
+
+class _Pool(multiprocessing.pool.Pool):
+  """multiprocessing's Pool, its workers run through _worker_main."""
+
+  @staticmethod
+  def Process(ctx, *args, **kwds):  # noqa: N802 (Pool's own name)
+    kwds["args"] = (kwds.pop("target"), *kwds["args"])
+    return ctx.Process(*args, target=_worker_main, **kwds)
 
 
 def _encode(batch):
@@ -632,8 +652,8 @@ def _pool(n_workers: int, tokenizer, dtype):
   if not n_workers:
     _init_worker(tokenizer, dtype)
     return _InProcess()
-  return multiprocessing.get_context(_start_method()).Pool(n_workers, _init_worker,
-                                                          (tokenizer, dtype, os.getpid()))
+  return _Pool(n_workers, _init_worker, (tokenizer, dtype, os.getpid()),
+               context=multiprocessing.get_context(_start_method()))
 
 
 def _start_method() -> str:
