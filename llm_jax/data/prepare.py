@@ -44,7 +44,6 @@ import pathlib
 import shutil
 import sys
 import tempfile
-import threading
 import time
 
 import numpy as np
@@ -339,33 +338,19 @@ def tokenizer_entry(tokenizer, eot: int | None) -> dict:
 
 # ---------------------------------------------------------------------------------- the workers
 
-_TOKENIZER, _DTYPE, _PARENT = None, None, None
+_TOKENIZER, _DTYPE = None, None
 
 
-def _init_worker(tokenizer, dtype, parent=None):
-  global _TOKENIZER, _DTYPE, _PARENT
-  _TOKENIZER, _DTYPE, _PARENT = tokenizer, dtype, parent
-  if parent is not None:  # a pool worker: leave when the parent dies (kill -9), see _orphaned
-    threading.Thread(target=_exit_when_orphaned, daemon=True).start()
-
-
-def _orphaned() -> bool:
-  """Whether this worker's parent has died: it was then re-parented (its ppid changed). A worker
-  left behind would otherwise block on its task queue for ever, or die on its result pipe with a
-  BrokenPipeError traceback on the user's terminal (the pipe may break before the ppid changes:
-  _worker_main catches that)."""
-  return _PARENT is not None and os.getppid() != _PARENT
-
-
-def _exit_when_orphaned():
-  while not _orphaned():
-    time.sleep(0.1)
-  os._exit(0)
+def _init_worker(tokenizer, dtype):
+  global _TOKENIZER, _DTYPE
+  _TOKENIZER, _DTYPE = tokenizer, dtype
 
 
 def _worker_main(worker, *args):
   """A pool worker's body (multiprocessing.pool.worker), which leaves quietly when its result
-  pipe breaks: only the parent reads it, so the parent has died (kill -9) mid-send."""
+  pipe breaks: only the parent reads it, so the parent has died (kill -9), and the pool's worker
+  would otherwise print a BrokenPipeError traceback on the user's terminal. (A worker waiting
+  for a task leaves by itself: its task queue ends with the parent.)"""
   try:
     worker(*args)
   except BrokenPipeError:
@@ -395,8 +380,6 @@ def _encode(batch):
     else:
       ids = _TOKENIZER.encode(text).astype(_DTYPE)
     out.append((ids, n_bytes))
-  if _orphaned():  # nobody reads the result: leave without writing to a closed pipe
-    os._exit(0)
   return out
 
 
@@ -652,7 +635,7 @@ def _pool(n_workers: int, tokenizer, dtype):
   if not n_workers:
     _init_worker(tokenizer, dtype)
     return _InProcess()
-  return _Pool(n_workers, _init_worker, (tokenizer, dtype, os.getpid()),
+  return _Pool(n_workers, _init_worker, (tokenizer, dtype),
                context=multiprocessing.get_context(_start_method()))
 
 

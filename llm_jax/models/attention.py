@@ -130,10 +130,11 @@ class MultiHeadAttention(nn.Module):
         positions = jnp.arange(T) + (index.value if decode else 0)
       q_BTHD = rope(q_BTHD, positions, cfg.rope_theta)
       k_BSKD = rope(k_BSKD, positions, cfg.rope_theta)
-    kv = "bskd"  # the keys' and values' layout in the einsums below
-    if decode:  # the cached keys and values come back as (B, K, S, D): see _update_cache
-      k_BKSD, v_BKSD, mask = self._update_cache(k_BSKD, v_BSKD, index, window, positions)
-      k_BSKD, v_BSKD, kv = k_BKSD, v_BKSD, "bksd"  # (named BSKD below, but laid out BKSD)
+    # the keys and values below, laid out as `kv` says: (B, S, K, D), or the cache's (B, K, S, D)
+    keys, values, kv = k_BSKD, v_BSKD, "bskd"
+    if decode:
+      keys, values, mask = self._update_cache(k_BSKD, v_BSKD, index, window, positions)
+      kv = "bksd"
     elif window is not None:  # self-attention: the keys' positions are the queries'
       pos = jnp.arange(T) if positions is None else positions
       wm = window_mask(pos, pos, window)
@@ -146,13 +147,13 @@ class MultiHeadAttention(nn.Module):
     # einsum path runs whatever was asked
     fused = cfg.attention == "dot_product" and not (train and may_drop(cfg.dropout))
     if fused and kv == "bksd":  # jax.nn.dot_product_attention takes (B, S, K, D)
-      k_BSKD, v_BSKD, kv = k_BSKD.transpose(0, 2, 1, 3), v_BSKD.transpose(0, 2, 1, 3), "bskd"
+      keys, values, kv = keys.transpose(0, 2, 1, 3), values.transpose(0, 2, 1, 3), "bskd"
     if fused:  # it groups the query heads as below
-      out_BTHD = jax.nn.dot_product_attention(q_BTHD, k_BSKD, v_BSKD, mask=mask)
+      out_BTHD = jax.nn.dot_product_attention(q_BTHD, keys, values, mask=mask)
     else:  # query head h = k G + g reads key/value head k
-      G, S = H // K, k_BSKD.shape[kv.index("s")]
+      G, S = H // K, keys.shape[kv.index("s")]
       q_BTKGD = q_BTHD.reshape(B, T, K, G, D)
-      scores_BKGTS = precision.einsum(f"btkgd,{kv}->bkgts", q_BTKGD, k_BSKD, dtype) / jnp.sqrt(
+      scores_BKGTS = precision.einsum(f"btkgd,{kv}->bkgts", q_BTKGD, keys, dtype) / jnp.sqrt(
           jnp.float32(D))
       scores_BHTS = scores_BKGTS.reshape(B, H, T, S).astype(jnp.float32)
       if mask is not None:
@@ -162,10 +163,10 @@ class MultiHeadAttention(nn.Module):
       probs_BKGTS = probs_BHTS.reshape(B, K, G, T, S)
       if kv == "bksd":  # the cache: heads-major out, then transposed. XLA's CPU backend has no
         # bf16 x bf16 -> f32 kernel for this einsum written straight to (B, T, K, G, D)
-        out_BKGTD = precision.einsum("bkgts,bksd->bkgtd", probs_BKGTS, v_BSKD, dtype)
+        out_BKGTD = precision.einsum("bkgts,bksd->bkgtd", probs_BKGTS, values, dtype)
         out_BTHD = out_BKGTD.transpose(0, 3, 1, 2, 4).reshape(B, T, H, D)
       else:
-        out_BTHD = precision.einsum("bkgts,bskd->btkgd", probs_BKGTS, v_BSKD, dtype).reshape(
+        out_BTHD = precision.einsum("bkgts,bskd->btkgd", probs_BKGTS, values, dtype).reshape(
             B, T, H, D)
     y_NC = nn.DenseGeneral(
         C, axis=(-2, -1), use_bias=cfg.use_bias, dtype=dtype,
