@@ -15,44 +15,36 @@ import sys
 from absl import app, flags
 
 from llm_jax.bench import train as bench_train
-from llm_jax.fileio import load_python_file
+from llm_jax.sweep.spec import load_experiment
 
 flags.DEFINE_integer("steps", 30, "timed steps of each point (after 3 of warm-up)")
 flags.DEFINE_integer("rounds", 3, "rounds over all the points; each point's best round counts")
 FLAGS = flags.FLAGS
 
 
-def point_name(point: dict) -> str:
-  """The sweep's folder name of a point: its overrides' last parts, base for none."""
-  return ",".join(f"{k.split('.')[-1]}={v}" for k, v in point.items()) or "base"
-
-
 def main(argv):
   if len(argv) != 2:
     raise app.UsageError("give one experiment folder")
-  folder = os.path.abspath(argv[1])
-  spec = load_python_file(os.path.join(folder, "experiment.py"), "experiment.py",
-                          "give a folder holding an experiment.py").get_experiment()
-  base_path = os.path.join(folder, spec["base"])
+  exp = load_experiment(argv[1])  # the sweep's own reading: configs resolved, points named
+  configs = {}
+  for run in exp.runs:  # each point's first seed (a step's time does not depend on it)
+    configs.setdefault(run.point, run.config)
   rows = {}
   for round_ in range(FLAGS.rounds):
-    for point in spec["points"]:
-      c = load_python_file(base_path, base_path, "the experiment's base is missing").get_config()
+    for name, c in configs.items():
+      c = c.copy_and_resolve_references()
       c.parallel = "none"
-      for key, value in point.items():
-        group, field = key.split(".")
-        c[group][field] = value
       r = bench_train.run(c, steps=FLAGS.steps, warmup=3, decode_tokens=0, eval_repeats=1)
-      row = rows.setdefault(point_name(point), {"rounds_ms_per_step": [], "params": r["params"],
-                                                "device": r["device"]})
+      row = rows.setdefault(name, {"rounds_ms_per_step": [], "params": r["params"],
+                                   "device": r["device"]})
       row["rounds_ms_per_step"].append(r["train_ms_per_step"]["median"])
       row["loadavg"] = r["loadavg"]
-      print(round_, point_name(point), json.dumps(row), flush=True)
+      print(round_, name, json.dumps(row), flush=True)
   first = next(iter(rows.values()))
   for row in rows.values():  # a round's median per step, the best round (the least disturbed)
     row["ms_per_step"] = min(row["rounds_ms_per_step"])
     row["over_base"] = round(row["ms_per_step"] / min(first["rounds_ms_per_step"]), 3)
-  with open(os.path.join(folder, "step_time.json"), "w", encoding="utf-8") as f:
+  with open(os.path.join(exp.directory, "step_time.json"), "w", encoding="utf-8") as f:
     json.dump({"command": " ".join(["python"] + sys.argv), "steps": FLAGS.steps, "rows": rows},
               f, indent=1)
 
