@@ -14,6 +14,8 @@ import os
 import pathlib
 import statistics
 
+from llm_jax.fileio import read_metrics
+
 HERE = pathlib.Path(os.path.dirname(os.path.abspath(__file__)))
 LABELS = {"base": "dense",
           "moe_experts=8,moe_top_k=2,moe_dispatch=blocks": "MoE, no balancing",
@@ -25,8 +27,7 @@ LABELS = {"base": "dense",
 
 
 def series(run, key):
-  rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
-  return [(r["step"], r[key]) for r in rows if key in r]
+  return [(r["step"], r[key]) for r in read_metrics(run / "metrics.jsonl") if key in r]
 
 
 def ms(s):

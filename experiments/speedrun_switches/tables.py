@@ -19,12 +19,10 @@ import os
 import pathlib
 import statistics
 
+from llm_jax.sweep.report import collect
+from llm_jax.sweep.spec import load_experiment
+
 HERE = pathlib.Path(os.path.dirname(os.path.abspath(__file__)))
-
-
-def curve(run):
-  pts = [json.loads(line) for line in open(run / "metrics.jsonl")]
-  return [(p["step"], p["val_loss"]) for p in pts if "val_loss" in p]
 
 
 def at(c, step):
@@ -48,8 +46,9 @@ def label(point):
 def table(folder):
   times = json.load(open(folder / "step_time.json"))["rows"]
   points = list(times)  # the experiment's order (step_time.py ran its points in turn)
-  curves = {p: {r.name: curve(r) for r in sorted((folder / "runs" / p).glob("seed*"))}
-            for p in points}
+  curves = {}  # point -> seed -> the val-loss curve, as the sweep's report reads it
+  for row in collect(load_experiment(str(folder))):
+    curves.setdefault(row["point"], {})[row["seed"]] = row["curve"]
   base = curves["base"]
   rows = ["| point | val loss, step 600 | Δ vs base (paired, ± std) | step time / base | "
           "val loss at base's wall-clock | Δ vs base |", "|---|---|---|---|---|---|"]
